@@ -1,0 +1,66 @@
+# `make test` and `make demo` work on a fresh clone: they set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+REQUIREMENTS := $(wildcard requirements/*.txt)
+# The extension is rebuilt when any Rust source or build file changes.
+RUST_SOURCES := $(wildcard rust/*.rs) Cargo.toml Cargo.lock pyproject.toml
+EXTENSION_STAMP := $(VENV)/.extension-stamp
+DEPS_STAMP := $(VENV)/.deps-stamp
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup develop test test-rust test-python bench demo wheel wheel-check fuzz stubtest clean
+
+setup: $(DEPS_STAMP) $(EXTENSION_STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(DEPS_STAMP): $(REQUIREMENTS) | $(PY)
+	$(PIP) install --quiet $(foreach f,$(filter-out requirements/demo-nodeps.txt,$(REQUIREMENTS)),-r $(f))
+	if [ -f requirements/demo-nodeps.txt ]; then $(PIP) install --quiet --no-deps -r requirements/demo-nodeps.txt; fi
+	touch $@
+
+# Release build (thin LTO) of the extension, installed editable into .venv.
+$(EXTENSION_STAMP): $(RUST_SOURCES) $(DEPS_STAMP)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
+	touch $@
+
+develop: $(EXTENSION_STAMP)
+
+test: test-rust test-python
+
+test-rust:
+	cargo test --quiet
+
+test-python: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m pytest benches -m benchmark --benchmark-only --benchmark-columns=min,median,mean,rounds -q
+	cargo bench --bench core -- --quick
+
+demo: setup
+	$(VENV)/bin/dro-rebel demo --out runs/demo
+
+# The wheel users install: fat LTO, one codegen unit.
+wheel: $(DEPS_STAMP)
+	$(VENV)/bin/maturin build --profile dist --out dist
+
+# Installs the wheel into a fresh venv that has only numpy and calls robust_weights there.
+wheel-check: wheel
+	bash tests/wheel_check.sh dist
+
+fuzz:
+	bash fuzz/run.sh
+
+stubtest: setup
+	$(PY) -m mypy.stubtest dro_rebel._core --allowlist tests/stubtest_allowlist.txt
+
+clean:
+	rm -rf target dist $(VENV)

@@ -1,0 +1,15 @@
+"""Worst-case sample weights for distributionally robust alignment.
+
+``robust_weights(losses, ambiguity, radius=...)`` solves the dual of a distributionally
+robust optimisation problem over the minibatch (KL, chi-square, CVaR, TV or type-p
+Wasserstein ambiguity sets; see SPEC.md section 2) and returns the worst-case weights q*.
+Multiply your per-sample losses by them (detached) and you get the gradient of the robust
+objective: ``loss = (robust_weights(l.detach(), "chi2", radius=0.1) * l).sum()``.
+"""
+
+from __future__ import annotations
+
+from dro_rebel._api import WorstCase, robust_weights, worst_case
+from dro_rebel._core import __version__, build_profile
+
+__all__ = ["robust_weights", "worst_case", "WorstCase", "__version__", "build_profile"]

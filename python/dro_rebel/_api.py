@@ -1,0 +1,245 @@
+"""The public entry points: normalise the caller's input, call the native core, hand back
+the caller's type.
+
+Everything numeric (validation of values, the solves) happens in ``dro_rebel._core``; this
+module only turns numpy arrays, torch tensors (any device) and Python sequences into the
+contiguous float32/float64 host arrays the core takes, and turns the weights back into what
+the caller passed. It never writes into the caller's arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from dro_rebel import _core
+
+__all__ = ["robust_weights", "worst_case", "WorstCase", "AMBIGUITY_SETS"]
+
+AMBIGUITY_SETS = ("kl", "chi2", "cvar", "tv", "wasserstein")
+
+_NATIVE_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    """The solution of one call to :func:`worst_case`.
+
+    For 2-D losses (one problem per row) ``value``, ``dual`` and ``iterations`` are numpy
+    arrays with one entry per row, and ``plan`` a list with one plan per row.
+    """
+
+    weights: Any
+    """q*, in the caller's type (numpy array or torch tensor on the caller's device)."""
+    value: Any
+    """sum_i q*_i l_i: the worst-case risk V* for the constrained form."""
+    dual: Any
+    """The optimal dual variable: tau (kl), eta (chi2, cvar), lam (wasserstein); None for tv."""
+    iterations: Any
+    """Passes or iterations the solver took."""
+    radius: Optional[float]
+    """The radius (or alpha for cvar) as used; None for a penalised solve."""
+    plan: Any = None
+    """Wasserstein only: the transport plan as (source, target, mass) arrays, at most n + 1
+    entries, row sums the reference and column sums the weights."""
+
+
+def robust_weights(
+    losses: Any,
+    ambiguity: str = "chi2",
+    *,
+    radius: Optional[float] = None,
+    penalty: Optional[float] = None,
+    alpha: Optional[float] = None,
+    reference: Any = None,
+    groups: Any = None,
+    tol: Optional[float] = None,
+    p: float = 1.0,
+    features: Any = None,
+    cost: Any = None,
+) -> Any:
+    """Worst-case weights q* of the samples, in the type, dtype and device of ``losses``.
+
+    Args:
+        losses: per-sample losses, shape (n,) for one problem or (m, n) for m problems (one
+            per row). numpy array, torch tensor (any device; it is detached), or a sequence.
+        ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``.
+        radius: size of the ambiguity set (constrained form). rho = 0 gives q = reference.
+        penalty: a fixed dual variable instead of a radius (penalised form: temperature tau
+            for ``kl``, lam for ``chi2`` and ``wasserstein``).
+        alpha: the CVaR level in (0, 1] (``cvar`` only): q_i <= p_i / alpha.
+        reference: the nominal distribution p (non-negative, normalised to sum 1); uniform by
+            default. Shape (n,) shared by all rows, or the shape of ``losses``.
+        groups: integer group labels, shape (n,) or the shape of ``losses``: the set then
+            applies to the mixture over groups (SPEC.md section 2, Groups).
+        tol: tolerance of the iterative solves (default 1e-12, relative).
+        p: the Wasserstein type (cost d_ij ** p), p >= 1.
+        features: ``wasserstein``: (n, d) features; the cost is their Euclidean distance.
+        cost: ``wasserstein``: an (n, n) matrix of distances d_ij.
+
+    Returns:
+        q*, same shape as ``losses``: float32 for float32 numpy input, float64 otherwise; for a
+        torch tensor, a tensor of the same dtype on the same device.
+
+    Raises:
+        ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
+            reference or group labels, an empty batch, a wrong shape, an unknown set.
+    """
+    host, restore = _host_losses(losses)
+    reference, groups, features, cost = _host_extras(host, reference, groups, features, cost)
+    weights = _core.weights(
+        host, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost
+    )
+    return restore(weights)
+
+
+def worst_case(
+    losses: Any,
+    ambiguity: str = "chi2",
+    *,
+    radius: Optional[float] = None,
+    penalty: Optional[float] = None,
+    alpha: Optional[float] = None,
+    reference: Any = None,
+    groups: Any = None,
+    tol: Optional[float] = None,
+    p: float = 1.0,
+    features: Any = None,
+    cost: Any = None,
+) -> WorstCase:
+    """Like :func:`robust_weights`, but returns the whole solution: weights, value V*, the dual
+    variable, the iteration count, the radius as used and (Wasserstein) the transport plan."""
+    host, restore = _host_losses(losses)
+    reference, groups, features, cost = _host_extras(host, reference, groups, features, cost)
+    weights, value, dual, iterations, used, plan = _core.worst_case(
+        host, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost
+    )
+    return WorstCase(restore(weights), value, dual, iterations, used, plan)
+
+
+def _host_losses(losses: Any):
+    """The losses as a contiguous float64/float32 host array, and a function that turns the
+    weights back into the caller's type."""
+    if type(losses) is np.ndarray and losses.dtype in _NATIVE_DTYPES:
+        # The hot path of a training loop: no copy of contiguous input.
+        if not losses.flags.c_contiguous:
+            losses = np.ascontiguousarray(losses)
+        _check_ndim(losses.ndim, losses.shape)
+        return losses, _identity
+    if _is_torch_tensor(losses):
+        return _host_from_torch(losses)
+    return _host_array(losses, "losses"), _identity
+
+
+def _identity(weights: np.ndarray) -> np.ndarray:
+    return weights
+
+
+def _check_ndim(ndim: int, shape: tuple) -> None:
+    if ndim not in (1, 2):
+        raise ValueError(
+            f"losses must be 1-D (one problem) or 2-D (one problem per row), got shape {shape}"
+        )
+
+
+def _host_array(values: Any, name: str, *, allow_float32: bool = True) -> np.ndarray:
+    """Any array-like of real numbers as a contiguous float64 (or float32) array."""
+    if _is_torch_tensor(values):
+        values = _torch_to_numpy(values, name)
+    try:
+        array = np.asarray(values)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{name} must be an array of real numbers: {exc}") from None
+    kind = array.dtype.kind
+    if kind not in "fiu":
+        raise ValueError(
+            f"{name} must hold real numbers, got dtype {array.dtype}"
+            + (" (convert booleans explicitly)" if kind == "b" else "")
+        )
+    if allow_float32 and array.dtype == np.float32:
+        dtype = np.float32
+    else:
+        dtype = np.float64
+    if name == "losses":
+        _check_ndim(array.ndim, array.shape)
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _host_extras(host: np.ndarray, reference: Any, groups: Any, features: Any, cost: Any):
+    """Reference, groups and Wasserstein geometry as contiguous host arrays of the right shape."""
+    if reference is not None:
+        reference = _host_array(reference, "reference", allow_float32=False)
+        if reference.shape not in (host.shape[-1:], host.shape):
+            raise ValueError(
+                f"reference must have shape {host.shape[-1:]} or {host.shape} to match the "
+                f"losses, got {reference.shape}"
+            )
+    if groups is not None:
+        groups = _host_groups(groups, host.shape)
+    if features is not None:
+        features = _host_array(features, "features", allow_float32=False)
+        if features.ndim != 2 or features.shape[0] != host.shape[-1]:
+            raise ValueError(
+                f"features must have shape (n, d) with n = {host.shape[-1]} (one row per "
+                f"sample), got {features.shape}"
+            )
+    if cost is not None:
+        cost = _host_array(cost, "cost", allow_float32=False)
+        n = host.shape[-1]
+        if cost.shape != (n, n):
+            raise ValueError(f"cost must have shape ({n}, {n}), got {cost.shape}")
+    return reference, groups, features, cost
+
+
+def _host_groups(groups: Any, shape: tuple) -> np.ndarray:
+    if _is_torch_tensor(groups):
+        groups = _torch_to_numpy(groups, "groups")
+    labels = np.asarray(groups)
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+            raise ValueError("groups must be integer labels, got non-integer values")
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"groups must be integer labels, got dtype {labels.dtype}")
+    if labels.shape not in (shape[-1:], shape):
+        raise ValueError(
+            f"groups must have shape {shape[-1:]} or {shape} to match the losses, "
+            f"got {labels.shape}"
+        )
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"groups must be non-negative labels, got {labels.min()}")
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    # No import of torch: it is optional, and importing it costs a second.
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
+def _torch_to_numpy(tensor: Any, name: str) -> np.ndarray:
+    import torch
+
+    tensor = tensor.detach()
+    if tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    if tensor.is_complex():
+        raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.float()
+    return tensor.cpu().numpy()
+
+
+def _host_from_torch(tensor: Any):
+    import torch
+
+    device, dtype = tensor.device, tensor.dtype
+    host = _host_array(_torch_to_numpy(tensor, "losses"), "losses")
+    out_dtype = dtype if dtype.is_floating_point else torch.float64
+
+    def restore(weights: np.ndarray) -> Any:
+        return torch.from_numpy(weights).to(device=device, dtype=out_dtype)
+
+    return host, restore
+
+

@@ -1,0 +1,177 @@
+//! Chi-square ball: (1/2) sum_i (q_i - p_i)^2 / p_i <= rho (the Cressie-Read k = 2 convention).
+//! The worst case is q_i ~ p_i (l_i - eta)_+ (SPEC.md section 2).
+//!
+//! Constrained form: the dual V* = min_eta eta + sqrt(1 + 2 rho) sqrt(sum_i p_i (l_i - eta)_+^2)
+//! is stationary where S2(eta) = c S1(eta)^2, c = 1 + 2 rho, with S_k = sum_i p_i (l_i - eta)_+^k.
+//! On a fixed active set A = {l_i > eta} that is a quadratic in eta with the closed form
+//!     eta = m_A - sqrt(v_A / (c P_A - 1)),
+//! (m_A, v_A, P_A: mean, variance and mass of p on A). We iterate A <- {l > eta} from the whole
+//! support; the thresholds are nested, so an unchanged count means an unchanged set and an exact
+//! answer, usually after 2 to 5 passes. An exact sort-and-sweep solve backs it up.
+//!
+//! Penalised form (penalty lam): sup_q sum q l - lam * chi2(q || p) gives
+//! q_i = p_i (l_i - t)_+ / lam with sum_i p_i (l_i - t)_+ = lam: Michelot's fixed point
+//! t = (sum_A p l - lam) / P_A, which rises monotonically to the exact threshold.
+
+use crate::batch::{Batch, Scale};
+use crate::real::Real;
+use crate::Outcome;
+
+/// Passes of the active-set iteration before the exact sort takes over.
+const MAX_PASSES: u32 = 64;
+
+pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Outcome {
+    if radius == 0.0 || batch.is_flat() {
+        let value = batch.write_reference(out);
+        return Outcome { value, dual: Some(f64::NEG_INFINITY), iterations: 0 };
+    }
+    let c = 1.0 + 2.0 * radius;
+    // q ~ p (l - eta)_+ concentrates on the arg-max as eta -> max, where S2/S1^2 -> 1/P(argmax).
+    if c * batch.mass_at_max >= 1.0 {
+        let value = batch.write_argmax(out);
+        return Outcome { value, dual: Some(batch.max), iterations: 0 };
+    }
+    let scale = batch.scale();
+    let (eta, iterations) = match active_set_threshold(batch, &scale, c) {
+        Some(found) => found,
+        None => (sorted_threshold(batch, &scale, c), MAX_PASSES + 1),
+    };
+    let value = write_threshold(batch, &scale, eta, out);
+    Outcome { value, dual: Some(scale.loss(eta)), iterations }
+}
+
+pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outcome {
+    if batch.is_flat() {
+        let value = batch.write_reference(out);
+        return Outcome { value, dual: Some(f64::NEG_INFINITY), iterations: 0 };
+    }
+    let scale = batch.scale();
+    let lam_u = scale.to_u_units(lam);
+    if lam_u == 0.0 {
+        let value = batch.write_argmax(out);
+        return Outcome { value, dual: Some(batch.max), iterations: 0 };
+    }
+    if lam_u.is_infinite() {
+        let value = batch.write_reference(out);
+        return Outcome { value, dual: Some(f64::NEG_INFINITY), iterations: 0 };
+    }
+    let mut threshold = f64::NEG_INFINITY;
+    let mut previous = usize::MAX;
+    let mut iterations = 0;
+    loop {
+        let moments = Moments::above(batch, &scale, threshold, 0.0);
+        iterations += 1;
+        if moments.count == previous {
+            break;
+        }
+        previous = moments.count;
+        threshold = (moments.first - lam_u) / moments.mass;
+    }
+    let value = write_threshold(batch, &scale, threshold, out);
+    Outcome { value, dual: Some(scale.loss(threshold)), iterations }
+}
+
+fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, out: &mut [T]) -> f64 {
+    let p = &batch.reference;
+    batch.write_normalised(out, |i, l| p.at(i) * (scale.u(l) - eta).max(0.0))
+}
+
+/// Sums over {i : u_i > threshold, p_i > 0} of p, p (u - shift), p (u - shift)^2, and the count
+/// of such i. The shift keeps the variance free of cancellation when the active losses cluster.
+struct Moments {
+    count: usize,
+    mass: f64,
+    first: f64,
+    second: f64,
+}
+
+impl Moments {
+    fn above<T: Real>(batch: &Batch<T>, scale: &Scale, threshold: f64, shift: f64) -> Self {
+        let (mut count, mut mass, mut first, mut second) = (0, 0.0, 0.0, 0.0);
+        for (i, &l) in batch.losses.iter().enumerate() {
+            let u = scale.u(l.to_f64());
+            let p = batch.reference.at(i);
+            if u > threshold && p > 0.0 {
+                let d = u - shift;
+                count += 1;
+                mass += p;
+                first += p * d;
+                second += p * d * d;
+            }
+        }
+        Moments { count, mass, first, second }
+    }
+}
+
+/// Closed-form eta on an active set with mass P, mean m and variance v: the root below m of
+/// (v + (m - eta)^2) = c P (m - eta)^2. None when no root exists on this set.
+fn closed_form(c: f64, mass: f64, mean: f64, variance: f64) -> Option<f64> {
+    let denominator = c * mass - 1.0;
+    (denominator > 0.0).then(|| mean - (variance.max(0.0) / denominator).sqrt())
+}
+
+fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, c: f64) -> Option<(f64, u32)> {
+    let mut threshold = f64::NEG_INFINITY;
+    let mut shift = 0.0;
+    let mut previous = usize::MAX;
+    for pass in 1..=MAX_PASSES {
+        let moments = Moments::above(batch, scale, threshold, shift);
+        if moments.count == previous {
+            return Some((threshold, pass));
+        }
+        if moments.count == 0 || moments.mass <= 0.0 {
+            return None;
+        }
+        let centred = moments.first / moments.mass;
+        let variance = moments.second / moments.mass - centred * centred;
+        let eta = closed_form(c, moments.mass, shift + centred, variance)?;
+        previous = moments.count;
+        shift += centred;
+        threshold = eta;
+    }
+    None
+}
+
+/// The exact threshold by sorting the support and sweeping its segments from the top: on the
+/// top-k values the closed form is valid when it falls between the k-th and (k+1)-th value.
+fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, c: f64) -> f64 {
+    let mut points: Vec<(f64, f64)> = batch
+        .losses
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (scale.u(l.to_f64()), batch.reference.at(i)))
+        .filter(|&(_, p)| p > 0.0)
+        .collect();
+    points.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut mass, mut first, mut second) = (0.0, 0.0, 0.0);
+    let mut k = 0;
+    while k < points.len() {
+        let top = points[k].0;
+        while k < points.len() && points[k].0 == top {
+            let (u, p) = points[k];
+            mass += p;
+            first += p * u;
+            second += p * u * u;
+            k += 1;
+        }
+        let next = points.get(k).map_or(f64::NEG_INFINITY, |&(u, _)| u);
+        let mean = first / mass;
+        if let Some(eta) = closed_form(c, mass, mean, second / mass - mean * mean) {
+            if eta >= next && eta < top {
+                return eta;
+            }
+        }
+    }
+    // Unreachable for c P(argmax) < 1 up to rounding: the last segment always has a root.
+    points.last().map_or(0.0, |&(u, _)| u) - 1.0
+}
+
+#[cfg(test)]
+pub(crate) fn sorted_threshold_for_tests(losses: &[f64], radius: f64) -> (f64, f64) {
+    let batch = Batch::new(losses, crate::batch::Reference::uniform(losses.len())).unwrap();
+    let scale = batch.scale();
+    let c = 1.0 + 2.0 * radius;
+    let exact = sorted_threshold(&batch, &scale, c);
+    let fast = active_set_threshold(&batch, &scale, c).map_or(f64::NAN, |(eta, _)| eta);
+    (exact, fast)
+}

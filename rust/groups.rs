@@ -1,0 +1,85 @@
+//! Ambiguity over groups (SPEC.md section 2, Groups): the set applies to the mixture over
+//! groups. A group's loss is the p-weighted mean of its samples' losses and its reference mass
+//! the sum of their p; the solver runs on the groups, and each sample gets its group's weight
+//! shared in proportion to p inside the group.
+
+use crate::batch::Reference;
+use crate::error::{CoreError, Result};
+use crate::real::Real;
+
+/// The group-level problem and the map back to samples.
+pub struct Grouped {
+    pub losses: Vec<f64>,
+    pub mass: Vec<f64>,
+    group_of: Vec<usize>,
+}
+
+/// Above this ratio of the largest label to the batch size, labels are looked up in a sorted
+/// list instead of a dense table.
+const DENSE_LABELS_PER_SAMPLE: usize = 4;
+
+impl Grouped {
+    pub fn new<T: Real>(losses: &[T], reference: &Reference, labels: &[i64]) -> Result<Self> {
+        let n = losses.len();
+        if labels.len() != n {
+            return Err(CoreError::Groups(format!(
+                "groups has length {} but there are {n} losses",
+                labels.len()
+            )));
+        }
+        let group_of = dense_indices(labels)?;
+        let count = group_of.iter().max().map_or(0, |&g| g + 1);
+        let mut mass = vec![0.0; count];
+        let mut total = vec![0.0; count];
+        for (i, (&g, &l)) in group_of.iter().zip(losses).enumerate() {
+            let p = reference.at(i);
+            mass[g] += p;
+            total[g] += p * l.to_f64();
+        }
+        let losses = total
+            .iter()
+            .zip(&mass)
+            .map(|(&t, &m)| if m > 0.0 { t / m } else { 0.0 })
+            .collect();
+        Ok(Grouped { losses, mass, group_of })
+    }
+
+    /// q_i = Q_g p_i / P_g for the group weights Q.
+    pub fn expand<T: Real>(&self, group_weights: &[f64], reference: &Reference, out: &mut [T]) {
+        for (i, (o, &g)) in out.iter_mut().zip(&self.group_of).enumerate() {
+            let m = self.mass[g];
+            *o = T::from_f64(if m > 0.0 { group_weights[g] * reference.at(i) / m } else { 0.0 });
+        }
+    }
+}
+
+/// Labels renumbered 0..G in order of their value.
+fn dense_indices(labels: &[i64]) -> Result<Vec<usize>> {
+    let mut max = 0_i64;
+    for (i, &g) in labels.iter().enumerate() {
+        if g < 0 {
+            return Err(CoreError::Groups(format!(
+                "group labels must be non-negative, got {g} at index {i}"
+            )));
+        }
+        max = max.max(g);
+    }
+    let max = max as usize;
+    if max < DENSE_LABELS_PER_SAMPLE * labels.len() + 16 {
+        let mut table = vec![usize::MAX; max + 1];
+        for &g in labels {
+            table[g as usize] = 0;
+        }
+        let mut next = 0;
+        for slot in table.iter_mut().filter(|s| **s == 0) {
+            *slot = next;
+            next += 1;
+        }
+        Ok(labels.iter().map(|&g| table[g as usize]).collect())
+    } else {
+        let mut distinct = labels.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        Ok(labels.iter().map(|g| distinct.binary_search(g).unwrap_or(0)).collect())
+    }
+}

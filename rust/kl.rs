@@ -1,0 +1,119 @@
+//! KL ball: sum_i q_i log(q_i / p_i) <= rho. The worst case is the exponential tilt
+//! q_i ~ p_i exp(l_i / tau) (SPEC.md section 2).
+//!
+//! Constrained form: the dual V* = min_tau tau*rho + tau*log sum_i p_i exp(l_i/tau) is
+//! stationary where KL(q_tau || p) = rho. We solve that in beta = 1/tau on the scaled losses
+//! u in [-1, 0]: h(beta) = KL(q_beta || p) = beta*E_q[u] - log Z(beta) rises from 0 at beta = 0
+//! to -log P(argmax) as beta -> inf, with h'(beta) = beta*Var_q(u). Safeguarded Newton: each
+//! step one pass over the losses, a bracket [lo, hi] that bisects whenever Newton leaves it.
+
+use crate::batch::{Batch, Scale};
+use crate::real::Real;
+use crate::Outcome;
+
+/// Iteration cap; Newton converges in a handful of steps, the bisection safeguard in < 200.
+const MAX_ITERATIONS: u32 = 300;
+
+pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut [T]) -> Outcome {
+    if radius == 0.0 || batch.is_flat() {
+        let value = batch.write_reference(out);
+        return Outcome { value, dual: Some(f64::INFINITY), iterations: 0 };
+    }
+    // Beyond -log P(argmax) the tilt degenerates: all mass on the arg-max, tau = 0.
+    if radius >= -batch.mass_at_max.ln() {
+        let value = batch.write_argmax(out);
+        return Outcome { value, dual: Some(0.0), iterations: 0 };
+    }
+    let scale = batch.scale();
+    let first = Tilt::at(batch, &scale, 0.0);
+    let mut beta = (2.0 * radius / first.variance()).sqrt();
+    let (mut lo, mut hi) = (0.0_f64, f64::INFINITY);
+    let mut iterations = 1;
+    while iterations < MAX_ITERATIONS {
+        let tilt = Tilt::at(batch, &scale, beta);
+        iterations += 1;
+        let gap = tilt.divergence(beta) - radius;
+        if gap.abs() <= tol * radius {
+            break;
+        }
+        if gap < 0.0 {
+            lo = beta;
+        } else {
+            hi = beta;
+        }
+        let slope = beta * tilt.variance();
+        let newton = beta - gap / slope;
+        let next = if slope > 0.0 && newton > lo && newton < hi {
+            newton
+        } else if hi.is_finite() {
+            if lo > 0.0 { (lo * hi).sqrt() } else { 0.5 * hi }
+        } else {
+            4.0 * beta.max(f64::MIN_POSITIVE)
+        };
+        if (next - beta).abs() <= 1e-15 * beta {
+            beta = next;
+            break;
+        }
+        beta = next;
+    }
+    let value = write_tilt(batch, &scale, beta, out);
+    Outcome { value, dual: Some(scale.to_loss_units(1.0 / beta)), iterations }
+}
+
+/// Penalised form: a fixed temperature tau, q ~ p exp(l / tau).
+pub fn solve_temperature<T: Real>(batch: &Batch<T>, tau: f64, out: &mut [T]) -> Outcome {
+    if batch.is_flat() {
+        let value = batch.write_reference(out);
+        return Outcome { value, dual: Some(tau), iterations: 0 };
+    }
+    let scale = batch.scale();
+    let beta = 1.0 / scale.to_u_units(tau);
+    let value = if beta.is_infinite() {
+        batch.write_argmax(out)
+    } else {
+        write_tilt(batch, &scale, beta, out)
+    };
+    Outcome { value, dual: Some(tau), iterations: 1 }
+}
+
+fn write_tilt<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, out: &mut [T]) -> f64 {
+    let p = &batch.reference;
+    batch.write_normalised(out, |i, l| {
+        let pi = p.at(i);
+        if pi > 0.0 { pi * (beta * scale.u(l).min(0.0)).exp() } else { 0.0 }
+    })
+}
+
+/// Moments of the tilted distribution q_beta ~ p exp(beta u) in one pass. The exponents are
+/// <= 0 with one of them 0 (the max), so Z >= P(argmax) and nothing overflows.
+struct Tilt {
+    log_z: f64,
+    mean: f64,
+    second: f64,
+}
+
+impl Tilt {
+    fn at<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64) -> Self {
+        let (mut z, mut m1, mut m2) = (0.0, 0.0, 0.0);
+        for (i, &l) in batch.losses.iter().enumerate() {
+            let p = batch.reference.at(i);
+            if p > 0.0 {
+                let u = scale.u(l.to_f64()).min(0.0);
+                let w = p * (beta * u).exp();
+                z += w;
+                m1 += w * u;
+                m2 += w * u * u;
+            }
+        }
+        Tilt { log_z: z.ln(), mean: m1 / z, second: m2 / z }
+    }
+
+    fn variance(&self) -> f64 {
+        (self.second - self.mean * self.mean).max(0.0)
+    }
+
+    /// KL(q_beta || p) = beta E_q[u] - log Z.
+    fn divergence(&self, beta: f64) -> f64 {
+        beta * self.mean - self.log_z
+    }
+}

@@ -1,0 +1,305 @@
+//! dro-rebel's numeric core: the worst-case sample weights of distributionally robust
+//! optimisation over a minibatch (SPEC.md section 2), for the KL, chi-square, CVaR, TV and
+//! type-p Wasserstein ambiguity sets, constrained (a radius) or penalised (a fixed dual
+//! variable), with any reference distribution and over groups.
+//!
+//! Nothing here knows Python: the bindings live in `python.rs` behind the `python` feature.
+
+pub mod batch;
+pub mod chi2;
+pub mod cvar;
+pub mod error;
+pub mod groups;
+pub mod kl;
+pub mod real;
+pub mod select;
+pub mod tv;
+pub mod wasserstein;
+
+#[cfg(feature = "python")]
+mod python;
+
+use rayon::prelude::*;
+
+pub use batch::{Batch, Reference};
+pub use error::{CoreError, Result};
+pub use real::Real;
+pub use wasserstein::{Geometry, Plan};
+
+/// "release" or "debug": benchmarks refuse a debug build.
+pub const BUILD_PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
+
+/// Default tolerance of the iterative solves (relative).
+pub const DEFAULT_TOL: f64 = 1e-12;
+
+/// Below this many losses in all, rows are solved one after another: threads cost more.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ambiguity {
+    Kl,
+    Chi2,
+    Cvar,
+    Tv,
+    Wasserstein,
+}
+
+impl std::str::FromStr for Ambiguity {
+    type Err = CoreError;
+
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "kl" => Ok(Ambiguity::Kl),
+            "chi2" => Ok(Ambiguity::Chi2),
+            "cvar" => Ok(Ambiguity::Cvar),
+            "tv" => Ok(Ambiguity::Tv),
+            "wasserstein" => Ok(Ambiguity::Wasserstein),
+            other => Err(CoreError::Ambiguity(format!(
+                "unknown ambiguity set {other:?}: choose one of \"kl\", \"chi2\", \"cvar\", \"tv\", \"wasserstein\""
+            ))),
+        }
+    }
+}
+
+/// The size of the ambiguity set: a radius (constrained form), a fixed dual variable
+/// (penalised form) or the CVaR level.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    Radius(f64),
+    Penalty(f64),
+    Alpha(f64),
+}
+
+impl Budget {
+    /// Checks that exactly the arguments the set takes are given, and that they are in range.
+    pub fn new(
+        set: Ambiguity,
+        radius: Option<f64>,
+        penalty: Option<f64>,
+        alpha: Option<f64>,
+    ) -> Result<Self> {
+        let name = match set {
+            Ambiguity::Kl => "kl",
+            Ambiguity::Chi2 => "chi2",
+            Ambiguity::Cvar => "cvar",
+            Ambiguity::Tv => "tv",
+            Ambiguity::Wasserstein => "wasserstein",
+        };
+        let budget = match (set, radius, penalty, alpha) {
+            (Ambiguity::Cvar, None, None, Some(a)) => Budget::Alpha(a),
+            (Ambiguity::Cvar, _, _, None) => {
+                return Err(CoreError::Budget("cvar needs alpha in (0, 1]".into()))
+            }
+            (Ambiguity::Cvar, _, _, Some(_)) => {
+                return Err(CoreError::Budget("cvar takes alpha only, not radius or penalty".into()))
+            }
+            (_, _, _, Some(_)) => {
+                return Err(CoreError::Budget(format!("alpha is for cvar only; {name} takes radius")))
+            }
+            (Ambiguity::Tv, _, Some(_), _) => {
+                return Err(CoreError::Budget("tv has no penalised form: give radius".into()))
+            }
+            (_, Some(r), None, None) => Budget::Radius(r),
+            (_, None, Some(l), None) => Budget::Penalty(l),
+            (_, Some(_), Some(_), _) => {
+                return Err(CoreError::Budget("give exactly one of radius and penalty, not both".into()))
+            }
+            (_, None, None, None) => {
+                return Err(CoreError::Budget(format!(
+                    "{name} needs a radius (constrained form){}",
+                    if set == Ambiguity::Tv { "" } else { " or a penalty (penalised form)" }
+                )))
+            }
+        };
+        match budget {
+            Budget::Radius(r) if r.is_nan() || r < 0.0 => {
+                Err(CoreError::Budget(format!("radius must be non-negative, got {r}")))
+            }
+            Budget::Penalty(l) if l.is_nan() || l <= 0.0 => {
+                Err(CoreError::Budget(format!("penalty must be positive, got {l}")))
+            }
+            Budget::Alpha(a) if !(a > 0.0 && a <= 1.0) => {
+                Err(CoreError::Budget(format!("alpha must be in (0, 1], got {a}")))
+            }
+            ok => Ok(ok),
+        }
+    }
+}
+
+/// Everything about one problem but its losses.
+#[derive(Clone, Copy, Debug)]
+pub struct Options<'a> {
+    pub ambiguity: Ambiguity,
+    pub budget: Budget,
+    /// Non-negative weights (normalised by the solver); uniform when None.
+    pub reference: Option<&'a [f64]>,
+    /// Non-negative integer labels: the set then applies to the mixture over groups.
+    pub groups: Option<&'a [i64]>,
+    pub tol: f64,
+    /// Wasserstein only: the ground metric between samples.
+    pub geometry: Option<Geometry<'a>>,
+    /// Wasserstein only: the type p (the cost is d_ij^p).
+    pub order: f64,
+}
+
+impl<'a> Options<'a> {
+    pub fn new(ambiguity: Ambiguity, budget: Budget) -> Self {
+        Options {
+            ambiguity,
+            budget,
+            reference: None,
+            groups: None,
+            tol: DEFAULT_TOL,
+            geometry: None,
+            order: 1.0,
+        }
+    }
+}
+
+/// What a set's solver returns besides the weights it wrote.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outcome {
+    /// sum_i q_i l_i.
+    pub value: f64,
+    /// tau (kl), eta (chi2, cvar), lam (wasserstein); None for tv.
+    pub dual: Option<f64>,
+    pub iterations: u32,
+}
+
+/// The solution of one problem.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Solution {
+    pub value: f64,
+    pub dual: Option<f64>,
+    pub iterations: u32,
+    /// The radius (alpha for cvar) as used; None for the penalised form.
+    pub radius: Option<f64>,
+    /// Wasserstein only: the transport plan from p to q.
+    pub plan: Option<Plan>,
+}
+
+/// Solves one problem and writes its worst-case weights into `out` (same length as `losses`).
+pub fn solve<T: Real>(losses: &[T], options: &Options, out: &mut [T]) -> Result<Solution> {
+    let n = losses.len();
+    if out.len() != n {
+        return Err(CoreError::Shape(format!("output has length {} for {n} losses", out.len())));
+    }
+    if !(options.tol > 0.0 && options.tol.is_finite()) {
+        return Err(CoreError::Budget(format!("tol must be positive and finite, got {}", options.tol)));
+    }
+    let reference = match options.reference {
+        None => Reference::uniform(n),
+        Some(weights) => Reference::weighted(weights, n)?,
+    };
+    let batch = Batch::new(losses, reference)?;
+    let radius = match options.budget {
+        Budget::Radius(r) | Budget::Alpha(r) => Some(r),
+        Budget::Penalty(_) => None,
+    };
+    let Some(labels) = options.groups else {
+        let (outcome, plan) = solve_set(&batch, options, out)?;
+        return Ok(Solution { value: outcome.value, dual: outcome.dual, iterations: outcome.iterations, radius, plan });
+    };
+    if options.ambiguity == Ambiguity::Wasserstein {
+        return Err(CoreError::Groups(
+            "groups are not supported with the wasserstein set: its geometry is between samples".into(),
+        ));
+    }
+    let grouped = groups::Grouped::new(losses, &reference, labels)?;
+    let group_batch = Batch::new(&grouped.losses, Reference::weighted(&grouped.mass, grouped.mass.len())?)?;
+    let mut group_weights = vec![0.0; grouped.losses.len()];
+    let (outcome, _) = solve_set(&group_batch, options, &mut group_weights)?;
+    grouped.expand(&group_weights, &reference, out);
+    Ok(Solution {
+        value: batch.value_of(out),
+        dual: outcome.dual,
+        iterations: outcome.iterations,
+        radius,
+        plan: None,
+    })
+}
+
+fn solve_set<T: Real>(batch: &Batch<T>, options: &Options, out: &mut [T]) -> Result<(Outcome, Option<Plan>)> {
+    let outcome = match (options.ambiguity, options.budget) {
+        (Ambiguity::Kl, Budget::Radius(r)) => kl::solve_radius(batch, r, options.tol, out),
+        (Ambiguity::Kl, Budget::Penalty(tau)) => kl::solve_temperature(batch, tau, out),
+        (Ambiguity::Chi2, Budget::Radius(r)) => chi2::solve_radius(batch, r, out),
+        (Ambiguity::Chi2, Budget::Penalty(lam)) => chi2::solve_penalty(batch, lam, out),
+        (Ambiguity::Cvar, Budget::Alpha(alpha)) => cvar::solve(batch, alpha, out),
+        (Ambiguity::Tv, Budget::Radius(r)) => tv::solve(batch, r, out),
+        (Ambiguity::Wasserstein, budget) => {
+            let geometry = options.geometry.ok_or_else(|| {
+                CoreError::Geometry("wasserstein needs features= (n x d) or cost= (n x n)".into())
+            })?;
+            let (outcome, plan) = wasserstein::solve(batch, &geometry, options.order, budget, options.tol, out)?;
+            return Ok((outcome, Some(plan)));
+        }
+        (set, budget) => {
+            return Err(CoreError::Budget(format!("{budget:?} does not apply to {set:?}")))
+        }
+    };
+    Ok((outcome, None))
+}
+
+/// Solves m problems at once, one per row of the row-major m x n `losses`; rows in parallel
+/// when the batch is large. A reference or groups of length n are shared by every row; of
+/// length m * n, given per row.
+pub fn solve_rows<T: Real>(losses: &[T], columns: usize, options: &Options, out: &mut [T]) -> Result<Vec<Solution>> {
+    if columns == 0 || losses.is_empty() {
+        return Err(CoreError::Losses("losses are empty: a batch needs at least one sample".into()));
+    }
+    if losses.len() % columns != 0 || out.len() != losses.len() {
+        return Err(CoreError::Shape(format!(
+            "{} losses do not split into rows of {columns}",
+            losses.len()
+        )));
+    }
+    let rows = losses.len() / columns;
+    let per_row = |name: &str, len: usize| -> Result<bool> {
+        if len == columns {
+            Ok(false)
+        } else if len == rows * columns {
+            Ok(true)
+        } else {
+            Err(CoreError::Shape(format!(
+                "{name} has {len} entries; it needs {columns} (shared by all rows) or {} (one per loss)",
+                rows * columns
+            )))
+        }
+    };
+    let reference_per_row = options.reference.map(|r| per_row("reference", r.len())).transpose()?;
+    let groups_per_row = options.groups.map(|g| per_row("groups", g.len())).transpose()?;
+    let solve_row = |(row, (l, o)): (usize, (&[T], &mut [T]))| -> Result<Solution> {
+        let slice = |per_row: Option<bool>| if per_row == Some(true) { row * columns..(row + 1) * columns } else { 0..columns };
+        let row_options = Options {
+            reference: options.reference.map(|r| &r[slice(reference_per_row)]),
+            groups: options.groups.map(|g| &g[slice(groups_per_row)]),
+            ..*options
+        };
+        solve(l, &row_options, o).map_err(|e| if rows > 1 { prefix_row(e, row) } else { e })
+    };
+    let pairs = losses.chunks(columns).zip(out.chunks_mut(columns));
+    if rows > 1 && losses.len() >= PARALLEL_MIN_ELEMENTS {
+        losses
+            .par_chunks(columns)
+            .zip(out.par_chunks_mut(columns))
+            .enumerate()
+            .map(solve_row)
+            .collect()
+    } else {
+        pairs.enumerate().map(solve_row).collect()
+    }
+}
+
+fn prefix_row(error: CoreError, row: usize) -> CoreError {
+    let at = |m: String| format!("row {row}: {m}");
+    match error {
+        CoreError::Losses(m) => CoreError::Losses(at(m)),
+        CoreError::Reference(m) => CoreError::Reference(at(m)),
+        CoreError::Groups(m) => CoreError::Groups(at(m)),
+        CoreError::Budget(m) => CoreError::Budget(at(m)),
+        CoreError::Shape(m) => CoreError::Shape(at(m)),
+        CoreError::Ambiguity(m) => CoreError::Ambiguity(at(m)),
+        CoreError::Geometry(m) => CoreError::Geometry(at(m)),
+    }
+}
