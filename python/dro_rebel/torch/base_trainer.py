@@ -1,0 +1,243 @@
+"""What the three trainers share: set-up, the optimiser step, non-finite handling,
+checkpoints, logging, and the outer loop.
+
+The outer loop (:meth:`Trainer.train`) reads top to bottom: resume, then for each step draw
+a batch, take a step, log, evaluate, checkpoint. A trainer supplies four pieces:
+``next_batch(step)``, ``compute_losses(batch)`` (per-sample losses, unreduced),
+``evaluate()`` and ``task_type``. Everything is single-process; the robust reduction
+itself (:class:`~dro_rebel.torch.RobustLoss`) gathers over ``torch.distributed`` when a
+process group is initialised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import warnings
+from pathlib import Path
+from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dro_rebel.torch.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from dro_rebel.torch.config import TrainingConfig
+from dro_rebel.torch.jsonl import JsonlLogger
+from dro_rebel.torch.model_setup import (
+    adapters_disabled,
+    apply_lora,
+    frozen_copy,
+    is_peft_model,
+    resolve_device,
+)
+from dro_rebel.torch.robust_loss import NonFiniteLossError, RobustLoss
+
+__all__ = ["Trainer", "LossOutput"]
+
+LossOutput = Tuple[torch.Tensor, Optional[List[torch.Tensor]], Dict[str, float]]
+"""What ``compute_losses`` returns: per-sample losses (n,), the input embeddings they were
+computed from (for the gradient penalty; else None), and metrics to log."""
+
+
+class Trainer:
+    """Base class of the trainers; see the module docstring."""
+
+    task_type = "CAUSAL_LM"
+    needs_reference = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        config: TrainingConfig,
+        train_dataset: Any,
+        eval_dataset: Any = None,
+        ref_model: Optional[nn.Module] = None,
+    ):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.device = resolve_device(config.device)
+        _seed_everything(config.seed)
+        self.model = apply_lora(model, config, self.task_type).to(self.device)
+        if self.needs_reference and ref_model is None and not is_peft_model(self.model):
+            ref_model = frozen_copy(self.model)
+        self.ref_model = None if ref_model is None else ref_model.to(self.device).eval()
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.robust_loss = RobustLoss(config.ambiguity, **config.robust_kwargs())
+        self.output_dir = Path(config.output_dir)
+        self.logger = JsonlLogger(self.output_dir / "log.jsonl")
+        self.step = 0
+
+    # -- the pieces each trainer supplies -------------------------------------------------
+
+    def next_batch(self, step: int) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def compute_losses(self, batch: Dict[str, Any]) -> LossOutput:
+        raise NotImplementedError
+
+    def evaluate(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: Union[bool, str, Path, None] = None) -> Dict[str, float]:
+        """Run to ``config.max_steps``; return the last step's metrics.
+
+        Args:
+            resume_from_checkpoint: ``True`` resumes from the latest checkpoint in
+                ``output_dir`` (starting fresh if there is none), a path from that file.
+        """
+        config = self.config
+        if resume_from_checkpoint:
+            path = latest_checkpoint(self.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            if path is not None:
+                self.load(path)
+        metrics: Dict[str, float] = {}
+        progress = tqdm(
+            total=config.max_steps, initial=self.step, disable=config.disable_tqdm, desc=type(self).__name__
+        )
+        while self.step < config.max_steps:
+            step = self.step + 1
+            metrics = self.train_step(self.next_batch(step))
+            self.step = step
+            progress.update(1)
+            progress.set_postfix(loss=metrics.get("loss"))
+            if step % config.logging_steps == 0 or step == config.max_steps:
+                self.logger.write({"step": step, **metrics})
+            if config.eval_steps and self.eval_dataset is not None and (
+                step % config.eval_steps == 0 or step == config.max_steps
+            ):
+                self.logger.write({"step": step, **self.evaluate()})
+            if (config.save_steps and step % config.save_steps == 0) or step == config.max_steps:
+                self.save(step)
+        progress.close()
+        self.save_model(self.output_dir / "model")
+        return metrics
+
+    def train_step(self, batch: Dict[str, Any]) -> Dict[str, float]:
+        """One optimiser step on ``batch``: per-sample losses, robust reduction, backward,
+        clip, update. Returns the metrics (``loss`` is the robust loss before the update;
+        ``skipped`` is 1.0 for a step dropped for a non-finite value)."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, inputs_embeds, metrics = self.compute_losses(batch)
+        try:
+            loss = self.robust_loss(losses, groups=batch.get("groups"), inputs_embeds=inputs_embeds)
+        except NonFiniteLossError as error:
+            return self._nonfinite("loss", error.indices, batch)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            return self._nonfinite("gradient", [], batch)
+        self.optimizer.step()
+        stats = self.robust_loss.last
+        return {
+            "loss": stats.value,
+            "grad_norm": float(grad_norm),
+            "skipped": 0.0,
+            **stats.as_dict(),
+            **metrics,
+        }
+
+    def _nonfinite(self, what: str, indices: Sequence[int], batch: Dict[str, Any]) -> Dict[str, float]:
+        """Report a NaN/inf loss or gradient; skip the step or stop, as configured."""
+        step = self.step + 1
+        rows = batch.get("indices")
+        where = f" at batch position(s) {list(indices)}" if indices else ""
+        if indices and rows is not None:
+            where += f" (dataset rows {[rows[i] for i in indices]})"
+        message = f"step {step}: non-finite {what}{where}"
+        self.optimizer.zero_grad(set_to_none=True)
+        self.logger.write({"step": step, "event": f"nonfinite_{what}", "positions": list(indices), "message": message})
+        if self.config.nonfinite == "stop":
+            raise FloatingPointError(message + "; stopping (nonfinite='stop')")
+        warnings.warn(message + "; step skipped (nonfinite='skip')", RuntimeWarning, stacklevel=2)
+        return {"loss": float("nan"), "skipped": 1.0}
+
+    # -- shared helpers for the trainers ---------------------------------------------------
+
+    def reference(self) -> ContextManager[nn.Module]:
+        """The frozen reference model: ``ref_model``, or the policy with its LoRA adapters off."""
+        if self.ref_model is not None:
+            return contextlib.nullcontext(self.ref_model)
+        return adapters_disabled(self.model)
+
+    @contextlib.contextmanager
+    def embeddings_captured(self) -> Iterator[Optional[List[torch.Tensor]]]:
+        """Inside the block, the policy's input-embedding outputs are collected (for the
+        gradient penalty, which differentiates the losses with respect to them) and made
+        differentiable even where the embedding matrix is frozen (LoRA). Yields None, and
+        hooks nothing, when the config asks for no gradient penalty."""
+        if self.config.gradient_penalty is None:
+            yield None
+            return
+        captured: List[torch.Tensor] = []
+
+        def capture(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            if not output.requires_grad:
+                output = output.detach().requires_grad_()
+            captured.append(output)
+            return output
+
+        handle = self.model.get_input_embeddings().register_forward_hook(capture)
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save(self, step: int) -> Path:
+        """Checkpoint the trainable parameters, the optimiser, every RNG and the step."""
+        return save_checkpoint(
+            self.output_dir,
+            step,
+            {
+                "model": {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad},
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng_state(),
+                "config": self.config.to_dict(),
+            },
+        )
+
+    def load(self, path: Union[str, Path]) -> None:
+        """Restore a checkpoint written by :meth:`save` (checksum verified first)."""
+        state = load_checkpoint(path)
+        trainable = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        if set(state["model"]) != set(trainable):
+            raise ValueError(
+                f"{path} was written for other trainable parameters (a different model, or "
+                "LoRA on/off): it cannot be resumed with this model"
+            )
+        with torch.no_grad():
+            for name, value in state["model"].items():
+                trainable[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def save_model(self, directory: Union[str, Path]) -> None:
+        """The trained model (and tokenizer) in Hugging Face format."""
+        self.model.save_pretrained(directory)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

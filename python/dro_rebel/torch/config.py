@@ -1,0 +1,156 @@
+"""Configuration of the trainers: one dataclass per trainer, TRL's field names where TRL has one.
+
+Configuration is data: every field is documented here, and the CLI builds these from the
+``[config]`` table of a TOML file (``dro-rebel train``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, List, Optional
+
+from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS
+
+__all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig"]
+
+NONFINITE_POLICIES = ("skip", "stop")
+
+
+@dataclass
+class TrainingConfig:
+    """Fields shared by every trainer."""
+
+    output_dir: str = "runs/dro-rebel"
+    """Where checkpoints (``checkpoint-<step>.pt``), the log (``log.jsonl``) and the final
+    model (``model/``) go."""
+    learning_rate: float = 1e-6
+    """AdamW learning rate (constant)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm."""
+    per_device_train_batch_size: int = 8
+    """Prompts (REBEL) or preference pairs (DPO, reward) per step on each process."""
+    per_device_eval_batch_size: int = 8
+    """Prompts or pairs per evaluation batch."""
+    max_steps: int = 1000
+    """Optimiser steps in the run."""
+    eval_steps: Optional[int] = None
+    """Evaluate every this many steps (and at the end); None: never."""
+    save_steps: Optional[int] = 500
+    """Write a checkpoint every this many steps (and at the end); None: only at the end."""
+    logging_steps: int = 1
+    """Write a line to ``log.jsonl`` every this many steps."""
+    seed: int = 42
+    """Seeds the data order, the sampling and every RNG."""
+    max_length: Optional[int] = 512
+    """Prompt + completion tokens kept per sequence (the completion is cut first); None: all."""
+    ambiguity: str = "chi2"
+    """Ambiguity set: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"`` (SPEC.md
+    section 2)."""
+    radius: Optional[float] = None
+    """Size of the ambiguity set (rho0 for the gradient penalty). None with no ``penalty`` or
+    ``alpha`` means 0: the nominal, non-robust loss."""
+    penalty: Optional[float] = None
+    """A fixed dual variable instead of a radius (the penalised form)."""
+    alpha: Optional[float] = None
+    """CVaR level in (0, 1] (``ambiguity="cvar"``)."""
+    gradient_penalty: Optional[str] = None
+    """``"rebel"`` or ``"wdpo"``: with ``ambiguity="wasserstein"``, the gradient-regulariser form
+    of SPEC.md section 3 on the input embeddings (a double backward) instead of weights."""
+    group_column: Optional[str] = None
+    """A dataset column of integer group labels (prompt category, preference type): the
+    ambiguity set then ranges over mixtures of groups, and evaluation reports each group."""
+    nonfinite: str = "skip"
+    """A NaN/inf loss or gradient: ``"skip"`` the step (reported in the log) or ``"stop"`` the
+    run with an error. Never folded into the weights."""
+    use_peft: bool = False
+    """Train LoRA adapters (``peft``) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling alpha."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_target_modules: Optional[List[str]] = None
+    """Modules that get adapters; None: every linear layer (peft's ``"all-linear"``)."""
+    device: Optional[str] = None
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None: CUDA when available."""
+    disable_tqdm: bool = False
+    """No progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
+        if self.gradient_penalty is not None and self.gradient_penalty not in GRADIENT_PENALTY_FORMS:
+            raise ValueError(
+                f"gradient_penalty must be one of {GRADIENT_PENALTY_FORMS}, got {self.gradient_penalty!r}"
+            )
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def robust_kwargs(self) -> Dict[str, Any]:
+        """The keyword arguments of :class:`dro_rebel.torch.RobustLoss` this config asks for."""
+        radius = self.radius
+        if radius is None and self.penalty is None and self.alpha is None:
+            radius = 0.0
+        return {
+            "radius": radius,
+            "penalty": self.penalty,
+            "alpha": self.alpha,
+            "gradient_penalty": self.gradient_penalty,
+        }
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainingConfig":
+        """Build from a mapping (a TOML table), rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**values)
+
+
+@dataclass
+class DroRebelConfig(TrainingConfig):
+    """Online DRO-REBEL (SPEC.md section 1). ``radius=0`` (the default) is REBEL."""
+
+    eta: float = 1.0
+    """REBEL's step size eta > 0: the log-ratio difference, divided by eta, regresses on the
+    reward difference (SPEC.md section 1)."""
+    max_new_tokens: int = 64
+    """Tokens sampled per response."""
+    temperature: float = 1.0
+    """Sampling temperature of the two responses per prompt."""
+    log_ratio_reference: str = "sampler"
+    """Log-ratios against ``"sampler"``: the policy that sampled the batch (REBEL's pi_t, its
+    log-probs kept from sampling time), or ``"initial"``: the frozen initial model."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eta <= 0:
+            raise ValueError(f"eta must be positive, got {self.eta}")
+        if self.log_ratio_reference not in ("sampler", "initial"):
+            raise ValueError(
+                f"log_ratio_reference must be 'sampler' or 'initial', got {self.log_ratio_reference!r}"
+            )
+
+
+@dataclass
+class RobustDPOConfig(TrainingConfig):
+    """Offline robust DPO against a frozen reference model."""
+
+    beta: float = 0.1
+    """DPO's beta: the strength of the implicit KL regularisation to the reference."""
+
+
+@dataclass
+class RobustRewardConfig(TrainingConfig):
+    """Robust Bradley-Terry reward-model training."""
+
+    learning_rate: float = 1e-5
+    """AdamW learning rate (constant)."""

@@ -1,0 +1,86 @@
+"""Turning preference pairs into padded tensors, and the order batches are drawn in.
+
+A pair batch stacks the chosen sequences over the rejected ones: rows 0..n-1 are prompt +
+chosen, rows n..2n-1 prompt + rejected, each followed by EOS and right-padded. The
+completion mask marks the completion and its EOS, whose log-probabilities DPO and REBEL sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+__all__ = ["encode_pairs", "batch_indices", "select_rows"]
+
+
+def encode_pairs(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    max_length: Optional[int] = None,
+) -> Dict[str, torch.Tensor]:
+    """Tokenise (prompt, chosen, rejected) triples into one right-padded batch of 2n rows.
+
+    The prompt and the completion are tokenised separately so the boundary between them is
+    exact. A sequence longer than ``max_length`` loses the end of its completion first, then
+    the start of its prompt.
+
+    Returns ``input_ids``, ``attention_mask`` and ``completion_mask``, each (2n, T).
+    """
+    if not (len(prompts) == len(chosen) == len(rejected)):
+        raise ValueError("prompts, chosen and rejected must have the same length")
+    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer needs an eos_token and a pad_token")
+    prompt_ids = [tokenizer(text)["input_ids"] for text in prompts]
+    rows = []
+    for completions in (chosen, rejected):
+        for prompt, text in zip(prompt_ids, completions):
+            completion = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            rows.append(_truncate(prompt, completion, max_length))
+    width = max(len(p) + len(c) for p, c in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (prompt, completion) in enumerate(rows):
+        end = len(prompt) + len(completion)
+        input_ids[row, :end] = torch.tensor(prompt + completion)
+        attention_mask[row, :end] = 1
+        completion_mask[row, len(prompt) : end] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def _truncate(prompt: List[int], completion: List[int], max_length: Optional[int]):
+    if max_length is None or len(prompt) + len(completion) <= max_length:
+        return prompt, completion
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    # Keep at least one prompt token (the first completion token is predicted from it).
+    completion = completion[: max(max_length - len(prompt), 1)]
+    return prompt[len(prompt) - (max_length - len(completion)) :], completion
+
+
+def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> List[int]:
+    """The dataset rows of training step ``step`` (1-based): epoch after epoch of seeded
+    random permutations. A pure function of its arguments, so a resumed run draws exactly
+    the batches the uninterrupted run would have drawn, with no sampler state to save."""
+    if num_rows < 1:
+        raise ValueError("the training dataset is empty")
+    start = (step - 1) * batch_size
+    indices: List[int] = []
+    while len(indices) < batch_size:
+        epoch, offset = divmod(start + len(indices), num_rows)
+        generator = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(num_rows, generator=generator)
+        take = min(batch_size - len(indices), num_rows - offset)
+        indices.extend(order[offset : offset + take].tolist())
+    return indices
+
+
+def select_rows(dataset: Any, indices: Sequence[int]) -> Dict[str, List[Any]]:
+    """Rows of a ``datasets.Dataset`` or a list of dicts, as columns."""
+    if hasattr(dataset, "select"):
+        return dataset.select(list(indices)).to_dict()
+    rows = [dataset[i] for i in indices]
+    return {key: [row[key] for row in rows] for key in rows[0]}

@@ -1,0 +1,38 @@
+"""Evaluation summaries of pairwise losses: overall, per group, and the worst group.
+
+Robustness shows in the worst group (the preference type or prompt category the model
+serves worst), so every evaluation reports it next to the average.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+__all__ = ["pair_metrics"]
+
+
+def pair_metrics(
+    losses: torch.Tensor, margins: torch.Tensor, groups: Optional[torch.Tensor], prefix: str = "eval/"
+) -> Dict[str, float]:
+    """Mean loss, accuracy (margin > 0) and mean margin; with ``groups`` each group's loss
+    and accuracy and the worst group's (highest loss, lowest accuracy)."""
+    correct = (margins > 0).float()
+    metrics = {
+        f"{prefix}loss": float(losses.mean()),
+        f"{prefix}accuracy": float(correct.mean()),
+        f"{prefix}margin": float(margins.mean()),
+    }
+    if groups is None:
+        return metrics
+    group_losses, group_accuracies = [], []
+    for group in torch.unique(groups).tolist():
+        members = (groups == group).to(losses.device)
+        group_losses.append(float(losses[members].mean()))
+        group_accuracies.append(float(correct[members].mean()))
+        metrics[f"{prefix}group_{group}/loss"] = group_losses[-1]
+        metrics[f"{prefix}group_{group}/accuracy"] = group_accuracies[-1]
+    metrics[f"{prefix}worst_group_loss"] = max(group_losses)
+    metrics[f"{prefix}worst_group_accuracy"] = min(group_accuracies)
+    return metrics

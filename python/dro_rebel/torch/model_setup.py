@@ -1,0 +1,61 @@
+"""Preparing a Hugging Face model for training: the device, LoRA adapters, frozen copies."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+from dro_rebel.torch.config import TrainingConfig
+
+__all__ = ["resolve_device", "apply_lora", "frozen_copy", "adapters_disabled", "is_peft_model"]
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    """``name``, or CUDA when available, else the CPU."""
+    if name is not None:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def apply_lora(model: nn.Module, config: TrainingConfig, task_type: str) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters per ``config`` (``use_peft``); otherwise return it.
+
+    ``task_type`` is peft's: ``"CAUSAL_LM"`` for policies, ``"SEQ_CLS"`` for reward models
+    (which keeps the new score head trainable).
+    """
+    if not config.use_peft:
+        return model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("use_peft=True needs peft: pip install 'dro-rebel[peft]'") from error
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules or "all-linear",
+        task_type=task_type,
+    )
+    return get_peft_model(model, lora)
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with no trainable parameters (a reference model)."""
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """The base model under a LoRA-wrapped ``model``: the frozen reference at no memory cost."""
+    with model.disable_adapter():
+        yield model

@@ -1,0 +1,175 @@
+"""``DroRebelTrainer``: online (DRO-)REBEL.
+
+Usage::
+
+    from dro_rebel.torch import DroRebelConfig, DroRebelTrainer
+
+    def reward_fn(prompts: list[str], completions: list[str]) -> list[float]:
+        return [float(len(c.split())) for c in completions]
+
+    config = DroRebelConfig(output_dir="runs/rebel", eta=1.0, ambiguity="chi2", radius=0.1,
+                            max_new_tokens=32, max_steps=100)
+    trainer = DroRebelTrainer(model, tokenizer, config, prompts_dataset, reward_fn)
+    trainer.train()
+
+Each iteration takes ``per_device_train_batch_size`` prompts (column ``prompt``), samples two
+responses per prompt from the current policy pi_t, scores them with ``reward_fn`` (any
+callable from the prompts and the completion texts to one number each) and takes one step on
+the robust REBEL regression loss (SPEC.md section 1). ``radius=0`` (the default) is REBEL.
+The log-ratios are against pi_t, whose log-probs are kept from sampling time
+(``log_ratio_reference="sampler"``), or against the frozen initial model (``"initial"``).
+
+:meth:`DroRebelTrainer.rollout` and :meth:`~dro_rebel.torch.base_trainer.Trainer.train_step`
+are public: a caller can sample once and regress on the same rollout several times.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from dro_rebel.torch.base_trainer import LossOutput, Trainer
+from dro_rebel.torch.config import DroRebelConfig
+from dro_rebel.torch.data import batch_indices, select_rows
+from dro_rebel.torch.logprobs import completion_logprobs
+from dro_rebel.torch.losses import rebel_loss
+
+__all__ = ["DroRebelTrainer", "RewardFn"]
+
+RewardFn = Callable[[List[str], List[str]], Sequence[float]]
+"""``reward_fn(prompts, completions)``: one reward per (prompt, completion) pair."""
+
+
+class DroRebelTrainer(Trainer):
+    """Online DRO-REBEL; see the module docstring."""
+
+    config: DroRebelConfig
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        config: DroRebelConfig,
+        train_dataset: Any,
+        reward_fn: RewardFn,
+        eval_dataset: Any = None,
+        ref_model: Optional[torch.nn.Module] = None,
+    ):
+        self.needs_reference = config.log_ratio_reference == "initial"
+        self.reward_fn = reward_fn
+        super().__init__(model, tokenizer, config, train_dataset, eval_dataset, ref_model)
+
+    def next_batch(self, step: int) -> Dict[str, Any]:
+        indices = batch_indices(
+            len(self.train_dataset), self.config.per_device_train_batch_size, step, self.config.seed
+        )
+        rows = select_rows(self.train_dataset, indices)
+        groups = rows[self.config.group_column] if self.config.group_column is not None else None
+        return self.rollout(rows["prompt"], groups=groups, indices=indices)
+
+    @torch.no_grad()
+    def sample(self, prompts: List[str], num_samples: int) -> Dict[str, Any]:
+        """``num_samples`` responses per prompt from the current policy.
+
+        Returns ``input_ids``, ``attention_mask`` and ``completion_mask`` (prompt left-padded,
+        completion up to and including its first EOS), sample-major: rows ``k*n .. k*n+n-1``
+        hold the k-th response to each of the n prompts; and the ``completions`` texts.
+        """
+        tokenizer, config = self.tokenizer, self.config
+        self.model.eval()
+        prompt = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+        prompt_ids, prompt_mask = prompt["input_ids"], prompt["attention_mask"]
+        if config.max_length is not None:
+            # Keep the end of long prompts (left padding: the first columns go first).
+            keep = max(config.max_length - config.max_new_tokens, 1)
+            prompt_ids, prompt_mask = prompt_ids[:, -keep:], prompt_mask[:, -keep:]
+        output = self.model.generate(
+            input_ids=prompt_ids.to(self.device),
+            attention_mask=prompt_mask.to(self.device),
+            do_sample=True,
+            temperature=config.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=config.max_new_tokens,
+            num_return_sequences=num_samples,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        n, width = len(prompts), prompt_ids.shape[1]
+        # generate() returns prompt-major rows (p0s0, p0s1, p1s0, ...): make them sample-major.
+        output = output.view(n, num_samples, -1).transpose(0, 1).reshape(n * num_samples, -1)
+        completion = output[:, width:]
+        is_eos = completion == tokenizer.eos_token_id
+        # Keep every token up to and including the first EOS.
+        completion_part = (is_eos.long().cumsum(dim=1) - is_eos.long()) == 0
+        prompt_mask = prompt_mask.to(self.device).repeat(num_samples, 1)
+        attention_mask = torch.cat([prompt_mask, completion_part.long()], dim=1)
+        completion_mask = torch.cat([torch.zeros_like(prompt_mask), completion_part.long()], dim=1)
+        texts = [
+            tokenizer.decode(tokens[keep], skip_special_tokens=True)
+            for tokens, keep in zip(completion, completion_part)
+        ]
+        return {
+            "input_ids": output,
+            "attention_mask": attention_mask,
+            "completion_mask": completion_mask,
+            "completions": texts,
+        }
+
+    @torch.no_grad()
+    def rollout(
+        self, prompts: List[str], groups: Optional[Sequence[int]] = None, indices: Optional[List[int]] = None
+    ) -> Dict[str, Any]:
+        """Sample two responses per prompt, score them, and record the log-probs the
+        log-ratios are taken against (pi_t's at sampling time, or the initial model's)."""
+        batch = self.sample(prompts, num_samples=2)
+        args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        if self.config.log_ratio_reference == "sampler":
+            batch["base_logps"] = completion_logprobs(self.model, *args)
+        else:
+            with self.reference() as reference:
+                batch["base_logps"] = completion_logprobs(reference, *args)
+        rewards = self.reward_fn(list(prompts) * 2, batch["completions"])
+        batch["rewards"] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
+        if len(batch["rewards"]) != 2 * len(prompts):
+            raise ValueError(f"reward_fn returned {len(batch['rewards'])} rewards for {2 * len(prompts)} completions")
+        batch["prompts"] = list(prompts)
+        batch["indices"] = indices
+        if groups is not None:
+            batch["groups"] = torch.as_tensor(groups, dtype=torch.long)
+        return batch
+
+    def compute_losses(self, batch: Dict[str, Any]) -> LossOutput:
+        with self.embeddings_captured() as embeds:
+            logps = completion_logprobs(
+                self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+            )
+        first, second = logps.chunk(2)
+        base_first, base_second = batch["base_logps"].chunk(2)
+        rewards, other_rewards = batch["rewards"].chunk(2)
+        losses = rebel_loss(first, second, base_first, base_second, rewards, other_rewards, self.config.eta)
+        return losses, embeds, {"reward": float(batch["rewards"].mean())}
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, float]:
+        """Mean reward of one sampled response per ``eval_dataset`` prompt, per group and for
+        the worst group too. Sampling is seeded and leaves the training RNG untouched."""
+        rows = select_rows(self.eval_dataset, range(len(self.eval_dataset)))
+        devices = [self.device] if self.device.type == "cuda" else []
+        rewards: List[float] = []
+        size = self.config.per_device_eval_batch_size
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.seed)
+            for start in range(0, len(rows["prompt"]), size):
+                prompts = rows["prompt"][start : start + size]
+                completions = self.sample(prompts, num_samples=1)["completions"]
+                rewards.extend(float(r) for r in self.reward_fn(prompts, completions))
+        values = torch.tensor(rewards)
+        metrics = {"eval/reward": float(values.mean())}
+        if self.config.group_column is not None:
+            groups = torch.as_tensor(rows[self.config.group_column])
+            means = {int(g): float(values[groups == g].mean()) for g in torch.unique(groups)}
+            metrics.update({f"eval/group_{g}/reward": mean for g, mean in means.items()})
+            metrics["eval/worst_group_reward"] = min(means.values())
+        return metrics

@@ -1,0 +1,231 @@
+"""``RobustLoss``: per-sample losses in, the distributionally robust scalar out.
+
+The robust objective is V*(theta) = max_{q in U} sum_i q_i l_i(theta). By Danskin's theorem
+its gradient is sum_i q*_i grad l_i(theta) with q* the worst-case weights held fixed, so the
+module solves for q* on the *detached* losses (``dro_rebel.robust_weights``) and returns
+``(q* * l).sum()``. Gradients never flow through the weights (SPEC.md section 3: through
+softmax or threshold weights they would push low-loss samples' losses up).
+
+Data flow (SPEC.md section 5): losses (any device) -> host float64 array -> native solve ->
+weights -> back to the losses' device and dtype. Only the loss vector visits the host.
+
+Under ``torch.distributed`` the losses of all ranks are gathered, every rank solves the same
+global problem and keeps its slice of q*; each rank returns ``world_size * (q*_local *
+l_local).sum()``, so that the mean over ranks (what DDP does to gradients) is the global
+robust loss and its gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import dro_rebel
+from dro_rebel.torch.distributed import gather_rows, world_size
+from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS, per_sample_grad_sq_norms
+
+__all__ = ["RobustLoss", "RobustStats", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(ValueError):
+    """A per-sample loss is NaN or infinite; ``indices`` are positions in the (global) batch."""
+
+    def __init__(self, indices: Sequence[int], values: Sequence[float]):
+        self.indices = [int(i) for i in indices]
+        self.values = [float(v) for v in values]
+        shown = ", ".join(f"#{i}: {v}" for i, v in zip(self.indices[:8], self.values[:8]))
+        more = f" and {len(self.indices) - 8} more" if len(self.indices) > 8 else ""
+        super().__init__(f"non-finite loss at batch position {shown}{more}")
+
+
+@dataclass(frozen=True)
+class RobustStats:
+    """Diagnostics of the last robust reduction, over the global batch."""
+
+    value: float
+    """V* = sum_i q*_i l_i (for the gradient penalty: the penalised objective)."""
+    mean: float
+    """The nominal loss, the reference-weighted mean of the losses."""
+    ess: float
+    """Kish's effective sample size of the weights, 1 / sum_i q_i^2 (n for uniform weights)."""
+    max_weight: float
+    """The largest weight (1/n for uniform weights)."""
+    n: int
+    """The global batch size."""
+
+    def as_dict(self, prefix: str = "robust/") -> dict:
+        return {f"{prefix}{key}": getattr(self, key) for key in ("value", "mean", "ess", "max_weight")}
+
+
+class RobustLoss(nn.Module):
+    """Map a vector of per-sample losses to the robust scalar.
+
+    Args:
+        ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"`` (SPEC.md
+            section 2).
+        radius: the size of the set; 0 gives the nominal (reference-weighted) mean.
+        penalty: a fixed dual variable instead of a radius (penalised form).
+        alpha: the CVaR level (``"cvar"`` only).
+        p: the Wasserstein type (exact transport only).
+        tol: solver tolerance (default: the core's).
+        gradient_penalty: ``"rebel"`` or ``"wdpo"``: with ``ambiguity="wasserstein"``, use the
+            first-order gradient-regulariser form of SPEC.md section 3 with rho0 = ``radius``
+            instead of the exact transport on the batch; ``forward`` then needs
+            ``inputs_embeds``.
+
+    ``forward(losses, groups=None, reference=None, features=None, cost=None,
+    inputs_embeds=None)`` returns the robust loss; ``self.last`` holds its
+    :class:`RobustStats`. NaN or infinite losses raise :class:`NonFiniteLossError` (on every
+    rank alike) and are never passed to the solver.
+    """
+
+    def __init__(
+        self,
+        ambiguity: str = "chi2",
+        *,
+        radius: Optional[float] = None,
+        penalty: Optional[float] = None,
+        alpha: Optional[float] = None,
+        p: float = 1.0,
+        tol: Optional[float] = None,
+        gradient_penalty: Optional[str] = None,
+    ):
+        super().__init__()
+        if gradient_penalty is not None:
+            if gradient_penalty not in GRADIENT_PENALTY_FORMS:
+                raise ValueError(
+                    f"gradient_penalty must be one of {GRADIENT_PENALTY_FORMS}, got {gradient_penalty!r}"
+                )
+            if ambiguity != "wasserstein" or radius is None or radius < 0:
+                raise ValueError(
+                    "gradient_penalty needs ambiguity='wasserstein' and radius=rho0 >= 0"
+                )
+        self.ambiguity = ambiguity
+        self.radius = radius
+        self.penalty = penalty
+        self.alpha = alpha
+        self.p = p
+        self.tol = tol
+        self.gradient_penalty = gradient_penalty
+        self.last: Optional[RobustStats] = None
+
+    def extra_repr(self) -> str:
+        fields = ("radius", "penalty", "alpha", "gradient_penalty")
+        set_fields = [f"{name}={getattr(self, name)}" for name in fields if getattr(self, name) is not None]
+        return ", ".join([repr(self.ambiguity)] + set_fields)
+
+    def forward(
+        self,
+        losses: torch.Tensor,
+        *,
+        groups: Any = None,
+        reference: Any = None,
+        features: Optional[torch.Tensor] = None,
+        cost: Any = None,
+        inputs_embeds: Optional[Sequence[torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """The robust loss of ``losses`` (shape (n,), this rank's shard under distributed).
+
+        Args:
+            groups: integer labels (n,) for group DRO (prompt ids, preference types).
+            reference: the nominal distribution p over the global batch (default uniform).
+            features: (n, d) sample features for the exact Wasserstein set (gathered
+                across ranks like the losses).
+            cost: a (N, N) distance matrix over the global batch for the exact Wasserstein set.
+            inputs_embeds: for ``gradient_penalty``: the input embeddings the losses were
+                computed from (see :func:`per_sample_grad_sq_norms`).
+        """
+        if losses.ndim != 1:
+            raise ValueError(f"losses must be a vector of per-sample losses, got shape {tuple(losses.shape)}")
+        all_losses, offset = gather_rows(losses.detach())
+        host = all_losses.to(torch.float64).cpu().numpy()
+        _check_finite(host)
+        if self.gradient_penalty is not None:
+            return self._gradient_penalised(losses, host, inputs_embeds)
+        weights = dro_rebel.robust_weights(
+            host,
+            self.ambiguity,
+            radius=self.radius,
+            penalty=self.penalty,
+            alpha=self.alpha,
+            reference=_host(reference),
+            groups=_gathered_host(groups, losses.device),
+            tol=self.tol,
+            p=self.p,
+            features=_gathered_host(features, losses.device),
+            cost=_host(cost),
+        )
+        nominal = np.full_like(host, 1.0 / host.size) if reference is None else _normalised(_host(reference))
+        self.last = RobustStats(
+            value=float(weights @ host),
+            mean=float(nominal @ host),
+            ess=float(1.0 / (weights @ weights)),
+            max_weight=float(weights.max()),
+            n=host.size,
+        )
+        local = torch.from_numpy(weights[offset : offset + losses.shape[0]]).to(
+            device=losses.device, dtype=losses.dtype
+        )
+        return world_size() * (local * losses).sum()
+
+    def _gradient_penalised(
+        self,
+        losses: torch.Tensor,
+        host: np.ndarray,
+        inputs_embeds: Optional[Sequence[torch.Tensor]],
+    ) -> torch.Tensor:
+        if not inputs_embeds:
+            raise ValueError("gradient_penalty needs the inputs_embeds the losses were computed from")
+        rho0 = float(self.radius)
+        sq_norms = per_sample_grad_sq_norms(losses, inputs_embeds)
+        total = host.size
+        ranks = world_size()
+        if self.gradient_penalty == "wdpo":
+            # mean_i (l_i + rho0 ||g_i||^2): a mean, so each rank's share is its sum over N.
+            local = (losses + rho0 * sq_norms).sum() * (ranks / total)
+            norms_host = gather_rows(sq_norms.detach())[0].to(torch.float64).cpu().numpy()
+            value = float(np.mean(host + rho0 * norms_host))
+        else:
+            # mean_i l_i + rho0 sqrt(mean_i ||g_i||^2). The square root couples the ranks, so
+            # each rank adds the first-order term of its own share: the sum over ranks of
+            # d(S_r)/(2 N sqrt(S/N)) is exactly d sqrt(S/N) (S = sum of ||g_i||^2 over ranks).
+            norms_host = gather_rows(sq_norms.detach())[0].to(torch.float64).cpu().numpy()
+            root = float(np.sqrt(norms_host.mean()))
+            local_sum = sq_norms.sum()
+            share = (local_sum - local_sum.detach()) / (2.0 * total * max(root, 1e-30))
+            local = losses.sum() * (ranks / total) + rho0 * (root + ranks * share)
+            value = float(host.mean() + rho0 * root)
+        self.last = RobustStats(
+            value=value, mean=float(host.mean()), ess=float(total), max_weight=1.0 / total, n=total
+        )
+        return local
+
+
+def _check_finite(host: np.ndarray) -> None:
+    finite = np.isfinite(host)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise NonFiniteLossError(bad, host[bad])
+
+
+def _host(values: Any) -> Any:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return values
+
+
+def _gathered_host(values: Any, device: torch.device) -> Any:
+    """Per-sample values (groups, features) of this rank, gathered over ranks, on the host."""
+    if values is None:
+        return None
+    tensor = values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    return gather_rows(tensor.to(device))[0].cpu().numpy()
+
+
+def _normalised(reference: Any) -> np.ndarray:
+    reference = np.asarray(reference, dtype=np.float64)
+    return reference / reference.sum()
