@@ -175,3 +175,93 @@ pub(crate) fn sorted_threshold_for_tests(losses: &[f64], radius: f64) -> (f64, f
     let fast = active_set_threshold(&batch, &scale, c).map_or(f64::NAN, |(eta, _)| eta);
     (exact, fast)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sorted_threshold_for_tests;
+    use crate::testing::{check_invariants, options, solve_f64, Rng};
+    use crate::{Ambiguity, Budget, Options};
+
+    fn divergence(q: &[f64], p: &[f64]) -> f64 {
+        0.5 * q.iter().zip(p).filter(|(_, &b)| b > 0.0).map(|(&a, &b)| (a - b) * (a - b) / b).sum::<f64>()
+    }
+
+    #[test]
+    fn the_active_set_iteration_finds_the_exact_threshold() {
+        let mut rng = Rng::new(2);
+        for trial in 0..500 {
+            let n = 2 + trial % 64;
+            let losses = rng.losses(n, 1.0);
+            let radius = rng.uniform() * 3.0;
+            if losses.iter().all(|&l| l == losses[0]) {
+                continue;
+            }
+            let max = losses.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l));
+            let at_max = losses.iter().filter(|&&l| l == max).count() as f64 / n as f64;
+            if (1.0 + 2.0 * radius) * at_max >= 1.0 {
+                continue;
+            }
+            let (exact, fast) = sorted_threshold_for_tests(&losses, radius);
+            assert!((exact - fast).abs() <= 1e-12, "{losses:?} rho {radius}: {exact} vs {fast}");
+        }
+    }
+
+    #[test]
+    fn the_constraint_binds_below_saturation() {
+        let mut rng = Rng::new(3);
+        for trial in 0..300 {
+            let n = 1 + trial % 50;
+            let losses = rng.losses(n, 10.0);
+            let reference = rng.reference(n);
+            let radius = rng.uniform() * 2.0;
+            let opts = Options { reference: Some(&reference), ..options(Ambiguity::Chi2, Budget::Radius(radius)) };
+            let (q, solution) = solve_f64(&losses, &opts);
+            check_invariants(&losses, Some(&reference), &q, &solution);
+            let total: f64 = reference.iter().sum();
+            let p: Vec<f64> = reference.iter().map(|x| x / total).collect();
+            let chi2 = divergence(&q, &p);
+            assert!(chi2 <= radius * (1.0 + 1e-9) + 1e-15, "chi2 {chi2} > radius {radius}");
+            let saturated = solution.dual.is_some_and(|eta| eta >= solution.value);
+            let support: Vec<f64> = losses.iter().zip(&p).filter(|(_, &b)| b > 0.0).map(|(l, _)| *l).collect();
+            let flat = support.iter().all(|&l| l == support[0]);
+            if !saturated && !flat {
+                assert!((chi2 - radius).abs() <= 1e-9 * radius, "chi2 {chi2} != radius {radius}: {losses:?} {reference:?} {solution:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn weights_do_not_depend_on_the_scale_of_the_losses() {
+        let base = [0.3, -1.0, 2.5, 2.5, 0.0, 1.7, -0.2];
+        for opts in [options(Ambiguity::Chi2, Budget::Radius(0.3)), options(Ambiguity::Chi2, Budget::Radius(0.01))] {
+            let (q, _) = solve_f64(&base, &opts);
+            for scale in [1e-300_f64, 1e300, 1e-3] {
+                let scaled: Vec<f64> = base.iter().map(|l| l * scale.abs()).collect();
+                let (qs, solution) = solve_f64(&scaled, &opts);
+                check_invariants(&scaled, None, &qs, &solution);
+                for (a, b) in q.iter().zip(&qs) {
+                    assert!((a - b).abs() < 1e-12);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_penalised_form_is_a_clipped_linear_tilt() {
+        let mut rng = Rng::new(4);
+        for trial in 0..200 {
+            let n = 1 + trial % 30;
+            let losses = rng.losses(n, 1.0);
+            let lam = 0.01 + rng.uniform() * 5.0;
+            let (q, solution) = solve_f64(&losses, &options(Ambiguity::Chi2, Budget::Penalty(lam)));
+            check_invariants(&losses, None, &q, &solution);
+            let t = solution.dual.unwrap();
+            if t.is_finite() {
+                for (qi, li) in q.iter().zip(&losses) {
+                    let expected = (li - t).max(0.0) / (n as f64 * lam);
+                    assert!((qi - expected).abs() < 1e-9, "q {qi} vs {expected}");
+                }
+            }
+        }
+    }
+}

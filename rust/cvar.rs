@@ -53,3 +53,40 @@ pub fn solve<T: Real>(batch: &Batch<T>, alpha: f64, out: &mut [T]) -> Outcome {
     }
     Outcome { value, dual: Some(eta), iterations: 1 }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{check_invariants, options, solve_f64, Rng};
+    use crate::{Ambiguity, Budget, Options};
+
+    #[test]
+    fn weights_are_capped_at_p_over_alpha() {
+        let mut rng = Rng::new(5);
+        for trial in 0..300 {
+            let n = 1 + trial % 70;
+            let losses = rng.losses(n, 3.0);
+            let reference = rng.reference(n);
+            let alpha = rng.uniform().max(1e-3);
+            let opts = Options { reference: Some(&reference), ..options(Ambiguity::Cvar, Budget::Alpha(alpha)) };
+            let (q, solution) = solve_f64(&losses, &opts);
+            check_invariants(&losses, Some(&reference), &q, &solution);
+            let total: f64 = reference.iter().sum();
+            for (qi, pi) in q.iter().zip(&reference) {
+                assert!(*qi <= pi / total / alpha * (1.0 + 1e-12) + 1e-15);
+            }
+            // The dual's value at eta equals V*.
+            let eta = solution.dual.unwrap();
+            let dual: f64 = eta
+                + losses.iter().zip(&reference).map(|(l, p)| p / total * (l - eta).max(0.0)).sum::<f64>() / alpha;
+            assert!((dual - solution.value).abs() < 1e-9 * (1.0 + dual.abs()), "dual {dual} vs {}", solution.value);
+        }
+    }
+
+    #[test]
+    fn the_mean_of_the_top_fraction() {
+        let losses = [5.0, 1.0, 4.0, 2.0, 3.0, 0.0];
+        let (q, solution) = solve_f64(&losses, &options(Ambiguity::Cvar, Budget::Alpha(0.5)));
+        assert_eq!(solution.value, 4.0);
+        assert_eq!(q, vec![1.0 / 3.0, 0.0, 1.0 / 3.0, 0.0, 1.0 / 3.0, 0.0]);
+    }
+}

@@ -117,3 +117,78 @@ impl Tilt {
         beta * self.mean - self.log_z
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{check_invariants, options, solve_f64, Rng};
+    use crate::{Ambiguity, Budget, Options};
+
+    fn divergence(q: &[f64], p: &[f64]) -> f64 {
+        q.iter().zip(p).filter(|(&a, _)| a > 0.0).map(|(&a, &b)| a * (a / b).ln()).sum()
+    }
+
+    #[test]
+    fn the_constraint_binds_below_saturation() {
+        let mut rng = Rng::new(1);
+        for trial in 0..200 {
+            let n = 2 + trial % 40;
+            let losses = rng.losses(n, 1.0);
+            let reference = rng.reference(n);
+            let radius = rng.uniform() * 2.0;
+            let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Radius(radius)) };
+            let (q, solution) = solve_f64(&losses, &opts);
+            check_invariants(&losses, Some(&reference), &q, &solution);
+            let total: f64 = reference.iter().sum();
+            let p: Vec<f64> = reference.iter().map(|x| x / total).collect();
+            let kl = divergence(&q, &p);
+            if solution.dual.unwrap() > 0.0 && solution.iterations > 0 {
+                assert!((kl - radius).abs() <= 1e-9 * radius.max(1e-3), "KL {kl} for radius {radius}");
+            } else {
+                assert!(kl <= radius + 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn weights_do_not_depend_on_the_scale_of_the_losses() {
+        let base = [0.3, -1.0, 2.5, 2.5, 0.0, 1.7];
+        let opts = options(Ambiguity::Kl, Budget::Radius(0.2));
+        let (q, _) = solve_f64(&base, &opts);
+        for scale in [1e-300, 1e-150, 1e150, 1e300] {
+            let scaled: Vec<f64> = base.iter().map(|l| l * scale).collect();
+            let (qs, solution) = solve_f64(&scaled, &opts);
+            check_invariants(&scaled, None, &qs, &solution);
+            for (a, b) in q.iter().zip(&qs) {
+                assert!((a - b).abs() < 1e-12, "scale {scale}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn value_rises_with_the_radius_and_saturates_on_the_argmax() {
+        let losses = [1.0, 3.0, 2.0, 3.0];
+        let mut previous = f64::NEG_INFINITY;
+        for k in 0..40 {
+            let radius = 0.05 * k as f64;
+            let (q, solution) = solve_f64(&losses, &options(Ambiguity::Kl, Budget::Radius(radius)));
+            assert!(solution.value >= previous - 1e-12);
+            previous = solution.value;
+            if radius >= 2.0_f64.ln() {
+                assert_eq!(q, vec![0.0, 0.5, 0.0, 0.5]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_temperature_form_is_the_exponential_tilt() {
+        let losses = [0.5, 1.5, -2.0, 4.0];
+        let tau = 0.7;
+        let (q, solution) = solve_f64(&losses, &options(Ambiguity::Kl, Budget::Penalty(tau)));
+        let w: Vec<f64> = losses.iter().map(|l| (l / tau).exp()).collect();
+        let z: f64 = w.iter().sum();
+        for (a, b) in q.iter().zip(&w) {
+            assert!((a - b / z).abs() < 1e-14);
+        }
+        assert_eq!(solution.dual, Some(tau));
+    }
+}

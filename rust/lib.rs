@@ -16,6 +16,9 @@ pub mod select;
 pub mod tv;
 pub mod wasserstein;
 
+#[cfg(test)]
+mod testing;
+
 #[cfg(feature = "python")]
 mod python;
 

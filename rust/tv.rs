@@ -59,3 +59,36 @@ pub fn solve<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Outcome {
     }
     Outcome { value, dual: None, iterations: 1 }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{check_invariants, options, solve_f64, Rng};
+    use crate::{Ambiguity, Budget, Options};
+
+    #[test]
+    fn moves_exactly_rho_from_the_bottom_to_the_top() {
+        let mut rng = Rng::new(6);
+        for trial in 0..300 {
+            let n = 1 + trial % 70;
+            let losses = rng.losses(n, 2.0);
+            let reference = rng.reference(n);
+            let radius = rng.uniform();
+            let opts = Options { reference: Some(&reference), ..options(Ambiguity::Tv, Budget::Radius(radius)) };
+            let (q, solution) = solve_f64(&losses, &opts);
+            check_invariants(&losses, Some(&reference), &q, &solution);
+            let total: f64 = reference.iter().sum();
+            let tv: f64 = 0.5 * q.iter().zip(&reference).map(|(a, b)| (a - b / total).abs()).sum::<f64>();
+            assert!(tv <= radius + 1e-12, "TV {tv} > {radius}");
+        }
+    }
+
+    #[test]
+    fn a_small_example_by_hand() {
+        let (q, solution) = solve_f64(&[1.0, 2.0, 3.0, 4.0], &options(Ambiguity::Tv, Budget::Radius(0.3)));
+        let expected = [0.0, 0.2, 0.25, 0.55];
+        for (a, b) in q.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-15);
+        }
+        assert!((solution.value - (0.4 + 0.75 + 2.2)).abs() < 1e-14);
+    }
+}
