@@ -60,7 +60,7 @@ fuzz:
 	bash fuzz/run.sh
 
 stubtest: setup
-	$(PY) -m mypy.stubtest dro_rebel._core --allowlist tests/stubtest_allowlist.txt
+	$(PY) -m mypy.stubtest dro_rebel._core
 
 clean:
 	rm -rf target dist $(VENV)
