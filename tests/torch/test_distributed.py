@@ -1,0 +1,93 @@
+"""Two CPU processes on the gloo backend solve the global problem, each keeps its slice
+(SPEC.md section 3, data parallelism)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dro_rebel import worst_case
+from dro_rebel.torch import RobustLoss
+
+LOSSES = torch.tensor([0.3, 2.0, 1.1, 0.7, 3.5, 0.2, 1.9, 0.4], dtype=torch.float64)
+GROUPS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+SHARDS = [slice(0, 3), slice(3, 8)]  # unequal on purpose: the gather pads
+INPUTS = torch.linspace(-1.0, 1.0, 8 * 3, dtype=torch.float64).reshape(8, 3)
+RHO0 = 0.1
+
+
+def _penalised_losses(theta: torch.Tensor, rows: slice):
+    """Per-sample losses of inputs ("embeddings") theta * a_i, as in a model."""
+    embeds = theta * INPUTS[rows]
+    return (embeds.sin() * torch.arange(1.0, 4.0, dtype=torch.float64)).sum(dim=1) ** 2, embeds
+
+
+def _rank(rank: int, port: int, results: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        shard = SHARDS[rank]
+        out = {}
+        for name, kwargs in (("chi2", {}), ("groups", {"groups": GROUPS[shard]})):
+            losses = LOSSES[shard].clone().requires_grad_()
+            robust = RobustLoss("chi2", radius=0.3)
+            value = robust(losses, **kwargs)
+            value.backward()
+            out[name] = (value.detach(), losses.grad, robust.last.value)
+        for form in ("rebel", "wdpo"):
+            theta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+            losses, embeds = _penalised_losses(theta, shard)
+            robust = RobustLoss("wasserstein", radius=RHO0, gradient_penalty=form)
+            value = robust(losses, inputs_embeds=[embeds])
+            value.backward()
+            out[form] = (value.detach(), theta.grad, robust.last.value)
+        torch.save(out, f"{results}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ranks_of(ranks, name):
+    return [rank[name] for rank in ranks]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    results = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_rank, args=(_free_port(), str(results)), nprocs=2, join=True)
+    return [torch.load(results / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.parametrize("name", ["chi2", "groups"])
+def test_every_rank_keeps_its_slice_of_the_global_weights(ranks, name):
+    kwargs = {"groups": GROUPS.numpy()} if name == "groups" else {}
+    solution = worst_case(LOSSES.numpy(), "chi2", radius=0.3, **kwargs)
+    q = torch.from_numpy(solution.weights)
+    for rank, (value, grad, global_value) in enumerate(ranks_of(ranks, name)):
+        # The DDP convention: world_size * q_local, so the mean over ranks is the global gradient.
+        torch.testing.assert_close(grad, 2 * q[SHARDS[rank]])
+        assert global_value == pytest.approx(solution.value)
+    mean_value = sum(value for value, _, _ in ranks_of(ranks, name)) / 2
+    assert mean_value.item() == pytest.approx(solution.value)
+
+
+@pytest.mark.parametrize("form", ["rebel", "wdpo"])
+def test_gradient_penalty_is_over_the_global_batch(ranks, form):
+    theta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    losses, embeds = _penalised_losses(theta, slice(0, 8))
+    expected = RobustLoss("wasserstein", radius=RHO0, gradient_penalty=form)(losses, inputs_embeds=[embeds])
+    expected.backward()
+    per_rank = ranks_of(ranks, form)
+    mean_value = sum(value for value, _, _ in per_rank) / 2
+    mean_grad = sum(grad for _, grad, _ in per_rank) / 2
+    assert mean_value.item() == pytest.approx(expected.item())
+    assert mean_grad.item() == pytest.approx(theta.grad.item())
+    assert per_rank[0][2] == pytest.approx(expected.item())
