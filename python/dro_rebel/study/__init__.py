@@ -1,0 +1,5 @@
+"""Controlled studies of the robust objectives, small enough to run on a CPU in seconds.
+
+``radius``: how the chi-square radius schedule trades the coverage of the true distribution
+against the statistical rate, in the linear-reward, log-linear-policy setting of DRO-REBEL.
+"""
