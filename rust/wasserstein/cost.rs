@@ -1,0 +1,259 @@
+//! The ground cost of the Wasserstein set, c_ij = d_ij^p (SPEC.md section 2): validated once,
+//! scaled so that no power overflows, and served one row at a time to the dual's passes.
+//!
+//! The matrix exists at most once. A caller's distance matrix with p = 1 is read in place. With
+//! features, or another p, the scaled costs are computed once into a cache when n^2 entries
+//! fit in `CACHE_MAX_ENTRIES`; beyond that every pass recomputes its rows blockwise, one row
+//! per thread-local buffer, and nothing of size n^2 is ever allocated.
+//!
+//! Scaling: distances are divided by a power of two s >= the largest distance, so the scaled
+//! costs c'_ij = (d_ij / s)^p lie in [0, 1], are exact multiples of the true ones for p = 1 and
+//! 2, and keep exact zeros (duplicate points) exactly zero. The solver works in c' and
+//! converts a dual variable back with `factor` = s^-p.
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use super::Geometry;
+use crate::error::{CoreError, Result};
+
+/// The largest cost matrix kept in memory: 2^24 f64 entries = 128 MiB (n = 4096). A cached
+/// entry costs one load per pass; a recomputed one d subtractions and multiplications.
+const CACHE_MAX_ENTRIES: usize = 1 << 24;
+
+/// How the cost follows from a distance: the common types without `powf`.
+#[derive(Clone, Copy, Debug)]
+enum Power {
+    One,
+    Two,
+    Other(f64),
+}
+
+impl Power {
+    fn new(order: f64) -> Self {
+        if order == 1.0 {
+            Power::One
+        } else if order == 2.0 {
+            Power::Two
+        } else {
+            Power::Other(order)
+        }
+    }
+
+    #[inline(always)]
+    fn of_distance(self, d: f64) -> f64 {
+        match self {
+            Power::One => d,
+            Power::Two => d * d,
+            Power::Other(p) => d.powf(p),
+        }
+    }
+
+    #[inline(always)]
+    fn of_squared(self, squared: f64) -> f64 {
+        match self {
+            Power::One => squared.sqrt(),
+            Power::Two => squared,
+            Power::Other(p) => squared.powf(0.5 * p),
+        }
+    }
+}
+
+enum Rows<'a> {
+    /// Row-major n x n costs: the caller's distance matrix as it is (p = 1, s = 1), or the
+    /// cache of scaled costs.
+    Stored(Cow<'a, [f64]>),
+    /// Computed row by row at every pass.
+    Computed(Recipe<'a>),
+}
+
+enum Recipe<'a> {
+    /// The caller's distance matrix, scaled and raised to p.
+    Distances { distances: &'a [f64], inv_scale: f64, power: Power },
+    /// Scaled features stored column by column (dim x n), so that one row of costs is dim
+    /// passes of contiguous, vectorisable arithmetic over all targets.
+    Features { columns: Vec<f64>, dim: usize, power: Power },
+}
+
+impl Recipe<'_> {
+    /// The scaled costs from source i to all n targets.
+    fn fill(&self, i: usize, out: &mut [f64]) {
+        let n = out.len();
+        match self {
+            Recipe::Distances { distances, inv_scale, power } => {
+                for (o, &d) in out.iter_mut().zip(&distances[i * n..(i + 1) * n]) {
+                    *o = power.of_distance(d * inv_scale);
+                }
+            }
+            Recipe::Features { columns, dim, power } => {
+                out.fill(0.0);
+                for column in columns.chunks_exact(n).take(*dim) {
+                    let x = column[i];
+                    for (o, &y) in out.iter_mut().zip(column) {
+                        let diff = y - x;
+                        *o += diff * diff;
+                    }
+                }
+                if !matches!(power, Power::Two) {
+                    for o in out.iter_mut() {
+                        *o = power.of_squared(*o);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The scaled cost rows of one problem.
+pub(super) struct GroundCost<'a> {
+    n: usize,
+    rows: Rows<'a>,
+    order: f64,
+    /// 1 / s.
+    inv_scale: f64,
+}
+
+impl<'a> GroundCost<'a> {
+    /// Validates the geometry against n samples and prepares the rows. `order` is the type p
+    /// (checked by the caller: finite, >= 1).
+    pub fn new(geometry: &Geometry<'a>, n: usize, order: f64) -> Result<Self> {
+        Self::with_cache_limit(geometry, n, order, CACHE_MAX_ENTRIES)
+    }
+
+    pub(super) fn with_cache_limit(geometry: &Geometry<'a>, n: usize, order: f64, cache_limit: usize) -> Result<Self> {
+        let power = Power::new(order);
+        let fits = n.checked_mul(n).is_some_and(|entries| entries <= cache_limit);
+        let (recipe, inv_scale) = match *geometry {
+            Geometry::Cost(distances) => {
+                let largest = validate_distances(distances, n)?;
+                match power {
+                    Power::One => return Ok(GroundCost { n, rows: Rows::Stored(Cow::Borrowed(distances)), order, inv_scale: 1.0 }),
+                    _ => {
+                        let inv = 1.0 / power_of_two_above(largest);
+                        (Recipe::Distances { distances, inv_scale: inv, power }, inv)
+                    }
+                }
+            }
+            Geometry::Features { data, dim } => {
+                let largest = validate_features(data, dim, n)?;
+                // ||x_i - x_j|| <= 2 sqrt(dim) max |x|.
+                let scale = power_of_two_above(2.0 * (dim as f64).sqrt() * largest);
+                let inv = 1.0 / scale;
+                let mut columns = vec![0.0; data.len()];
+                for (i, row) in data.chunks_exact(dim).enumerate() {
+                    for (k, &x) in row.iter().enumerate() {
+                        columns[k * n + i] = x * inv;
+                    }
+                }
+                (Recipe::Features { columns, dim, power }, inv)
+            }
+        };
+        let rows = if fits { Rows::Stored(Cow::Owned(materialise(&recipe, n))) } else { Rows::Computed(recipe) };
+        Ok(GroundCost { n, rows, order, inv_scale })
+    }
+
+    /// Whether `row` needs a buffer of n entries to write into.
+    pub fn needs_buffer(&self) -> bool {
+        matches!(self.rows, Rows::Computed(_))
+    }
+
+    /// The scaled costs c'_i. from source i to every target. `buffer` (n entries when
+    /// `needs_buffer`, else may be empty) holds them when they are computed on the fly.
+    #[inline]
+    pub fn row<'s>(&'s self, i: usize, buffer: &'s mut [f64]) -> &'s [f64] {
+        let n = self.n;
+        match &self.rows {
+            Rows::Stored(costs) => &costs[i * n..(i + 1) * n],
+            Rows::Computed(recipe) => {
+                recipe.fill(i, buffer);
+                buffer
+            }
+        }
+    }
+
+    /// rho^p in the scaled units.
+    pub fn budget(&self, radius: f64) -> f64 {
+        Power::new(self.order).of_distance(radius * self.inv_scale)
+    }
+
+    /// s^-p: a scaled cost is the true cost times this factor, so a dual variable in the
+    /// scaled units is the true one divided by it.
+    pub fn factor(&self) -> f64 {
+        Power::new(self.order).of_distance(self.inv_scale)
+    }
+}
+
+/// Every row once, in parallel for large n.
+fn materialise(recipe: &Recipe, n: usize) -> Vec<f64> {
+    let mut cache = vec![0.0; n * n];
+    let fill = |(i, row): (usize, &mut [f64])| recipe.fill(i, row);
+    if n * n >= super::PARALLEL_MIN_ENTRIES {
+        cache.par_chunks_mut(n).enumerate().for_each(fill);
+    } else {
+        cache.chunks_mut(n).enumerate().for_each(fill);
+    }
+    cache
+}
+
+/// Checks an n x n matrix of distances: finite, non-negative, zero on the diagonal (staying
+/// put must be free, or radius 0 would have no feasible plan). Returns the largest entry.
+fn validate_distances(distances: &[f64], n: usize) -> Result<f64> {
+    if Some(distances.len()) != n.checked_mul(n) {
+        return Err(CoreError::Geometry(format!(
+            "cost has {} entries; with {n} samples it must be an {n} x {n} matrix",
+            distances.len()
+        )));
+    }
+    let mut largest = 0.0_f64;
+    for (k, &d) in distances.iter().enumerate() {
+        let (i, j) = (k / n, k % n);
+        if !(d.is_finite() && d >= 0.0) {
+            return Err(CoreError::Geometry(format!(
+                "cost must hold finite, non-negative distances, got {d} at ({i}, {j})"
+            )));
+        }
+        if i == j && d != 0.0 {
+            return Err(CoreError::Geometry(format!(
+                "cost must have a zero diagonal (a sample stays where it is for free), got {d} at ({i}, {i})"
+            )));
+        }
+        largest = largest.max(d);
+    }
+    Ok(largest)
+}
+
+/// Checks n rows of dim finite features. Returns the largest absolute value.
+fn validate_features(data: &[f64], dim: usize, n: usize) -> Result<f64> {
+    if dim == 0 {
+        return Err(CoreError::Geometry("features have d = 0 columns: give at least one feature per sample".into()));
+    }
+    if Some(data.len()) != n.checked_mul(dim) {
+        return Err(CoreError::Geometry(format!(
+            "features have {} values; with {n} samples and d = {dim} they must be an {n} x {dim} array",
+            data.len()
+        )));
+    }
+    let mut largest = 0.0_f64;
+    for (k, &x) in data.iter().enumerate() {
+        if !x.is_finite() {
+            return Err(CoreError::Geometry(format!(
+                "features must be finite, got {x} at ({}, {})",
+                k / dim,
+                k % dim
+            )));
+        }
+        largest = largest.max(x.abs());
+    }
+    Ok(largest)
+}
+
+/// The smallest power of two >= x (1 for x = 0), within the range where its inverse is a
+/// normal number.
+fn power_of_two_above(x: f64) -> f64 {
+    if x > 0.0 {
+        2.0_f64.powi((x.log2().ceil() as i32).clamp(-1000, 1000))
+    } else {
+        1.0
+    }
+}
