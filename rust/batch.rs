@@ -5,6 +5,7 @@
 //! useful one).
 
 use crate::error::{CoreError, Result};
+use crate::passes::{self, Extremes};
 use crate::real::Real;
 
 /// The reference distribution p: uniform, or non-negative weights normalised on the fly.
@@ -60,8 +61,16 @@ impl<'a> Reference<'a> {
         }
     }
 
-    pub fn is_uniform(&self) -> bool {
-        self.weights.is_none()
+    /// The raw weights of samples start..start+len (None for the uniform reference).
+    #[inline(always)]
+    pub fn slice(&self, start: usize, len: usize) -> Option<&'a [f64]> {
+        self.weights.map(|w| &w[start..start + len])
+    }
+
+    /// The factor that normalises the raw weights (1/n for the uniform reference).
+    #[inline(always)]
+    pub fn scale(&self) -> f64 {
+        self.scale
     }
 }
 
@@ -84,25 +93,11 @@ impl<'a, T: Real> Batch<'a, T> {
         if losses.is_empty() {
             return Err(CoreError::Losses("losses are empty: a batch needs at least one sample".into()));
         }
-        let (mut max, mut min, mut mass_at_max) = (f64::NEG_INFINITY, f64::INFINITY, 0.0);
-        for (i, &l) in losses.iter().enumerate() {
-            let l = l.to_f64();
-            if !l.is_finite() {
-                return Err(CoreError::Losses(format!(
-                    "losses must be finite, got {l} at index {i}"
-                )));
-            }
-            let p = reference.at(i);
-            if p > 0.0 {
-                if l > max {
-                    max = l;
-                    mass_at_max = p;
-                } else if l == max {
-                    mass_at_max += p;
-                }
-                min = min.min(l);
-            }
-        }
+        let Some(extremes) = passes::extremes(losses, &reference) else {
+            let (i, l) = losses.iter().enumerate().find(|(_, l)| !l.to_f64().is_finite()).map(|(i, l)| (i, l.to_f64())).unwrap_or((0, f64::NAN));
+            return Err(CoreError::Losses(format!("losses must be finite, got {l} at index {i}")));
+        };
+        let Extremes { max, min, mass_at_max } = extremes;
         Ok(Batch { losses, reference, max, min, mass_at_max })
     }
 
@@ -129,47 +124,31 @@ impl<'a, T: Real> Batch<'a, T> {
 
     /// sum_i q_i l_i over the written weights.
     pub fn value_of(&self, weights: &[T]) -> f64 {
-        self.losses.iter().zip(weights).map(|(&l, &q)| l.to_f64() * q.to_f64()).sum()
+        let mut value = 0.0;
+        for (&l, &q) in self.losses.iter().zip(weights) {
+            value += l.to_f64() * q.to_f64();
+        }
+        value
     }
 
     /// q = p. Returns V = sum p l.
     pub fn write_reference(&self, out: &mut [T]) -> f64 {
-        let mut value = 0.0;
-        for (i, (o, &l)) in out.iter_mut().zip(self.losses).enumerate() {
-            let p = self.reference.at(i);
-            *o = T::from_f64(p);
-            value += p * l.to_f64();
-        }
+        let [value] = passes::write(self.losses, &self.reference, out, |_, p| p, |l, q| [q * l]);
         value
     }
 
     /// All mass on the arg-max of the losses, ties shared in proportion to p. Returns V = max.
     pub fn write_argmax(&self, out: &mut [T]) -> f64 {
-        let inv = 1.0 / self.mass_at_max;
-        for (i, (o, &l)) in out.iter_mut().zip(self.losses).enumerate() {
-            let p = self.reference.at(i);
-            *o = T::from_f64(if l.to_f64() == self.max && p > 0.0 { p * inv } else { 0.0 });
-        }
-        self.max
+        let (max, inv) = (self.max, 1.0 / self.mass_at_max);
+        passes::write(self.losses, &self.reference, out, |l, p| if l == max && p > 0.0 { p * inv } else { 0.0 }, |_, _| []);
+        max
     }
 
-    /// Writes q_i = w_i / sum w for unnormalised weights w_i = weight(i, l_i) (zero where
+    /// Writes q_i = w_i / sum w for unnormalised weights w_i = weight(l_i, p_i) (zero where
     /// p_i = 0 by the caller's formula) and returns V = sum q l. Two passes.
-    pub fn write_normalised(&self, out: &mut [T], weight: impl Fn(usize, f64) -> f64) -> f64 {
-        let mut total = 0.0;
-        for (i, (o, &l)) in out.iter_mut().zip(self.losses).enumerate() {
-            let w = weight(i, l.to_f64());
-            total += w;
-            *o = T::from_f64(w);
-        }
-        let inv = 1.0 / total;
-        let mut value = 0.0;
-        for (o, &l) in out.iter_mut().zip(self.losses) {
-            let q = o.to_f64() * inv;
-            *o = T::from_f64(q);
-            value += q * l.to_f64();
-        }
-        value
+    pub fn write_normalised(&self, out: &mut [T], weight: impl Fn(f64, f64) -> f64 + Sync) -> f64 {
+        let [total] = passes::write(self.losses, &self.reference, out, weight, |_, w| [w]);
+        passes::rescale(self.losses, out, 1.0 / total)
     }
 }
 
@@ -191,9 +170,11 @@ impl Scale {
         Scale { pre, max_pre: max * pre, inv_range: if range > 0.0 { 1.0 / range } else { 0.0 } }
     }
 
+    /// Clamped to [-1, 0]: exact on the support of p; elsewhere (p_i = 0, where a loss may lie
+    /// far outside the support's range) it keeps every term finite, and p_i = 0 zeroes it.
     #[inline(always)]
     pub fn u(&self, l: f64) -> f64 {
-        (l * self.pre - self.max_pre) * self.inv_range
+        ((l * self.pre - self.max_pre) * self.inv_range).clamp(-1.0, 0.0)
     }
 
     /// The inverse map, for reporting a threshold in the losses' units.

@@ -14,6 +14,7 @@
 //! t = (sum_A p l - lam) / P_A, which rises monotonically to the exact threshold.
 
 use crate::batch::{Batch, Scale};
+use crate::passes;
 use crate::real::Real;
 use crate::Outcome;
 
@@ -72,8 +73,7 @@ pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outc
 }
 
 fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, out: &mut [T]) -> f64 {
-    let p = &batch.reference;
-    batch.write_normalised(out, |i, l| p.at(i) * (scale.u(l) - eta).max(0.0))
+    batch.write_normalised(out, |l, p| p * (scale.u(l) - eta).max(0.0))
 }
 
 /// Sums over {i : u_i > threshold, p_i > 0} of p, p (u - shift), p (u - shift)^2, and the count
@@ -87,19 +87,13 @@ struct Moments {
 
 impl Moments {
     fn above<T: Real>(batch: &Batch<T>, scale: &Scale, threshold: f64, shift: f64) -> Self {
-        let (mut count, mut mass, mut first, mut second) = (0, 0.0, 0.0, 0.0);
-        for (i, &l) in batch.losses.iter().enumerate() {
-            let u = scale.u(l.to_f64());
-            let p = batch.reference.at(i);
-            if u > threshold && p > 0.0 {
-                let d = u - shift;
-                count += 1;
-                mass += p;
-                first += p * d;
-                second += p * d * d;
-            }
-        }
-        Moments { count, mass, first, second }
+        let [count, mass, first, second] = passes::sum(batch.losses, &batch.reference, |l, p| {
+            let u = scale.u(l);
+            let on = u > threshold && p > 0.0;
+            let (m, d) = (if on { p } else { 0.0 }, u - shift);
+            [if on { 1.0 } else { 0.0 }, m, m * d, m * d * d]
+        });
+        Moments { count: count as usize, mass, first, second }
     }
 }
 

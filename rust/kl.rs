@@ -8,6 +8,7 @@
 //! step one pass over the losses, a bracket [lo, hi] that bisects whenever Newton leaves it.
 
 use crate::batch::{Batch, Scale};
+use crate::passes;
 use crate::real::Real;
 use crate::Outcome;
 
@@ -25,16 +26,22 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         return Outcome { value, dual: Some(0.0), iterations: 0 };
     }
     let scale = batch.scale();
-    let first = Tilt::at(batch, &scale, 0.0);
-    let mut beta = (2.0 * radius / first.variance()).sqrt();
+    // Each evaluation writes the unnormalised weights p exp(beta u), so the last one only
+    // needs rescaling: one pass with exp fewer.
+    // Small-radius expansion KL(q_beta || p) ~ beta^2 Var_p(u) / 2 for the first guess.
+    let [mean, second] = passes::sum(batch.losses, &batch.reference, |l, p| {
+        let u = scale.u(l);
+        [p * u, p * u * u]
+    });
+    let mut beta = (2.0 * radius / (second - mean * mean).max(f64::MIN_POSITIVE)).sqrt();
     let (mut lo, mut hi) = (0.0_f64, f64::INFINITY);
-    let mut iterations = 1;
-    while iterations < MAX_ITERATIONS {
-        let tilt = Tilt::at(batch, &scale, beta);
+    let mut iterations = 0;
+    let tilt = loop {
+        let tilt = Tilt::at(batch, &scale, beta, out);
         iterations += 1;
         let gap = tilt.divergence(beta) - radius;
-        if gap.abs() <= tol * radius {
-            break;
+        if gap.abs() <= tol * radius || iterations >= MAX_ITERATIONS {
+            break tilt;
         }
         if gap < 0.0 {
             lo = beta;
@@ -51,12 +58,11 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
             4.0 * beta.max(f64::MIN_POSITIVE)
         };
         if (next - beta).abs() <= 1e-15 * beta {
-            beta = next;
-            break;
+            break tilt;
         }
         beta = next;
-    }
-    let value = write_tilt(batch, &scale, beta, out);
+    };
+    let value = passes::rescale(batch.losses, out, 1.0 / tilt.z);
     Outcome { value, dual: Some(scale.to_loss_units(1.0 / beta)), iterations }
 }
 
@@ -77,35 +83,32 @@ pub fn solve_temperature<T: Real>(batch: &Batch<T>, tau: f64, out: &mut [T]) -> 
 }
 
 fn write_tilt<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, out: &mut [T]) -> f64 {
-    let p = &batch.reference;
-    batch.write_normalised(out, |i, l| {
-        let pi = p.at(i);
-        if pi > 0.0 { pi * (beta * scale.u(l).min(0.0)).exp() } else { 0.0 }
-    })
+    let tilt = Tilt::at(batch, scale, beta, out);
+    passes::rescale(batch.losses, out, 1.0 / tilt.z)
 }
 
-/// Moments of the tilted distribution q_beta ~ p exp(beta u) in one pass. The exponents are
-/// <= 0 with one of them 0 (the max), so Z >= P(argmax) and nothing overflows.
+/// Moments of the tilted distribution q_beta ~ p exp(beta u) in one pass that also writes the
+/// unnormalised weights. The exponents are <= 0 with one of them 0 (the max), so
+/// Z >= P(argmax) and nothing overflows.
 struct Tilt {
-    log_z: f64,
+    z: f64,
     mean: f64,
     second: f64,
 }
 
 impl Tilt {
-    fn at<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64) -> Self {
-        let (mut z, mut m1, mut m2) = (0.0, 0.0, 0.0);
-        for (i, &l) in batch.losses.iter().enumerate() {
-            let p = batch.reference.at(i);
-            if p > 0.0 {
-                let u = scale.u(l.to_f64()).min(0.0);
-                let w = p * (beta * u).exp();
-                z += w;
-                m1 += w * u;
-                m2 += w * u * u;
-            }
-        }
-        Tilt { log_z: z.ln(), mean: m1 / z, second: m2 / z }
+    fn at<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, out: &mut [T]) -> Self {
+        let [z, m1, m2] = passes::write(
+            batch.losses,
+            &batch.reference,
+            out,
+            |l, p| if p > 0.0 { p * passes::exp_nonpositive(beta * scale.u(l)) } else { 0.0 },
+            |l, w| {
+                let u = scale.u(l);
+                [w, w * u, w * u * u]
+            },
+        );
+        Tilt { z, mean: m1 / z, second: m2 / z }
     }
 
     fn variance(&self) -> f64 {
@@ -114,7 +117,7 @@ impl Tilt {
 
     /// KL(q_beta || p) = beta E_q[u] - log Z.
     fn divergence(&self, beta: f64) -> f64 {
-        beta * self.mean - self.log_z
+        beta * self.mean - self.z.ln()
     }
 }
 

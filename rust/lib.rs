@@ -11,6 +11,7 @@ pub mod cvar;
 pub mod error;
 pub mod groups;
 pub mod kl;
+pub mod passes;
 pub mod real;
 pub mod select;
 pub mod tv;
