@@ -49,7 +49,15 @@ impl<'a> Reference<'a> {
         if !total.is_finite() {
             return Err(CoreError::Reference("reference sums to infinity: rescale it".into()));
         }
-        Ok(Reference { weights: Some(weights), scale: 1.0 / total })
+        let scale = 1.0 / total;
+        // A sum below 1/f64::MAX (subnormal weights only) has no finite reciprocal: p would be
+        // inf (found by fuzz/fuzz_targets/kl.rs).
+        if !scale.is_finite() {
+            return Err(CoreError::Reference(format!(
+                "reference sums to {total:e}, too small to normalise: rescale it"
+            )));
+        }
+        Ok(Reference { weights: Some(weights), scale })
     }
 
     /// p_i, normalised.
@@ -190,5 +198,23 @@ impl Scale {
     /// A difference in the units of u back in the losses' units.
     pub fn to_loss_units(&self, du: f64) -> f64 {
         (du / self.inv_range) / self.pre
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reference;
+    use crate::error::CoreError;
+
+    /// Found by fuzzing: subnormal weights sum below 1/f64::MAX, and normalising them gave
+    /// p = inf instead of an error.
+    #[test]
+    fn a_reference_too_small_to_normalise_is_an_error() {
+        for weights in [vec![7.253001e-317], vec![5e-324, 0.0, 5e-324]] {
+            let n = weights.len();
+            assert!(matches!(Reference::weighted(&weights, n), Err(CoreError::Reference(_))));
+        }
+        let smallest_normal = [f64::MIN_POSITIVE, 0.0];
+        assert!(Reference::weighted(&smallest_normal, 2).unwrap().at(0) == 1.0);
     }
 }
