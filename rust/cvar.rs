@@ -5,7 +5,7 @@
 
 use crate::batch::Batch;
 use crate::real::Real;
-use crate::select::upper_quantile;
+use crate::select::{quantile, Quantile};
 use crate::Outcome;
 
 pub fn solve<T: Real>(batch: &Batch<T>, alpha: f64, out: &mut [T]) -> Outcome {
@@ -18,23 +18,7 @@ pub fn solve<T: Real>(batch: &Batch<T>, alpha: f64, out: &mut [T]) -> Outcome {
         return Outcome { value, dual: Some(batch.max), iterations: 0 };
     }
     let p = &batch.reference;
-    let mut items: Vec<(f64, f64)> = batch
-        .losses
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (l.to_f64(), p.at(i)))
-        .filter(|&(_, mass)| mass > 0.0)
-        .collect();
-    let eta = upper_quantile(&mut items, alpha);
-    let (mut above, mut at) = (0.0, 0.0);
-    for (i, &l) in batch.losses.iter().enumerate() {
-        let l = l.to_f64();
-        if l > eta {
-            above += p.at(i);
-        } else if l == eta {
-            at += p.at(i);
-        }
-    }
+    let Quantile { value: eta, beyond: above, at } = quantile(batch, alpha, 1.0);
     // Mass left for the losses tied at eta, per unit of their p.
     let share = ((alpha - above) / at).clamp(0.0, 1.0) / alpha;
     let cap = 1.0 / alpha;
@@ -79,6 +63,31 @@ mod tests {
             let dual: f64 = eta
                 + losses.iter().zip(&reference).map(|(l, p)| p / total * (l - eta).max(0.0)).sum::<f64>() / alpha;
             assert!((dual - solution.value).abs() < 1e-9 * (1.0 + dual.abs()), "dual {dual} vs {}", solution.value);
+        }
+    }
+
+    /// Large batches go through the histogram; compare with filling a full sort by hand.
+    #[test]
+    fn large_batches_match_a_full_sort() {
+        let mut rng = Rng::new(7);
+        for trial in 0..20 {
+            let n = 1024 + 997 * trial;
+            let losses = rng.losses(n, if trial % 3 == 0 { 1e300 } else { 1.0 });
+            let reference = rng.reference(n);
+            let alpha = rng.uniform().max(1e-3);
+            let opts = Options { reference: Some(&reference), ..options(Ambiguity::Cvar, Budget::Alpha(alpha)) };
+            let (_, solution) = solve_f64(&losses, &opts);
+            let total: f64 = reference.iter().sum();
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| losses[b].total_cmp(&losses[a]));
+            let (mut left, mut value) = (1.0_f64, 0.0);
+            for i in order {
+                let take = (reference[i] / total / alpha).min(left);
+                value += take * losses[i];
+                left -= take;
+            }
+            let scale = losses.iter().fold(0.0_f64, |m, l| m.max(l.abs()));
+            assert!((value - solution.value).abs() <= 1e-12 * scale, "n {n}: {value} vs {}", solution.value);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use crate::batch::Batch;
 use crate::real::Real;
-use crate::select::upper_quantile;
+use crate::select::{quantile, Quantile};
 use crate::Outcome;
 
 pub fn solve<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Outcome {
@@ -18,26 +18,11 @@ pub fn solve<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Outcome {
     }
     let p = &batch.reference;
     // The lower quantile of the losses is the upper quantile of their negatives.
-    let mut items: Vec<(f64, f64)> = batch
-        .losses
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (-l.to_f64(), p.at(i)))
-        .filter(|&(_, mass)| mass > 0.0)
-        .collect();
-    let cut = -upper_quantile(&mut items, radius);
+    let Quantile { value, beyond: below, at } = quantile(batch, radius, -1.0);
+    let cut = -value;
     if cut >= batch.max {
         let value = batch.write_argmax(out);
         return Outcome { value, dual: None, iterations: 0 };
-    }
-    let (mut below, mut at) = (0.0, 0.0);
-    for (i, &l) in batch.losses.iter().enumerate() {
-        let l = l.to_f64();
-        if l < cut {
-            below += p.at(i);
-        } else if l == cut {
-            at += p.at(i);
-        }
     }
     // Fraction of p kept by the losses tied at the cut, and the gain of those at the max.
     let kept = (1.0 - (radius - below) / at).clamp(0.0, 1.0);
@@ -79,6 +64,33 @@ mod tests {
             let total: f64 = reference.iter().sum();
             let tv: f64 = 0.5 * q.iter().zip(&reference).map(|(a, b)| (a - b / total).abs()).sum::<f64>();
             assert!(tv <= radius + 1e-12, "TV {tv} > {radius}");
+        }
+    }
+
+    /// Large batches go through the histogram; compare with moving mass by hand on a sort.
+    #[test]
+    fn large_batches_match_a_full_sort() {
+        let mut rng = Rng::new(8);
+        for trial in 0..20 {
+            let n = 1024 + 991 * trial;
+            let losses = rng.losses(n, if trial % 3 == 0 { 1e-300 } else { 1.0 });
+            let radius = rng.uniform() * 0.9;
+            let (_, solution) = solve_f64(&losses, &options(Ambiguity::Tv, Budget::Radius(radius)));
+            let mut sorted = losses.clone();
+            sorted.sort_by(f64::total_cmp);
+            let max = sorted[n - 1];
+            let at_max = sorted.iter().filter(|&&l| l == max).count() as f64 / n as f64;
+            let moved = radius.min(1.0 - at_max);
+            let (mut left, mut removed) = (moved, 0.0);
+            for &l in &sorted {
+                let take = (1.0 / n as f64).min(left);
+                removed += take * l;
+                left -= take;
+            }
+            let mean: f64 = losses.iter().sum::<f64>() / n as f64;
+            let value = mean - removed + moved * max;
+            let scale = losses.iter().fold(0.0_f64, |m, l| m.max(l.abs()));
+            assert!((value - solution.value).abs() <= 1e-12 * scale, "n {n}: {value} vs {}", solution.value);
         }
     }
 
