@@ -1,0 +1,95 @@
+"""Checkpoints: a run killed with SIGKILL resumes to exactly the parameters of an
+uninterrupted run, and a damaged checkpoint is refused with a clear error."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Tuple
+
+import pytest
+import torch
+
+from dro_rebel.torch import CorruptCheckpointError, RobustDPOConfig, RobustDPOTrainer, load_checkpoint
+from dro_rebel.torch.checkpoint import save_checkpoint
+from tiny_models import PAIRS, tiny_llama
+
+HERE = Path(__file__).parent
+
+
+def _child(output_dir: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "resume_child.py"), str(output_dir), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen) -> Tuple[int, str]:
+    """The exit status and the standard error of a child once it ends."""
+    _, stderr = process.communicate(timeout=300)
+    return process.returncode, stderr
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    # The uninterrupted run and the one to be killed run side by side.
+    uninterrupted, crashed = _child(straight), _child(killed, "--kill-at", "4")
+    status, stderr = _finish(uninterrupted)
+    assert status == 0, stderr
+    status, stderr = _finish(crashed)
+    assert status == -signal.SIGKILL, stderr
+    assert not (killed / "final.pt").exists()
+    assert sorted(p.name for p in killed.glob("checkpoint-*.pt")) == ["checkpoint-2.pt"]
+    status, stderr = _finish(_child(killed, "--resume"))
+    assert status == 0, stderr
+    expected, got = torch.load(straight / "final.pt"), torch.load(killed / "final.pt")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+@pytest.fixture
+def checkpointed(tokenizer, tmp_path):
+    config = RobustDPOConfig(output_dir=str(tmp_path), max_steps=1, disable_tqdm=True, learning_rate=1e-3)
+    trainer = RobustDPOTrainer(tiny_llama(tokenizer), tokenizer, config, PAIRS)
+    trainer.train()
+    return trainer, tmp_path / "checkpoint-1.pt"
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: data[: len(data) // 2], "checksum"),
+        (lambda data: data[:-1] + bytes([data[-1] ^ 1]), "checksum"),
+        (lambda data: data[:20], "truncated"),
+        (lambda data: b"PK" + data[2:], "not a dro-rebel checkpoint"),
+    ],
+)
+def test_damaged_checkpoints_are_refused(checkpointed, damage, message):
+    trainer, path = checkpointed
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CorruptCheckpointError, match=message):
+        trainer.train(resume_from_checkpoint=True)
+    with pytest.raises(CorruptCheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_resume_restores_step_and_rejects_another_model(checkpointed, tokenizer, tmp_path):
+    trainer, path = checkpointed
+    assert load_checkpoint(path)["step"] == 1
+    config = RobustDPOConfig(output_dir=str(tmp_path), max_steps=1, use_peft=True, disable_tqdm=True)
+    lora = RobustDPOTrainer(tiny_llama(tokenizer), tokenizer, config, PAIRS)
+    with pytest.raises(ValueError, match="other trainable parameters"):
+        lora.load(path)
+
+
+def test_no_temporary_file_is_left_behind(tmp_path):
+    save_checkpoint(tmp_path, 7, {"x": torch.ones(3)})
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-7.pt"]
