@@ -5,7 +5,9 @@
 //! is stationary where S2(eta) = c S1(eta)^2, c = 1 + 2 rho, with S_k = sum_i p_i (l_i - eta)_+^k.
 //! On a fixed active set A = {l_i > eta} that is a quadratic in eta with the closed form
 //!     eta = m_A - sqrt(v_A / (c P_A - 1)),
-//! (m_A, v_A, P_A: mean, variance and mass of p on A). We iterate A <- {l > eta} from the whole
+//! (m_A, v_A, P_A: mean, variance and mass of p on A). The denominator is computed as
+//! 2 rho P_A - (1 - P_A), with 1 - P_A summed over the points outside A: formed as c P_A - 1 it
+//! loses all precision for small rho (c rounds to 1 below rho = 1.1e-16; found by fuzzing). We iterate A <- {l > eta} from the whole
 //! support; the thresholds are nested, so an unchanged count means an unchanged set and an exact
 //! answer, usually after 2 to 5 passes. An exact sort-and-sweep solve backs it up.
 //!
@@ -33,9 +35,9 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Ou
         return Outcome { value, dual: Some(batch.max), iterations: 0 };
     }
     let scale = batch.scale();
-    let (eta, iterations) = match active_set_threshold(batch, &scale, c) {
+    let (eta, iterations) = match active_set_threshold(batch, &scale, radius) {
         Some(found) => found,
-        None => (sorted_threshold(batch, &scale, c), MAX_PASSES + 1),
+        None => (sorted_threshold(batch, &scale, radius), MAX_PASSES + 1),
     };
     let value = write_threshold(batch, &scale, eta, out);
     Outcome { value, dual: Some(scale.loss(eta)), iterations }
@@ -77,34 +79,37 @@ fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, out: &mut
 }
 
 /// Sums over {i : u_i > threshold, p_i > 0} of p, p (u - shift), p (u - shift)^2, and the count
-/// of such i. The shift keeps the variance free of cancellation when the active losses cluster.
+/// of such i; and the mass of p outside that set. The shift keeps the variance free of
+/// cancellation when the active losses cluster.
 struct Moments {
     count: usize,
     mass: f64,
     first: f64,
     second: f64,
+    outside: f64,
 }
 
 impl Moments {
     fn above<T: Real>(batch: &Batch<T>, scale: &Scale, threshold: f64, shift: f64) -> Self {
-        let [count, mass, first, second] = passes::sum(batch.losses, &batch.reference, |l, p| {
+        let [count, mass, first, second, outside] = passes::sum(batch.losses, &batch.reference, |l, p| {
             let u = scale.u(l);
             let on = u > threshold && p > 0.0;
             let (m, d) = (if on { p } else { 0.0 }, u - shift);
-            [if on { 1.0 } else { 0.0 }, m, m * d, m * d * d]
+            [if on { 1.0 } else { 0.0 }, m, m * d, m * d * d, p - m]
         });
-        Moments { count: count as usize, mass, first, second }
+        Moments { count: count as usize, mass, first, second, outside }
     }
 }
 
-/// Closed-form eta on an active set with mass P, mean m and variance v: the root below m of
-/// (v + (m - eta)^2) = c P (m - eta)^2. None when no root exists on this set.
-fn closed_form(c: f64, mass: f64, mean: f64, variance: f64) -> Option<f64> {
-    let denominator = c * mass - 1.0;
+/// Closed-form eta on an active set with mass P (and `outside` = 1 - P), mean m and variance v:
+/// the root below m of (v + (m - eta)^2) = c P (m - eta)^2, c = 1 + 2 rho. None when no root
+/// exists on this set.
+fn closed_form(radius: f64, mass: f64, outside: f64, mean: f64, variance: f64) -> Option<f64> {
+    let denominator = 2.0 * radius * mass - outside;
     (denominator > 0.0).then(|| mean - (variance.max(0.0) / denominator).sqrt())
 }
 
-fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, c: f64) -> Option<(f64, u32)> {
+fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Option<(f64, u32)> {
     let mut threshold = f64::NEG_INFINITY;
     let mut shift = 0.0;
     let mut previous = usize::MAX;
@@ -118,7 +123,7 @@ fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, c: f64) -> Opt
         }
         let centred = moments.first / moments.mass;
         let variance = moments.second / moments.mass - centred * centred;
-        let eta = closed_form(c, moments.mass, shift + centred, variance)?;
+        let eta = closed_form(radius, moments.mass, moments.outside, shift + centred, variance)?;
         previous = moments.count;
         shift += centred;
         threshold = eta;
@@ -128,7 +133,7 @@ fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, c: f64) -> Opt
 
 /// The exact threshold by sorting the support and sweeping its segments from the top: on the
 /// top-k values the closed form is valid when it falls between the k-th and (k+1)-th value.
-fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, c: f64) -> f64 {
+fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> f64 {
     let mut points: Vec<(f64, f64)> = batch
         .losses
         .iter()
@@ -137,6 +142,11 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, c: f64) -> f64 {
         .filter(|&(_, p)| p > 0.0)
         .collect();
     points.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    // outside[k]: the mass of points k.. (below the top k), summed from the bottom.
+    let mut outside = vec![0.0; points.len() + 1];
+    for k in (0..points.len()).rev() {
+        outside[k] = outside[k + 1] + points[k].1;
+    }
     let (mut mass, mut first, mut second) = (0.0, 0.0, 0.0);
     let mut k = 0;
     while k < points.len() {
@@ -150,7 +160,7 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, c: f64) -> f64 {
         }
         let next = points.get(k).map_or(f64::NEG_INFINITY, |&(u, _)| u);
         let mean = first / mass;
-        if let Some(eta) = closed_form(c, mass, mean, second / mass - mean * mean) {
+        if let Some(eta) = closed_form(radius, mass, outside[k], mean, second / mass - mean * mean) {
             if eta >= next && eta < top {
                 return eta;
             }
@@ -164,9 +174,8 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, c: f64) -> f64 {
 pub(crate) fn sorted_threshold_for_tests(losses: &[f64], radius: f64) -> (f64, f64) {
     let batch = Batch::new(losses, crate::batch::Reference::uniform(losses.len())).unwrap();
     let scale = batch.scale();
-    let c = 1.0 + 2.0 * radius;
-    let exact = sorted_threshold(&batch, &scale, c);
-    let fast = active_set_threshold(&batch, &scale, c).map_or(f64::NAN, |(eta, _)| eta);
+    let exact = sorted_threshold(&batch, &scale, radius);
+    let fast = active_set_threshold(&batch, &scale, radius).map_or(f64::NAN, |(eta, _)| eta);
     (exact, fast)
 }
 
@@ -221,6 +230,23 @@ mod tests {
             if !saturated && !flat {
                 assert!((chi2 - radius).abs() <= 1e-9 * radius, "chi2 {chi2} != radius {radius}: {losses:?} {reference:?} {solution:?}");
             }
+        }
+    }
+
+    /// Found by fuzzing: with c = 1 + 2 rho formed first, rho below 1.1e-16 made c = 1, no
+    /// segment had a root and the fallback threshold gave q = (1/3, 2/3) (chi2 = 0.056) for
+    /// rho = 2.2e-308; rho near 1e-11 lost half its digits.
+    #[test]
+    fn small_radii_keep_their_precision() {
+        let (q, _) = solve_f64(&[-1.0000000000000005e207, 0.0], &options(Ambiguity::Chi2, Budget::Radius(2.2250738585072014e-308)));
+        assert!((q[0] - 0.5).abs() < 1e-15 && (q[1] - 0.5).abs() < 1e-15, "{q:?}");
+        let losses = [0.3, -1.0, 2.5, 0.0, 1.7];
+        let p = [0.2; 5];
+        for radius in [1e-14, 1e-12, 1e-11, 1e-8] {
+            let (q, solution) = solve_f64(&losses, &options(Ambiguity::Chi2, Budget::Radius(radius)));
+            check_invariants(&losses, None, &q, &solution);
+            let chi2 = divergence(&q, &p);
+            assert!((chi2 - radius).abs() <= 1e-6 * radius, "chi2 {chi2} for radius {radius}");
         }
     }
 
