@@ -147,8 +147,9 @@ impl<'a, T: Real> Batch<'a, T> {
 
     /// All mass on the arg-max of the losses, ties shared in proportion to p. Returns V = max.
     pub fn write_argmax(&self, out: &mut [T]) -> f64 {
-        let (max, inv) = (self.max, 1.0 / self.mass_at_max);
-        passes::write(self.losses, &self.reference, out, |l, p| if l == max && p > 0.0 { p * inv } else { 0.0 }, |_, _| []);
+        // p / mass, not p * (1 / mass): a subnormal mass has no finite reciprocal (fuzzing).
+        let (max, mass) = (self.max, self.mass_at_max);
+        passes::write(self.losses, &self.reference, out, |l, p| if l == max && p > 0.0 { p / mass } else { 0.0 }, |_, _| []);
         max
     }
 

@@ -24,14 +24,14 @@ pub fn solve<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Outcome {
         let value = batch.write_argmax(out);
         return Outcome { value, dual: None, iterations: 0 };
     }
-    // Fraction of p kept by the losses tied at the cut, and the gain of those at the max.
+    // Fraction of p kept by the losses tied at the cut. Those at the max gain rho in proportion
+    // to p: p + rho (p / mass), never p (1 + rho / mass), which overflows for a subnormal mass.
     let kept = (1.0 - (radius - below) / at).clamp(0.0, 1.0);
-    let gain = 1.0 + radius / batch.mass_at_max;
     let mut value = 0.0;
     for (i, (o, &l)) in out.iter_mut().zip(batch.losses).enumerate() {
         let l = l.to_f64();
         let q = if l == batch.max {
-            p.at(i) * gain
+            p.at(i) + radius * (p.at(i) / batch.mass_at_max)
         } else if l < cut {
             0.0
         } else if l == cut {
@@ -91,6 +91,18 @@ mod tests {
             let value = mean - removed + moved * max;
             let scale = losses.iter().fold(0.0_f64, |m, l| m.max(l.abs()));
             assert!((value - solution.value).abs() <= 1e-12 * scale, "n {n}: {value} vs {}", solution.value);
+        }
+    }
+
+    /// Found by fuzzing: a subnormal p at the arg-max made the gain 1 + rho / mass infinite.
+    #[test]
+    fn a_subnormal_mass_at_the_max_gets_finite_weights() {
+        let losses = [1e-299, 0.0, 0.0];
+        let reference = [1.390671161567004e-308, 89.0, 0.0];
+        for radius in [0.47658503089951937, 2.0] {
+            let opts = Options { reference: Some(&reference), ..options(Ambiguity::Tv, Budget::Radius(radius)) };
+            let (q, solution) = solve_f64(&losses, &opts);
+            check_invariants(&losses, Some(&reference), &q, &solution);
         }
     }
 
