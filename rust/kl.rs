@@ -53,9 +53,13 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         let next = if slope > 0.0 && newton > lo && newton < hi {
             newton
         } else if hi.is_finite() {
-            if lo > 0.0 { (lo * hi).sqrt() } else { 0.5 * hi }
+            // sqrt(lo) sqrt(hi): lo * hi overflows once both pass 1e154.
+            if lo > 0.0 { lo.sqrt() * hi.sqrt() } else { 0.5 * hi }
         } else {
-            4.0 * beta.max(f64::MIN_POSITIVE)
+            // No slope: Var_q(u) underflowed (losses tied to within 1e-154 of the range near
+            // the max), and beta may have to reach 1e300. Square it to get there in a dozen
+            // steps, not hundreds (found by fuzzing); the bisection then works on log beta.
+            (4.0 * beta.max(f64::MIN_POSITIVE)).max(beta * beta).min(f64::MAX)
         };
         if (next - beta).abs() <= 1e-15 * beta {
             break tilt;
@@ -180,6 +184,19 @@ mod tests {
                 assert_eq!(q, vec![0.0, 0.5, 0.0, 0.5]);
             }
         }
+    }
+
+    /// Found by fuzzing: two losses 2e-203 apart at the top of a range of 1 need beta near
+    /// 1e203, where Var_q(u) underflows; the bisection's sqrt(lo * hi) overflowed to beta = inf
+    /// and left q = (0, 1, 0), outside the ball (KL = log 3 > 0.758).
+    #[test]
+    fn near_ties_at_the_max_stay_inside_the_ball() {
+        let losses = [0.0, 1.923828124999999e-203, -1.0];
+        let radius = 0.7578240634775311;
+        let (q, solution) = solve_f64(&losses, &options(Ambiguity::Kl, Budget::Radius(radius)));
+        check_invariants(&losses, None, &q, &solution);
+        let kl = divergence(&q, &[1.0 / 3.0; 3]);
+        assert!((kl - radius).abs() <= 1e-9, "KL {kl} for radius {radius}: {q:?}");
     }
 
     #[test]
