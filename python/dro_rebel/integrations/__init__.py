@@ -1,0 +1,2 @@
+"""Integrations with other training libraries; each module imports its library on import
+(``from dro_rebel.integrations.trl import DRODPOTrainer``)."""
