@@ -1,0 +1,257 @@
+"""The ``dro-rebel`` command line.
+
+    dro-rebel train CONFIG.toml [--resume]     train with any of the three trainers
+    dro-rebel weights LOSSES [-o OUT] ...      worst-case weights of losses in a .npy/.csv file
+    dro-rebel bench [ARGS...]                  the benchmarks
+
+Each subcommand is one ``add_<name>_parser(subparsers)`` function that declares its
+arguments and sets ``func`` to the function running it; :data:`SUBCOMMANDS` lists them, so a
+new subcommand is one function and one line there. Heavy imports (torch, transformers)
+happen inside the subcommands that need them.
+
+The ``train`` config is TOML::
+
+    trainer = "dpo"                      # "rebel", "dpo" or "reward"
+    model = "path/to/hf-model"           # a local Hugging Face model directory
+    tokenizer = "path/to/tokenizer"      # optional; the model's by default
+    reward_fn = "my_rewards:length"      # rebel only: module:function, found next to the TOML too
+
+    [data]
+    train = "train.jsonl"                # .json/.jsonl, .csv or .parquet
+    eval = "eval.jsonl"                  # optional
+
+    [config]                             # fields of DroRebelConfig / RobustDPOConfig /
+    output_dir = "runs/dpo"              # RobustRewardConfig (dro_rebel/torch/config.py)
+    beta = 0.1
+    ambiguity = "chi2"
+    radius = 0.5
+
+Relative paths in the file are relative to the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "SUBCOMMANDS"]
+
+
+# -- train -----------------------------------------------------------------------------------
+
+
+def add_train_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train from a TOML config", description="Train a policy or reward model from a TOML config."
+    )
+    parser.add_argument("config", type=Path, help="the TOML file (see `dro_rebel.cli` for its format)")
+    parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in output_dir")
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    spec = _read_toml(args.config)
+    base = args.config.resolve().parent
+    trainer = _build_trainer(spec, base)
+    metrics = trainer.train(resume_from_checkpoint=args.resume or None)
+    print(" ".join(f"{key}={value:.6g}" for key, value in metrics.items() if isinstance(value, float)))
+    return 0
+
+
+def _read_toml(path: Path) -> Dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.9 and 3.10
+        import tomli as tomllib
+    with path.open("rb") as handle:
+        return tomllib.load(handle)
+
+
+def _build_trainer(spec: Dict[str, Any], base: Path) -> Any:
+    """The trainer a parsed TOML config describes."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from dro_rebel.torch import (
+        DroRebelConfig,
+        DroRebelTrainer,
+        RobustDPOConfig,
+        RobustDPOTrainer,
+        RobustRewardConfig,
+        RobustRewardTrainer,
+    )
+
+    kind = spec.get("trainer")
+    if kind not in ("rebel", "dpo", "reward"):
+        raise SystemExit(f"config: trainer must be 'rebel', 'dpo' or 'reward', got {kind!r}")
+    if "model" not in spec:
+        raise SystemExit("config: `model` (a local Hugging Face model directory) is required")
+    model_path = _resolve(spec["model"], base)
+    tokenizer = AutoTokenizer.from_pretrained(_resolve(spec.get("tokenizer", spec["model"]), base))
+    data = spec.get("data", {})
+    if "train" not in data:
+        raise SystemExit("config: [data] train = '...' is required")
+    train = _load_dataset(_resolve(data["train"], base))
+    evaluation = _load_dataset(_resolve(data["eval"], base)) if "eval" in data else None
+    fields = dict(spec.get("config", {}))
+    if "output_dir" in fields:
+        fields["output_dir"] = _resolve(fields["output_dir"], base)
+    if kind == "reward":
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return RobustRewardTrainer(model, tokenizer, RobustRewardConfig.from_dict(fields), train, evaluation)
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    if kind == "dpo":
+        return RobustDPOTrainer(model, tokenizer, RobustDPOConfig.from_dict(fields), train, evaluation)
+    if "reward_fn" not in spec:
+        raise SystemExit("config: trainer = 'rebel' needs reward_fn = 'module:function'")
+    reward_fn = _import_callable(spec["reward_fn"], base)
+    return DroRebelTrainer(model, tokenizer, DroRebelConfig.from_dict(fields), train, reward_fn, evaluation)
+
+
+def _resolve(path: str, base: Path) -> str:
+    return str(base / path) if not Path(path).is_absolute() else path
+
+
+def _load_dataset(path: str) -> Any:
+    import datasets
+
+    loaders = {
+        ".json": datasets.Dataset.from_json,
+        ".jsonl": datasets.Dataset.from_json,
+        ".csv": datasets.Dataset.from_csv,
+        ".parquet": datasets.Dataset.from_parquet,
+    }
+    suffix = Path(path).suffix
+    if suffix not in loaders:
+        raise SystemExit(f"config: {path}: data files must be .json, .jsonl, .csv or .parquet")
+    return loaders[suffix](path)
+
+
+def _import_callable(reference: str, base: Path) -> Callable:
+    module_name, _, attribute = reference.partition(":")
+    if not attribute:
+        raise SystemExit(f"config: reward_fn must be 'module:function', got {reference!r}")
+    if str(base) not in sys.path:
+        sys.path.insert(0, str(base))
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+# -- weights ---------------------------------------------------------------------------------
+
+
+def add_weights_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "weights",
+        help="worst-case weights of losses in a file",
+        description="Worst-case weights q* of the losses in a .npy or .csv file (one problem, or one per row).",
+    )
+    parser.add_argument("losses", type=Path, help="a .npy file, or a .csv/.txt file of numbers")
+    parser.add_argument("-a", "--ambiguity", default="chi2", help="kl, chi2, cvar, tv or wasserstein (default chi2)")
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("-r", "--radius", type=float, help="size of the ambiguity set")
+    size.add_argument("--penalty", type=float, help="a fixed dual variable (penalised form)")
+    size.add_argument("--alpha", type=float, help="CVaR level in (0, 1]")
+    parser.add_argument("--groups", type=Path, help="a .npy/.csv file of integer group labels")
+    parser.add_argument("--reference", type=Path, help="a .npy/.csv file of the nominal distribution")
+    parser.add_argument("-o", "--output", type=Path, help="write the weights here (.npy or .csv) instead of stdout")
+    parser.set_defaults(func=run_weights)
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    import dro_rebel
+
+    weights = dro_rebel.robust_weights(
+        _read_array(args.losses),
+        args.ambiguity,
+        radius=args.radius,
+        penalty=args.penalty,
+        alpha=args.alpha,
+        groups=None if args.groups is None else _read_array(args.groups).astype(np.int64),
+        reference=None if args.reference is None else _read_array(args.reference),
+    )
+    # One weight per line, or one problem per line for 2-D losses.
+    if args.output is None:
+        np.savetxt(sys.stdout, weights, fmt="%.17g", delimiter=",")
+    elif args.output.suffix == ".npy":
+        np.save(args.output, weights)
+    else:
+        np.savetxt(args.output, weights, fmt="%.17g", delimiter=",")
+    return 0
+
+
+def _read_array(path: Path) -> np.ndarray:
+    if path.suffix == ".npy":
+        return np.load(path)
+    array = np.loadtxt(path, delimiter=",", ndmin=1)
+    # A single column of a CSV file is one problem, not n problems of size 1.
+    return array[:, 0] if array.ndim == 2 and array.shape[1] == 1 else array
+
+
+# -- bench -----------------------------------------------------------------------------------
+
+
+def add_bench_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="run the benchmarks",
+        description="Build the benchmark table (dro_rebel.bench_table) if installed, else run "
+        "`pytest benches/ --benchmark-only` from a source checkout.",
+    )
+    # Every further argument (options included) goes on to the table or to pytest.
+    parser.set_defaults(func=run_bench, passthrough=True)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    try:
+        bench_table = importlib.import_module("dro_rebel.bench_table")
+    except ModuleNotFoundError as error:
+        if error.name != "dro_rebel.bench_table":
+            raise
+    else:
+        return int(bench_table.main(args.extra) or 0)
+    if not Path("benches").is_dir():
+        print(
+            "The benchmarks live in the source tree: from a checkout of dro-rebel run\n"
+            "    python -m pytest benches/ --benchmark-only\n"
+            "(or `make bench`).",
+            file=sys.stderr,
+        )
+        return 1
+    command = [sys.executable, "-m", "pytest", "benches/", "--benchmark-only", "-m", "benchmark", *args.extra]
+    return subprocess.call(command)
+
+
+# -- the entry point -------------------------------------------------------------------------
+
+SUBCOMMANDS: List[Callable[[Any], None]] = [add_train_parser, add_weights_parser, add_bench_parser]
+"""Each adds one subcommand to the parser: to add a subcommand, write ``add_<name>_parser``
+(setting ``func``) and list it here."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dro-rebel", description="Distributionally robust alignment: worst-case weights and robust training."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser in SUBCOMMANDS:
+        add_parser(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
