@@ -39,6 +39,12 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Ou
         Some(found) => found,
         None => (sorted_threshold(batch, &scale, radius), MAX_PASSES + 1),
     };
+    // A radius so small (5e-324) that m - eta overflows: q = p to the last digit, where the
+    // weights p (u - eta) would be inf / inf (found by fuzzing).
+    if eta == f64::NEG_INFINITY {
+        let value = batch.write_reference(out);
+        return Outcome { value, dual: Some(eta), iterations };
+    }
     let value = write_threshold(batch, &scale, eta, out);
     Outcome { value, dual: Some(scale.loss(eta)), iterations }
 }
@@ -241,8 +247,10 @@ mod tests {
     /// rho = 2.2e-308; rho near 1e-11 lost half its digits.
     #[test]
     fn small_radii_keep_their_precision() {
-        let (q, _) = solve_f64(&[-1.0000000000000005e207, 0.0], &options(Ambiguity::Chi2, Budget::Radius(2.2250738585072014e-308)));
-        assert!((q[0] - 0.5).abs() < 1e-15 && (q[1] - 0.5).abs() < 1e-15, "{q:?}");
+        for radius in [2.2250738585072014e-308, 5e-324] {
+            let (q, _) = solve_f64(&[-1.0000000000000005e207, 0.0], &options(Ambiguity::Chi2, Budget::Radius(radius)));
+            assert!((q[0] - 0.5).abs() < 1e-15 && (q[1] - 0.5).abs() < 1e-15, "{q:?}");
+        }
         let losses = [0.3, -1.0, 2.5, 0.0, 1.7];
         let p = [0.2; 5];
         for radius in [1e-14, 1e-12, 1e-11, 1e-8] {
