@@ -33,14 +33,24 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         let u = scale.u(l);
         [p * u, p * u * u]
     });
-    let mut beta = (2.0 * radius / (second - mean * mean).max(f64::MIN_POSITIVE)).sqrt();
+    let mut variance = second - mean * mean;
+    if variance < 1e-8 {
+        // second - mean^2 cancels to rounding noise when nearly all mass sits at one loss
+        // (found by fuzzing: a variance of 3e-39 came out 0 and beta 1e131): one more pass.
+        let [centred] = passes::sum(batch.losses, &batch.reference, |l, p| {
+            let d = scale.u(l) - mean;
+            [p * d * d]
+        });
+        variance = centred;
+    }
+    let mut beta = (2.0 * radius / variance.max(f64::MIN_POSITIVE)).sqrt();
     let (mut lo, mut hi) = (0.0_f64, f64::INFINITY);
     let mut iterations = 0;
     let tilt = loop {
         let tilt = Tilt::at(batch, &scale, beta, out);
         iterations += 1;
         let gap = tilt.divergence(beta) - radius;
-        if gap.abs() <= tol * radius || iterations >= MAX_ITERATIONS {
+        if gap.abs() <= tol * radius + tilt.rounding(beta) || iterations >= MAX_ITERATIONS {
             break tilt;
         }
         if gap < 0.0 {
@@ -54,7 +64,8 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
             newton
         } else if hi.is_finite() {
             // sqrt(lo) sqrt(hi): lo * hi overflows once both pass 1e154.
-            if lo > 0.0 { lo.sqrt() * hi.sqrt() } else { 0.5 * hi }
+            // With no lower bound yet, come down from a huge hi by square roots, not halvings.
+            if lo > 0.0 { lo.sqrt() * hi.sqrt() } else if hi > 4.0 { hi.sqrt() } else { 0.5 * hi }
         } else {
             // No slope: Var_q(u) underflowed (losses tied to within 1e-154 of the range near
             // the max), and beta may have to reach 1e300. Square it to get there in a dozen
@@ -122,6 +133,13 @@ impl Tilt {
     /// KL(q_beta || p) = beta E_q[u] - log Z.
     fn divergence(&self, beta: f64) -> f64 {
         beta * self.mean - self.z.ln()
+    }
+
+    /// The rounding error of `divergence`: a radius far below it (1e-45 where the two terms
+    /// are near 1e-3) cannot be resolved further, and chasing the noise sent beta to infinity
+    /// and q onto the arg-max (found by fuzzing).
+    fn rounding(&self, beta: f64) -> f64 {
+        4.0 * f64::EPSILON * ((beta * self.mean).abs() + self.z.ln().abs())
     }
 }
 
@@ -197,6 +215,19 @@ mod tests {
         check_invariants(&losses, None, &q, &solution);
         let kl = divergence(&q, &[1.0 / 3.0; 3]);
         assert!((kl - radius).abs() <= 1e-9, "KL {kl} for radius {radius}: {q:?}");
+    }
+
+    /// Found by fuzzing: radius 1.4e-45 with a tiny mass 2.9e-39 at the max.
+    #[test]
+    fn a_radius_below_the_rounding_of_the_divergence_stays_inside_the_ball() {
+        let losses = [0.0, 1.401298464324817e-45, 0.0];
+        let reference = [3.4028234663852886e38, 1.0, 0.0];
+        let radius = 1.401298464324817e-45;
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Radius(radius)) };
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, Some(&reference), &q, &solution);
+        let p = 1.0 / 3.4028234663852886e38;
+        assert!((q[1] / p - 1.0).abs() < 1e-2, "{q:?}");
     }
 
     #[test]
