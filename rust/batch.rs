@@ -174,7 +174,9 @@ impl Scale {
     fn new(max: f64, min: f64) -> Self {
         // Halving keeps max - min finite for any two finite losses; a tiny range is first
         // lifted by 2^600 so that 1 / range stays finite.
-        let pre = if max * 0.5 - min * 0.5 >= 1e-290 { 0.5 } else { f64::powi(2.0, 600) };
+        // A flat support (max = min) keeps 0.5: lifted, a loss beyond 1e120 overflowed to
+        // inf - inf = NaN (found by fuzzing the wasserstein set, which scales flat batches too).
+        let pre = if max * 0.5 - min * 0.5 >= 1e-290 || max == min { 0.5 } else { f64::powi(2.0, 600) };
         let range = max * pre - min * pre;
         Scale { pre, max_pre: max * pre, inv_range: if range > 0.0 { 1.0 / range } else { 0.0 } }
     }
@@ -204,8 +206,20 @@ impl Scale {
 
 #[cfg(test)]
 mod tests {
-    use super::Reference;
+    use super::{Batch, Reference};
     use crate::error::CoreError;
+
+    #[test]
+    fn a_flat_support_of_huge_losses_scales_to_zero_not_nan() {
+        let reference = [181.0, 0.0];
+        for flat in [-1.7976931348623157e308, -1e300, 1e150, -1.0] {
+            let losses = [flat, 0.0];
+            let batch = Batch::new(&losses[..], Reference::weighted(&reference, 2).unwrap()).unwrap();
+            let scale = batch.scale();
+            assert_eq!(scale.u(flat), 0.0, "u({flat:e})");
+            assert!(!scale.u(0.0).is_nan());
+        }
+    }
 
     /// Found by fuzzing: subnormal weights sum below 1/f64::MAX, and normalising them gave
     /// p = inf instead of an error.
