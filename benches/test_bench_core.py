@@ -1,0 +1,89 @@
+"""The core against the numpy baseline (dro_rebel.baseline), and the floors measured in the
+same run: a numpy copy of the input (one pass over memory) and a no-op Python call.
+
+    make bench        # or:
+    .venv/bin/python -m pytest benches -m benchmark --benchmark-only \\
+        --benchmark-min-rounds=3 --benchmark-max-time=0.5 --benchmark-json=runs/bench.json
+    .venv/bin/python -m dro_rebel.bench_table runs/bench.json
+
+Targets (SPEC.md section 4, issue 2): at n = 64 at least 50x the baseline and under 5 us per
+call from Python; at n = 1,048,576 at least 10x the baseline and no slower than 10 copies.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from dro_rebel import baseline, robust_weights
+
+SIZES = [64, 1024, 16384, 1048576]
+
+# name -> (ambiguity, size of the set)
+SETS = {
+    "kl radius": ("kl", {"radius": 0.1}),
+    "chi2 radius": ("chi2", {"radius": 0.5}),
+    "cvar alpha": ("cvar", {"alpha": 0.1}),
+    "tv radius": ("tv", {"radius": 0.1}),
+    "chi2 penalty": ("chi2", {"penalty": 1.0}),
+    "kl penalty": ("kl", {"penalty": 1.0}),
+}
+
+IMPLEMENTATIONS = {"rust": robust_weights, "baseline": baseline.robust_weights}
+
+
+@lru_cache(maxsize=None)
+def losses(n: int) -> np.ndarray:
+    """Squared residuals, as REBEL's regression losses are: non-negative, right-skewed."""
+    values = np.random.default_rng(0).standard_normal(n) ** 2
+    values.flags.writeable = False
+    return values
+
+
+@lru_cache(maxsize=None)
+def answers(name: str, n: int) -> tuple:
+    """Both implementations' weights, once per problem, and whether they agree."""
+    ambiguity, size = SETS[name]
+    rust = robust_weights(losses(n), ambiguity, **size)
+    base = baseline.robust_weights(losses(n), ambiguity, **size)
+    difference = float(np.max(np.abs(rust - base)))
+    return difference <= 1e-9 * float(np.max(base)), difference
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("name", list(SETS))
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+def test_weights(benchmark, implementation, name, n):
+    ambiguity, size = SETS[name]
+    solve = IMPLEMENTATIONS[implementation]
+    values = losses(n)
+    matched, difference = answers(name, n)
+    benchmark.group = f"{name} n={n}"
+    benchmark.extra_info.update(
+        implementation=implementation, set=name, n=n, matched=matched, max_abs_difference=difference
+    )
+    weights = benchmark(solve, values, ambiguity, **size)
+    assert weights.shape == values.shape
+    assert matched, f"rust and baseline differ by {difference} on {name} n={n}"
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize("n", SIZES)
+def test_floor_copy(benchmark, n):
+    benchmark.group = f"np.copy n={n}"
+    benchmark.extra_info.update(implementation="np.copy", n=n)
+    benchmark(np.copy, losses(n))
+
+
+def _noop(losses, ambiguity, **size):
+    return losses
+
+
+@pytest.mark.benchmark
+def test_floor_noop_call(benchmark):
+    benchmark.group = "no-op call"
+    benchmark.extra_info.update(implementation="no-op call")
+    benchmark(_noop, losses(64), "chi2", radius=0.5)
