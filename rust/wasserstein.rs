@@ -27,6 +27,8 @@
 
 mod cost;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rayon::prelude::*;
 
 use crate::batch::{Batch, Scale};
@@ -113,6 +115,84 @@ impl Assignment {
     }
 }
 
+/// Per source, the targets that can still be best, ascending, with their costs.
+type Candidates = Vec<Vec<(usize, f64)>>;
+
+/// The targets a pass looks at.
+#[derive(Clone, Copy)]
+enum Scope<'s> {
+    All,
+    /// All, and collects for every row the targets that can still be best inside the bracket.
+    Collect(Bracket<'s>),
+    /// Only the targets collected before, per row.
+    Among(&'s [Vec<(usize, f64)>]),
+}
+
+/// lo is best at lam_lo, hi at lam_hi, and every later pass evaluates F between them (where
+/// their lines cross). A target whose line is below that of lo's target at both ends is
+/// below it in between, so can never be best again; likewise for hi's. The survivors are
+/// few once the bracket is narrow, and later passes look only at them.
+#[derive(Clone, Copy)]
+struct Bracket<'s> {
+    lo: &'s Assignment,
+    lam_lo: f64,
+    hi: &'s Assignment,
+    lam_hi: f64,
+}
+
+impl Bracket<'_> {
+    /// Appends to `list` the targets of source i that survive; false when there are too many
+    /// for the lists to pay (then the list is left incomplete).
+    fn collect(&self, u: &[f64], row: &[f64], i: usize, list: &mut Vec<(usize, f64)>) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { self.collect_avx2(u, row, i, list) };
+        }
+        self.collect_portable(u, row, i, list)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn collect_avx2(&self, u: &[f64], row: &[f64], i: usize, list: &mut Vec<(usize, f64)>) -> bool {
+        self.collect_portable(u, row, i, list)
+    }
+
+    /// Blocks of `LANES` targets are tested at once (vectorised); only blocks with a survivor
+    /// are looked at one by one.
+    #[inline(always)]
+    fn collect_portable(&self, u: &[f64], row: &[f64], i: usize, list: &mut Vec<(usize, f64)>) -> bool {
+        let (a, b) = (self.lam_lo, self.lam_hi);
+        let (k, ck) = (self.lo.target[i], self.lo.cost[i]);
+        let (h, ch) = (self.hi.target[i], self.hi.cost[i]);
+        let (ka, kb) = (u[k] - a * ck, u[k] - b * ck);
+        let (ha, hb) = (u[h] - a * ch, u[h] - b * ch);
+        let survives = |x: f64, c: f64| {
+            let (va, vb) = (x - a * c, x - b * c);
+            (va >= ka || vb >= kb) && (va >= ha || vb >= hb)
+        };
+        let limit = row.len() / 16 + 4;
+        for (block, (us, cs)) in u.chunks(LANES).zip(row.chunks(LANES)).enumerate() {
+            let mut any = false;
+            for (&x, &c) in us.iter().zip(cs) {
+                any |= survives(x, c);
+            }
+            if !any {
+                continue;
+            }
+            for (k, (&x, &c)) in us.iter().zip(cs).enumerate() {
+                if survives(x, c) {
+                    if list.len() == limit {
+                        return false;
+                    }
+                    list.push((block * LANES + k, c));
+                }
+            }
+        }
+        true
+    }
+}
+
 /// The dual of one problem in scaled units: losses u in [-1, 0], costs c' in [0, 1].
 struct Dual<'a> {
     cost: GroundCost<'a>,
@@ -149,15 +229,25 @@ impl<'a> Dual<'a> {
             return (self.plan(&self.assign(f64::INFINITY)), f64::INFINITY, 2);
         }
         let mut hi = Assignment::stay(self.u.len());
+        // lo is best at lam_lo; hi at lam_hi once a pass has found it (the first hi, staying
+        // put, is best nowhere in particular).
+        let (mut lam_lo, mut lam_hi) = (0.0, f64::INFINITY);
+        let mut candidates: Option<Candidates> = None;
         let mut lam = 0.0;
         let mut passes = 1;
         while passes < MAX_PASSES {
             let (dv, dc) = self.differences(&lo, &hi);
-            if !(dc > 0.0) {
+            if dc.is_nan() || dc <= 0.0 {
                 break;
             }
-            lam = (dv / dc).max(0.0);
-            let x = self.assign(lam);
+            lam = (dv / dc).clamp(lam_lo, lam_hi);
+            let scope = match &candidates {
+                Some(lists) => Scope::Among(lists),
+                None if lam_hi.is_finite() => Scope::Collect(Bracket { lo: &lo, lam_lo, hi: &hi, lam_hi }),
+                None => Scope::All,
+            };
+            let (x, collected) = self.assign_in(lam, scope);
+            candidates = candidates.or(collected);
             passes += 1;
             if self.gap(lam, &x, &lo) + self.gap(lam, &x, &hi) <= tol {
                 break;
@@ -170,9 +260,9 @@ impl<'a> Dual<'a> {
                 break;
             }
             if c > budget {
-                lo = x;
+                (lo, lam_lo) = (x, lam);
             } else if c < budget {
-                hi = x;
+                (hi, lam_hi) = (x, lam);
             } else {
                 return (self.plan(&x), lam, passes);
             }
@@ -198,28 +288,62 @@ impl<'a> Dual<'a> {
     /// One pass over the costs: each source's best target at lam (lam = inf: the best among
     /// the free moves), rows in parallel for large n.
     fn assign(&self, lam: f64) -> Assignment {
+        self.assign_in(lam, Scope::All).0
+    }
+
+    /// A pass over the targets in `scope`; with `Scope::Collect`, also the candidate lists
+    /// (None where they grew too long to pay).
+    fn assign_in(&self, lam: f64, scope: Scope) -> (Assignment, Option<Candidates>) {
         let n = self.u.len();
         let mut assignment = Assignment::stay(n);
+        let mut lists: Candidates = vec![Vec::new(); n];
+        let too_long = AtomicBool::new(false);
         let rows_per_task = (PARALLEL_MIN_ENTRIES / n).max(1);
-        let work = |(task, (targets, costs)): (usize, (&mut [usize], &mut [f64]))| {
-            let mut buffer = vec![0.0; if self.cost.needs_buffer() { n } else { 0 }];
-            for (k, (target, cost)) in targets.iter_mut().zip(costs).enumerate() {
+        type Rows<'r> = ((&'r mut [usize], &'r mut [f64]), &'r mut [Vec<(usize, f64)>]);
+        let work = |(task, ((targets, costs), lists)): (usize, Rows)| {
+            let full = !matches!(scope, Scope::Among(_));
+            let mut buffer = vec![0.0; if full && self.cost.needs_buffer() { n } else { 0 }];
+            for (k, ((target, cost), list)) in targets.iter_mut().zip(costs).zip(lists).enumerate() {
                 let i = task * rows_per_task + k;
-                if self.mass[i] > 0.0 {
-                    let row = self.cost.row(i, &mut buffer);
-                    let j = if lam.is_finite() { best_target(&self.u, row, lam, i) } else { best_free_target(&self.u, row, i) };
-                    *target = j;
-                    *cost = row[j];
+                if self.mass[i] == 0.0 {
+                    continue;
+                }
+                if let Scope::Among(candidates) = scope {
+                    (*target, *cost) = best_among(&self.u, &candidates[i], lam, i);
+                    continue;
+                }
+                let row = self.cost.row(i, &mut buffer);
+                let j = if lam.is_finite() { best_target(&self.u, row, lam, i) } else { best_free_target(&self.u, row, i) };
+                (*target, *cost) = (j, row[j]);
+                if let Scope::Collect(bracket) = &scope {
+                    if !too_long.load(Ordering::Relaxed) && !bracket.collect(&self.u, row, i, list) {
+                        too_long.store(true, Ordering::Relaxed);
+                    }
                 }
             }
         };
         let Assignment { target, cost } = &mut assignment;
-        if n.saturating_mul(n) >= PARALLEL_MIN_ENTRIES {
-            target.par_chunks_mut(rows_per_task).zip(cost.par_chunks_mut(rows_per_task)).enumerate().for_each(work);
+        let entries = match scope {
+            Scope::Among(candidates) => candidates.iter().map(Vec::len).sum(),
+            _ => n.saturating_mul(n),
+        };
+        if entries >= PARALLEL_MIN_ENTRIES {
+            target
+                .par_chunks_mut(rows_per_task)
+                .zip(cost.par_chunks_mut(rows_per_task))
+                .zip(lists.par_chunks_mut(rows_per_task))
+                .enumerate()
+                .for_each(work);
         } else {
-            target.chunks_mut(rows_per_task).zip(cost.chunks_mut(rows_per_task)).enumerate().for_each(work);
+            target
+                .chunks_mut(rows_per_task)
+                .zip(cost.chunks_mut(rows_per_task))
+                .zip(lists.chunks_mut(rows_per_task))
+                .enumerate()
+                .for_each(work);
         }
-        assignment
+        let collected = matches!(scope, Scope::Collect(_)) && !too_long.into_inner();
+        (assignment, collected.then_some(lists))
     }
 
     /// C_sigma = sum_i p_i c_i,sigma(i).
@@ -309,39 +433,82 @@ impl<'a> Dual<'a> {
 }
 
 /// argmax_j u_j - lam c_j, ties to the cheapest target, the source itself first, then the
-/// lowest index. The hot loop of every pass: a maximum in `LANES` independent lanes, then a
-/// second sweep of the row (now in cache) that looks only at blocks holding the maximum.
+/// lowest index. The hot loop of every pass, compiled for AVX2 where the CPU has it (the
+/// portable build assumes only SSE2; both round identically).
 #[inline]
 fn best_target(u: &[f64], costs: &[f64], lam: f64, source: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { best_target_avx2(u, costs, lam, source) };
+    }
+    best_target_portable(u, costs, lam, source)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn best_target_avx2(u: &[f64], costs: &[f64], lam: f64, source: usize) -> usize {
+    best_target_portable(u, costs, lam, source)
+}
+
+/// A maximum in `LANES` independent lanes, then a second sweep of the row (now in cache) that
+/// looks closer only at the blocks holding the maximum.
+#[inline(always)]
+fn best_target_portable(u: &[f64], costs: &[f64], lam: f64, source: usize) -> usize {
     let n = u.len().min(costs.len());
-    let (u, costs) = (&u[..n], &costs[..n]);
     let whole = n - n % LANES;
+    let (u_blocks, u_tail) = u[..n].split_at(whole);
+    let (c_blocks, c_tail) = costs[..n].split_at(whole);
     let mut lanes = [f64::NEG_INFINITY; LANES];
-    for (us, cs) in u[..whole].chunks_exact(LANES).zip(costs[..whole].chunks_exact(LANES)) {
+    for (us, cs) in u_blocks.chunks_exact(LANES).zip(c_blocks.chunks_exact(LANES)) {
         for k in 0..LANES {
             let v = us[k] - lam * cs[k];
             lanes[k] = if v > lanes[k] { v } else { lanes[k] };
         }
     }
     let mut best = lanes.iter().fold(f64::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    for (&x, &c) in u[whole..].iter().zip(&costs[whole..]) {
+    for (&x, &c) in u_tail.iter().zip(c_tail) {
         let v = x - lam * c;
         best = if v > best { v } else { best };
     }
     let (mut target, mut cheapest) = (source, f64::INFINITY);
-    for (block, (us, cs)) in u.chunks(LANES).zip(costs.chunks(LANES)).enumerate() {
-        if !us.iter().zip(cs).fold(false, |hit, (&x, &c)| hit | (x - lam * c == best)) {
-            continue;
+    let mut consider = |j: usize, x: f64, c: f64| {
+        if x - lam * c == best && (c < cheapest || (c == cheapest && j == source)) {
+            target = j;
+            cheapest = c;
         }
-        for (k, (&x, &c)) in us.iter().zip(cs).enumerate() {
-            let j = block * LANES + k;
-            if x - lam * c == best && (c < cheapest || (c == cheapest && j == source)) {
-                target = j;
-                cheapest = c;
+    };
+    for (block, (us, cs)) in u_blocks.chunks_exact(LANES).zip(c_blocks.chunks_exact(LANES)).enumerate() {
+        let mut hit = false;
+        for k in 0..LANES {
+            hit |= us[k] - lam * cs[k] == best;
+        }
+        if hit {
+            for k in 0..LANES {
+                consider(block * LANES + k, us[k], cs[k]);
             }
         }
     }
+    for (k, (&x, &c)) in u_tail.iter().zip(c_tail).enumerate() {
+        consider(whole + k, x, c);
+    }
     target
+}
+
+/// `best_target` over a candidate list (ascending targets with their costs).
+fn best_among(u: &[f64], list: &[(usize, f64)], lam: f64, source: usize) -> (usize, f64) {
+    let best = list.iter().fold(f64::NEG_INFINITY, |m, &(j, c)| {
+        let v = u[j] - lam * c;
+        if v > m { v } else { m }
+    });
+    let (mut target, mut cheapest) = (source, f64::INFINITY);
+    for &(j, c) in list {
+        if u[j] - lam * c == best && (c < cheapest || (c == cheapest && j == source)) {
+            target = j;
+            cheapest = c;
+        }
+    }
+    (target, cheapest)
 }
 
 /// The best target among the free moves (c = 0), the source itself first, then the lowest

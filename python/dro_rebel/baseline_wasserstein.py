@@ -151,6 +151,7 @@ def wasserstein_linprog(
         b_eq=ref[s],
         bounds=(0, None),
         method="highs",
+        options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10},
     )
     if result.status != 0:
         raise RuntimeError(f"linprog failed: {result.message}")

@@ -22,6 +22,10 @@ use crate::error::{CoreError, Result};
 /// entry costs one load per pass; a recomputed one d subtractions and multiplications.
 const CACHE_MAX_ENTRIES: usize = 1 << 24;
 
+/// Samples per block of the feature layout: eight AVX2 registers of f64, enough independent
+/// sums to hide the latency of the additions.
+const BLOCK: usize = 32;
+
 /// How the cost follows from a distance: the common types without `powf`.
 #[derive(Clone, Copy, Debug)]
 enum Power {
@@ -71,9 +75,9 @@ enum Rows<'a> {
 enum Recipe<'a> {
     /// The caller's distance matrix, scaled and raised to p.
     Distances { distances: &'a [f64], inv_scale: f64, power: Power },
-    /// Scaled features stored column by column (dim x n), so that one row of costs is dim
-    /// passes of contiguous, vectorisable arithmetic over all targets.
-    Features { columns: Vec<f64>, dim: usize, power: Power },
+    /// Scaled features in blocks of `BLOCK` samples, each block dim x BLOCK (feature-major), so
+    /// that the squared distances to a block stay in registers across the dim features.
+    Features { blocks: Vec<f64>, dim: usize, power: Power },
 }
 
 impl Recipe<'_> {
@@ -86,20 +90,14 @@ impl Recipe<'_> {
                     *o = power.of_distance(d * inv_scale);
                 }
             }
-            Recipe::Features { columns, dim, power } => {
-                out.fill(0.0);
-                for column in columns.chunks_exact(n).take(*dim) {
-                    let x = column[i];
-                    for (o, &y) in out.iter_mut().zip(column) {
-                        let diff = y - x;
-                        *o += diff * diff;
-                    }
-                }
-                if !matches!(power, Power::Two) {
-                    for o in out.iter_mut() {
-                        *o = power.of_squared(*o);
-                    }
-                }
+            Recipe::Features { blocks, dim, power } => {
+                let dim = *dim;
+                let (block_of_i, lane_of_i) = (i / BLOCK, i % BLOCK);
+                let x: Vec<f64> = blocks[block_of_i * dim * BLOCK..][..dim * BLOCK]
+                    .chunks_exact(BLOCK)
+                    .map(|lanes| lanes[lane_of_i])
+                    .collect();
+                features_row(blocks, &x, *power, out);
             }
         }
     }
@@ -140,13 +138,15 @@ impl<'a> GroundCost<'a> {
                 // ||x_i - x_j|| <= 2 sqrt(dim) max |x|.
                 let scale = power_of_two_above(2.0 * (dim as f64).sqrt() * largest);
                 let inv = 1.0 / scale;
-                let mut columns = vec![0.0; data.len()];
+                // Padding samples (a copy of none: zeros) fill the last block; their costs are
+                // never written out.
+                let mut blocks = vec![0.0; n.div_ceil(BLOCK) * dim * BLOCK];
                 for (i, row) in data.chunks_exact(dim).enumerate() {
                     for (k, &x) in row.iter().enumerate() {
-                        columns[k * n + i] = x * inv;
+                        blocks[((i / BLOCK) * dim + k) * BLOCK + i % BLOCK] = x * inv;
                     }
                 }
-                (Recipe::Features { columns, dim, power }, inv)
+                (Recipe::Features { blocks, dim, power }, inv)
             }
         };
         let rows = if fits { Rows::Stored(Cow::Owned(materialise(&recipe, n))) } else { Rows::Computed(recipe) };
@@ -181,6 +181,41 @@ impl<'a> GroundCost<'a> {
     /// scaled units is the true one divided by it.
     pub fn factor(&self) -> f64 {
         Power::new(self.order).of_distance(self.inv_scale)
+    }
+}
+
+/// The scaled costs from the sample with features x to all samples (blocks: dim x BLOCK each,
+/// features summed in order); compiled for AVX2 where the CPU has it (the portable build
+/// assumes only SSE2). Both versions round identically: no fused multiply-add.
+#[inline]
+fn features_row(blocks: &[f64], x: &[f64], power: Power, out: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { features_row_avx2(blocks, x, power, out) };
+    }
+    features_row_portable(blocks, x, power, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn features_row_avx2(blocks: &[f64], x: &[f64], power: Power, out: &mut [f64]) {
+    features_row_portable(blocks, x, power, out)
+}
+
+#[inline(always)]
+fn features_row_portable(blocks: &[f64], x: &[f64], power: Power, out: &mut [f64]) {
+    for (block, o) in blocks.chunks_exact(x.len() * BLOCK).zip(out.chunks_mut(BLOCK)) {
+        let mut sums = [0.0; BLOCK];
+        for (lanes, &xk) in block.chunks_exact(BLOCK).zip(x) {
+            for t in 0..BLOCK {
+                let diff = lanes[t] - xk;
+                sums[t] += diff * diff;
+            }
+        }
+        for (o, &s) in o.iter_mut().zip(&sums) {
+            *o = power.of_squared(s);
+        }
     }
 }
 
