@@ -1,0 +1,61 @@
+//! The Rust core alone, without Python: one solve per set at n = 64, 16384 and 1048576
+//! (`cargo bench --bench core`, add `-- --quick` for a short run). The Python-side comparison
+//! with the numpy baseline lives in benches/test_bench_core.py.
+
+use std::hint::black_box;
+
+use _core::{solve, Ambiguity, Budget, Options};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+const SIZES: [usize; 3] = [64, 16384, 1 << 20];
+
+fn sets() -> [(&'static str, Ambiguity, Budget); 6] {
+    [
+        ("kl radius", Ambiguity::Kl, Budget::Radius(0.1)),
+        ("chi2 radius", Ambiguity::Chi2, Budget::Radius(0.5)),
+        ("cvar alpha", Ambiguity::Cvar, Budget::Alpha(0.1)),
+        ("tv radius", Ambiguity::Tv, Budget::Radius(0.1)),
+        ("chi2 penalty", Ambiguity::Chi2, Budget::Penalty(1.0)),
+        ("kl penalty", Ambiguity::Kl, Budget::Penalty(1.0)),
+    ]
+}
+
+/// Squared standard normals (REBEL's losses are squared residuals), from a fixed xorshift
+/// stream and the Box-Muller transform.
+fn losses(n: usize) -> Vec<f64> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let z = (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos();
+            z * z
+        })
+        .collect()
+}
+
+fn bench_sets(c: &mut Criterion) {
+    for (name, ambiguity, budget) in sets() {
+        let mut group = c.benchmark_group(name);
+        for n in SIZES {
+            let values = losses(n);
+            let mut out = vec![0.0; n];
+            let options = Options::new(ambiguity, budget);
+            group.throughput(Throughput::Elements(n as u64));
+            if n >= 1 << 20 {
+                group.sample_size(10);
+            }
+            group.bench_with_input(BenchmarkId::from_parameter(n), &values, |b, values| {
+                b.iter(|| solve(black_box(values.as_slice()), &options, &mut out).expect("valid problem"))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_sets);
+criterion_main!(benches);
