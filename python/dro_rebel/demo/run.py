@@ -1,0 +1,236 @@
+"""The demo as one readable recipe: load, label, train every method, evaluate, report.
+
+    prompts + objectives + preference types        (data.py, rewards.py, preferences.py)
+    start policy (SmolLM2 or tiny), top blocks trainable              (policy.py)
+    for each seed:
+        DPO pairs: two samples per training prompt from the start, Bradley-Terry labels
+        for each method: a copy of the start -> its trainer (dro_rebel.torch) -> evaluate
+    reward-model track                                                (reward_model.py)
+    table, report.json, plot                                          (report.py)
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dro_rebel.demo.data import Corpus, load_corpus
+from dro_rebel.demo.embeddings import Encoder
+from dro_rebel.demo.evaluate import PolicyEval, evaluate_policy
+from dro_rebel.demo.methods import GROUP_COLUMN, Method, methods
+from dro_rebel.demo.policy import format_prompts, load_smollm2, sample, tiny_policy, train_top_blocks
+from dro_rebel.demo.preferences import DEFAULT_TYPES, PreferenceTypes, bradley_terry_labels
+from dro_rebel.demo.presets import Preset
+from dro_rebel.demo.report import build_report, print_report, write_plot
+from dro_rebel.demo.reward_model import run_track
+from dro_rebel.demo.rewards import Objectives
+from dro_rebel.torch import (
+    DroRebelConfig,
+    DroRebelTrainer,
+    RobustDPOConfig,
+    RobustDPOTrainer,
+    RobustLoss,
+)
+
+__all__ = ["run_demo"]
+
+START = "start"
+"""The row of the untrained start model in every table."""
+
+# Words per token of SmolLM2's tokenizer on chat text, roughly: the length objective saturates
+# at the response budget.
+_WORDS_PER_TOKEN = 0.75
+
+
+def run_demo(preset: Preset, out: Path, *, build_dir: Path = Path("build")) -> Dict[str, Any]:
+    """Run ``preset`` end to end; write ``report.json`` and ``reward_by_mixture.png`` under
+    ``out`` and return the report."""
+    threads = torch.get_num_threads()
+    if preset.threads:
+        torch.set_num_threads(preset.threads)
+    try:
+        return _run(preset, Path(out), build_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(preset: Preset, out: Path, build_dir: Path) -> Dict[str, Any]:
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    types = DEFAULT_TYPES
+    timings: Dict[str, float] = {}
+
+    corpus = load_corpus(preset.n_train, preset.n_test, preset.n_shift)
+    encoder = Encoder()
+    objectives = Objectives(encoder, length_scale=_WORDS_PER_TOKEN * preset.max_new_tokens)
+    if preset.model == "smollm2":
+        start, tokenizer = load_smollm2(build_dir / "models")
+    else:
+        start, tokenizer = tiny_policy(corpus.train_prompts + corpus.test_prompts + corpus.shift_prompts)
+    start.requires_grad_(False)
+    start.to(device).eval()
+    timings["setup"] = time.perf_counter() - started
+
+    prompts = {
+        "train": format_prompts(tokenizer, corpus.train_prompts),
+        "test": format_prompts(tokenizer, corpus.test_prompts),
+        "shift": format_prompts(tokenizer, corpus.shift_prompts),
+    }
+    question_of = dict(zip(prompts["train"], corpus.train_prompts))
+
+    def evaluate(policy: Any, seed: int) -> PolicyEval:
+        return evaluate_policy(
+            policy, start, tokenizer,
+            test_prompts=prompts["test"], test_questions=corpus.test_prompts,
+            shift_prompts=prompts["shift"], shift_questions=corpus.shift_prompts,
+            objectives=objectives, types=types, max_new_tokens=preset.max_new_tokens,
+            seed=1000 + seed, batch_size=preset.eval_batch_size,
+        )
+
+    evaluations: Dict[str, List[PolicyEval]] = {START: []}
+    logs: Dict[str, List[List[Dict[str, Any]]]] = {}
+    for seed in preset.seeds:
+        tick = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        type_of = dict(zip(prompts["train"], types.assign(len(prompts["train"]), rng).tolist()))
+        rebel_rows = [{"prompt": p, GROUP_COLUMN: type_of[p]} for p in prompts["train"]]
+        dpo_rows = _dpo_pairs(start, tokenizer, prompts["train"], question_of, type_of, objectives,
+                              types, preset, rng, seed)
+        reward_fn = _reward_fn(question_of, type_of, objectives, types)
+        evaluations[START].append(evaluate(start, seed))
+        timings[f"seed {seed}: data and start model"] = time.perf_counter() - tick
+        for method in methods(preset):
+            tick = time.perf_counter()
+            policy, log = _train(method, start, tokenizer, rebel_rows, dpo_rows, reward_fn, preset, seed, device)
+            timings[f"seed {seed}: train {method.name}"] = time.perf_counter() - tick
+            tick = time.perf_counter()
+            evaluations.setdefault(method.name, []).append(evaluate(policy, seed))
+            logs.setdefault(method.name, []).append(log)
+            timings[f"seed {seed}: evaluate {method.name}"] = time.perf_counter() - tick
+            del policy
+
+    tick = time.perf_counter()
+    reward_track = run_track(
+        corpus.train_chats, corpus.test_chats, corpus.shift_dialogues,
+        encoder=encoder, objectives=objectives, types=types,
+        n_train=preset.rm_train_pairs, n_eval=preset.rm_eval_pairs, n_rated=preset.rm_rated_chats,
+        bt_scale=preset.bt_scale,
+        methods={
+            "Bradley-Terry": RobustLoss("chi2", radius=0.0),
+            f"chi2-DRO Bradley-Terry (types, radius {preset.chi2_radius:g})": RobustLoss("chi2", radius=preset.chi2_radius),
+        },
+        steps=preset.rm_steps, batch_size=preset.rm_batch_size, learning_rate=preset.rm_learning_rate,
+        seed=preset.seeds[0],
+    )
+    timings["reward-model track"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - started
+
+    report = build_report(preset, types, corpus_summary(corpus), evaluations, logs, reward_track, timings,
+                          robust={m.name: m.is_robust for m in methods(preset)})
+    write_plot(report, out / "reward_by_mixture.png")
+    (out / "report.json").write_text(_json(report))
+    print_report(report)
+    print(f"\nwrote {out / 'report.json'} and {out / 'reward_by_mixture.png'}")
+    return report
+
+
+def corpus_summary(corpus: Corpus) -> Dict[str, Any]:
+    """What the report records about the prompts."""
+    return {
+        "train_prompts": len(corpus.train_prompts),
+        "test_prompts": len(corpus.test_prompts),
+        "shift_prompts": len(corpus.shift_prompts),
+        "shift_categories": sorted(set(corpus.shift_categories)),
+    }
+
+
+def _reward_fn(question_of: Dict[str, str], type_of: Dict[str, int], objectives: Objectives,
+               types: PreferenceTypes) -> Callable[[List[str], List[str]], np.ndarray]:
+    """REBEL's reward callable: each prompt is scored by the preference type it was assigned."""
+
+    def reward_fn(prompts: List[str], completions: List[str]) -> np.ndarray:
+        rewards = types.rewards(objectives([question_of[p] for p in prompts], completions))
+        return rewards[np.arange(len(prompts)), [type_of[p] for p in prompts]]
+
+    return reward_fn
+
+
+def _dpo_pairs(start: Any, tokenizer: Any, train_prompts: Sequence[str], question_of: Dict[str, str],
+               type_of: Dict[str, int], objectives: Objectives, types: PreferenceTypes, preset: Preset,
+               rng: np.random.Generator, seed: int) -> List[Dict[str, Any]]:
+    """Offline preference data: two samples per training prompt from the start policy,
+    labelled by a Bradley-Terry draw under the prompt's preference type."""
+    kwargs = dict(max_new_tokens=preset.max_new_tokens, batch_size=preset.eval_batch_size)
+    first = [t for b in sample(start, tokenizer, train_prompts, seed=2 * seed, desc="DPO pairs (1/2)", **kwargs) for t in b.texts]
+    second = [t for b in sample(start, tokenizer, train_prompts, seed=2 * seed + 1, desc="DPO pairs (2/2)", **kwargs) for t in b.texts]
+    questions = [question_of[p] for p in train_prompts]
+    groups = np.array([type_of[p] for p in train_prompts])
+    rows = np.arange(len(groups))
+    reward_a = types.rewards(objectives(questions, first))[rows, groups]
+    reward_b = types.rewards(objectives(questions, second))[rows, groups]
+    prefer_first = bradley_terry_labels(reward_a, reward_b, preset.bt_scale, rng)
+    return [
+        {
+            "prompt": prompt,
+            "chosen": a if win else b,
+            "rejected": b if win else a,
+            GROUP_COLUMN: int(group),
+        }
+        for prompt, a, b, win, group in zip(train_prompts, first, second, prefer_first, groups)
+    ]
+
+
+def _train(method: Method, start: Any, tokenizer: Any, rebel_rows: List[Dict[str, Any]],
+           dpo_rows: List[Dict[str, Any]], reward_fn: Callable, preset: Preset, seed: int,
+           device: torch.device):
+    """Train a copy of the start model with ``method``; return it and the training log."""
+    policy = copy.deepcopy(start)
+    train_top_blocks(policy, preset.trainable_blocks)
+    common = dict(
+        learning_rate=preset.learning_rate,
+        per_device_train_batch_size=preset.batch_size,
+        max_steps=preset.steps,
+        save_steps=None,
+        seed=seed,
+        device=str(device),
+        disable_tqdm=False,
+        **method.robust,
+    )
+    scratch = Path(tempfile.mkdtemp(prefix="dro-rebel-demo-"))
+    try:
+        if method.trainer == "rebel":
+            config = DroRebelConfig(output_dir=str(scratch), eta=preset.eta,
+                                    max_new_tokens=preset.max_new_tokens, **common)
+            trainer = DroRebelTrainer(policy, tokenizer, config, rebel_rows, reward_fn)
+        else:
+            config = RobustDPOConfig(output_dir=str(scratch), beta=preset.beta, **common)
+            trainer = RobustDPOTrainer(policy, tokenizer, config, dpo_rows, ref_model=start)
+        tqdm.write(f"training {method.name} (seed {seed})")
+        trainer.train()
+        log = _read_log(scratch / "log.jsonl")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return trainer.model, log
+
+
+def _read_log(path: Path) -> List[Dict[str, Any]]:
+    import json
+
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _json(report: Dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(report, indent=2, default=float)

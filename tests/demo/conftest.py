@@ -1,0 +1,8 @@
+"""The demo tests need the demo's packages (requirements/demo.txt); without them they skip."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
