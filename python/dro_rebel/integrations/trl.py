@@ -71,6 +71,7 @@ class DRORewardConfig(_RobustFields, RewardConfig):
 
 
 def _log_robust(metrics: Dict[str, list], robust: RobustLoss) -> None:
+    assert robust.last is not None  # logged right after a reduction
     for key, value in robust.last.as_dict().items():
         metrics[key].append(value)
 

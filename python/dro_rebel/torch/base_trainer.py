@@ -20,6 +20,7 @@ from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from dro_rebel.torch.checkpoint import (
@@ -145,6 +146,7 @@ class Trainer:
             return self._nonfinite("gradient", [], batch)
         self.optimizer.step()
         stats = self.robust_loss.last
+        assert stats is not None  # set by the call above
         return {
             "loss": stats.value,
             "grad_norm": float(grad_norm),
@@ -180,8 +182,10 @@ class Trainer:
     def embeddings_captured(self) -> Iterator[Optional[List[torch.Tensor]]]:
         """Inside the block, the policy's input-embedding outputs are collected (for the
         gradient penalty, which differentiates the losses with respect to them) and made
-        differentiable even where the embedding matrix is frozen (LoRA). Yields None, and
-        hooks nothing, when the config asks for no gradient penalty."""
+        differentiable even where the embedding matrix is frozen (LoRA). Attention runs on
+        the math kernel, the one whose backward is itself differentiable (the penalty needs a
+        double backward). Yields None, and changes nothing, when the config asks for no
+        gradient penalty."""
         if self.config.gradient_penalty is None:
             yield None
             return
@@ -195,7 +199,8 @@ class Trainer:
 
         handle = self.model.get_input_embeddings().register_forward_hook(capture)
         try:
-            yield captured
+            with sdpa_kernel(SDPBackend.MATH):
+                yield captured
         finally:
             handle.remove()
 

@@ -103,7 +103,7 @@ def latest_checkpoint(output_dir: Union[str, Path]) -> Optional[Path]:
 
 def rng_state() -> Dict[str, Any]:
     """Every RNG a training step may draw from."""
-    state = {
+    state: Dict[str, Any] = {
         "python": random.getstate(),
         # As plain types and tensors, so that loading needs no pickle (``weights_only``).
         "numpy": _numpy_state_to_tensors(np.random.get_state()),

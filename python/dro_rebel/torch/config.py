@@ -7,13 +7,15 @@ Configuration is data: every field is documented here, and the CLI builds these 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Type, TypeVar
 
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS
 
 __all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig"]
 
 NONFINITE_POLICIES = ("skip", "stop")
+
+Config = TypeVar("Config", bound="TrainingConfig")
 
 
 @dataclass
@@ -106,7 +108,7 @@ class TrainingConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "TrainingConfig":
+    def from_dict(cls: Type[Config], values: Dict[str, Any]) -> Config:
         """Build from a mapping (a TOML table), rejecting unknown keys by name."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

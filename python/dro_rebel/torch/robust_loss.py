@@ -18,7 +18,7 @@ robust loss and its gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ __all__ = ["RobustLoss", "RobustStats", "NonFiniteLossError"]
 class NonFiniteLossError(ValueError):
     """A per-sample loss is NaN or infinite; ``indices`` are positions in the (global) batch."""
 
-    def __init__(self, indices: Sequence[int], values: Sequence[float]):
+    def __init__(self, indices: Iterable[int], values: Iterable[float]):
         self.indices = [int(i) for i in indices]
         self.values = [float(v) for v in values]
         shown = ", ".join(f"#{i}: {v}" for i, v in zip(self.indices[:8], self.values[:8]))
@@ -180,20 +180,19 @@ class RobustLoss(nn.Module):
     ) -> torch.Tensor:
         if not inputs_embeds:
             raise ValueError("gradient_penalty needs the inputs_embeds the losses were computed from")
-        rho0 = float(self.radius)
+        rho0 = float(self.radius or 0.0)  # validated in __init__: radius is rho0 >= 0
         sq_norms = per_sample_grad_sq_norms(losses, inputs_embeds)
+        norms_host = gather_rows(sq_norms.detach())[0].to(torch.float64).cpu().numpy()
         total = host.size
         ranks = world_size()
         if self.gradient_penalty == "wdpo":
             # mean_i (l_i + rho0 ||g_i||^2): a mean, so each rank's share is its sum over N.
             local = (losses + rho0 * sq_norms).sum() * (ranks / total)
-            norms_host = gather_rows(sq_norms.detach())[0].to(torch.float64).cpu().numpy()
             value = float(np.mean(host + rho0 * norms_host))
         else:
             # mean_i l_i + rho0 sqrt(mean_i ||g_i||^2). The square root couples the ranks, so
             # each rank adds the first-order term of its own share: the sum over ranks of
             # d(S_r)/(2 N sqrt(S/N)) is exactly d sqrt(S/N) (S = sum of ||g_i||^2 over ranks).
-            norms_host = gather_rows(sq_norms.detach())[0].to(torch.float64).cpu().numpy()
             root = float(np.sqrt(norms_host.mean()))
             local_sum = sq_norms.sum()
             share = (local_sum - local_sum.detach()) / (2.0 * total * max(root, 1e-30))
