@@ -157,7 +157,7 @@ impl<'a, T: Real> Batch<'a, T> {
     /// p_i = 0 by the caller's formula) and returns V = sum q l. Two passes.
     pub fn write_normalised(&self, out: &mut [T], weight: impl Fn(f64, f64) -> f64 + Sync) -> f64 {
         let [total] = passes::write(self.losses, &self.reference, out, weight, |_, w| [w]);
-        passes::rescale(self.losses, out, 1.0 / total)
+        passes::normalise(self.losses, out, total)
     }
 }
 

@@ -77,7 +77,7 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         }
         beta = next;
     };
-    let value = passes::rescale(batch.losses, out, 1.0 / tilt.z);
+    let value = passes::normalise(batch.losses, out, tilt.z);
     Outcome { value, dual: Some(scale.to_loss_units(1.0 / beta)), iterations }
 }
 
@@ -99,7 +99,7 @@ pub fn solve_temperature<T: Real>(batch: &Batch<T>, tau: f64, out: &mut [T]) -> 
 
 fn write_tilt<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, out: &mut [T]) -> f64 {
     let tilt = Tilt::at(batch, scale, beta, out);
-    passes::rescale(batch.losses, out, 1.0 / tilt.z)
+    passes::normalise(batch.losses, out, tilt.z)
 }
 
 /// Moments of the tilted distribution q_beta ~ p exp(beta u) in one pass that also writes the

@@ -150,21 +150,24 @@ impl Extremes {
     }
 }
 
-/// out_i *= factor; returns sum_i out_i * l_i after scaling.
-pub fn rescale<T: Real>(losses: &[T], out: &mut [T], factor: f64) -> f64 {
+/// out_i /= total, so the weights sum to one; returns sum_i out_i * l_i after scaling. Divides
+/// outright only where 1 / total overflows (a subnormal total).
+pub fn normalise<T: Real>(losses: &[T], out: &mut [T], total: f64) -> f64 {
+    let factor = 1.0 / total;
+    let divide = !factor.is_finite();
     let chunks = chunk_len(losses.len());
     let serial = |part: &[T], out: &mut [T]| {
         let mut acc = [0.0; LANES];
         let whole = part.len() - part.len() % LANES;
         for (ls, os) in part[..whole].chunks_exact(LANES).zip(out[..whole].chunks_exact_mut(LANES)) {
             for j in 0..LANES {
-                let q = os[j].to_f64() * factor;
+                let q = if divide { os[j].to_f64() / total } else { os[j].to_f64() * factor };
                 os[j] = T::from_f64(q);
                 acc[j] += q * ls[j].to_f64();
             }
         }
         for k in whole..part.len() {
-            let q = out[k].to_f64() * factor;
+            let q = if divide { out[k].to_f64() / total } else { out[k].to_f64() * factor };
             out[k] = T::from_f64(q);
             acc[0] += q * part[k].to_f64();
         }
