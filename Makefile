@@ -41,8 +41,12 @@ test-rust:
 test-python: setup
 	$(PY) -m pytest -q
 
+# Rust core vs the numpy baseline, with the floors, in one run; then the table of ratios.
 bench: setup
-	$(PY) -m pytest benches -m benchmark --benchmark-only --benchmark-columns=min,median,mean,rounds -q
+	mkdir -p runs
+	$(PY) -m pytest benches -m benchmark --benchmark-only --benchmark-min-rounds=3 --benchmark-max-time=0.5 \
+		--benchmark-columns=min,median,mean,rounds -q --benchmark-json=runs/bench.json
+	$(PY) -m dro_rebel.bench_table runs/bench.json
 	cargo bench --bench core -- --quick
 
 demo: setup
