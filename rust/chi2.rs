@@ -83,8 +83,14 @@ pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outc
     Outcome { value, dual: Some(scale.loss(threshold)), iterations }
 }
 
+/// q ~ p (u - eta)_+, written as p (u - eta)_+ / (0 - eta), in [0, p] (eta < 0, the u of the
+/// max): for a tiny eta (a tiny penalty, or a tiny p at the max) the plain products were
+/// subnormal, so tied losses got weights 5e-7 apart and small weights underflowed (found by
+/// fuzzing through the Python API). Lifted by 2^1000 where -eta is itself below 1e-290.
 fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, out: &mut [T]) -> f64 {
-    batch.write_normalised(out, |l, p| p * (scale.u(l) - eta).max(0.0))
+    let lift = if -eta < 1e-290 { f64::powi(2.0, 1000) } else { 1.0 };
+    let inv = 1.0 / (-eta * lift);
+    batch.write_normalised(out, |l, p| p * ((scale.u(l) * lift - eta * lift) * inv).max(0.0))
 }
 
 /// Sums over {i : u_i > threshold, p_i > 0} of p, p (u - shift), p (u - shift)^2, and the count
@@ -271,6 +277,23 @@ mod tests {
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
         assert!(q[3].abs() < 1e-12 && q[1] == 0.0, "{q:?}");
+    }
+
+    /// Found by fuzzing through the Python API: a penalty of 1e-300 made eta subnormal, and
+    /// ties at the max got weights 0.25000012 and 0.74999988 instead of in proportion to p; a
+    /// tiny p at the max lost its weight 5e-289 to underflow.
+    #[test]
+    fn a_tiny_threshold_keeps_the_weights_precise() {
+        let reference = [1.0, 3.0, 3.0];
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Chi2, Budget::Penalty(1e-300)) };
+        let (q, _) = solve_f64(&[0.0, 0.0, -9.6568748e16], &opts);
+        assert_eq!(q, vec![0.25, 0.75, 0.0]);
+        let reference = [1.0, 1e300, 1e300];
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Chi2, Budget::Penalty(1e-12)) };
+        let losses = [0.0, -1.0, -2.02402253e23];
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, Some(&reference), &q, &solution);
+        assert!(q[0] > 1e-290, "{q:?}");
     }
 
     #[test]
