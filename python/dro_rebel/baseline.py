@@ -225,8 +225,8 @@ def _chi2_radius(radius: float, l: np.ndarray, p: np.ndarray) -> np.ndarray:
 
     def slope(eta: float) -> float:
         d = np.maximum(u - eta, 0.0)
-        s1 = np.dot(p, d)
-        s2 = np.dot(p, d * d)
+        s1 = np.sum(p * d)
+        s2 = np.sum(p * d * d)
         return 1.0 - sqrt_c * s1 / np.sqrt(s2)
 
     for _ in range(_MAX_BISECTIONS):
@@ -257,7 +257,7 @@ def _chi2_penalty(lam: float, l: np.ndarray, p: np.ndarray) -> np.ndarray:
         mid = 0.5 * (lo + hi)
         if hi - lo <= _BISECTION_TOL * max(1.0, abs(lo)) or mid in (lo, hi):
             break
-        if np.dot(p, np.maximum(u - mid, 0.0)) > lam_u:
+        if np.sum(p * np.maximum(u - mid, 0.0)) > lam_u:
             lo = mid
         else:
             hi = mid
