@@ -3,6 +3,8 @@
     dro-rebel train CONFIG.toml [--resume]     train with any of the three trainers
     dro-rebel weights LOSSES [-o OUT] ...      worst-case weights of losses in a .npy/.csv file
     dro-rebel bench [ARGS...]                  the benchmarks
+    dro-rebel demo [--preset NAME] [--out DIR] the offline demo (dro_rebel.demo, docs/demo.md)
+    dro-rebel study radius [--out DIR]         the radius-coverage study (dro_rebel.study)
 
 Each subcommand is one ``add_<name>_parser(subparsers)`` function that declares its
 arguments and sets ``func`` to the function running it; :data:`SUBCOMMANDS` lists them, so a
@@ -39,6 +41,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
+
+from dro_rebel.demo.cli import add_demo_parser, add_study_parser
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
@@ -229,7 +233,13 @@ def run_bench(args: argparse.Namespace) -> int:
 
 # -- the entry point -------------------------------------------------------------------------
 
-SUBCOMMANDS: List[Callable[[Any], None]] = [add_train_parser, add_weights_parser, add_bench_parser]
+SUBCOMMANDS: List[Callable[[Any], None]] = [
+    add_train_parser,
+    add_weights_parser,
+    add_bench_parser,
+    add_demo_parser,
+    add_study_parser,
+]
 """Each adds one subcommand to the parser: to add a subcommand, write ``add_<name>_parser``
 (setting ``func``) and list it here."""
 

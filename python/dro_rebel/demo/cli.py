@@ -24,7 +24,7 @@ def add_demo_parser(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where report.json and the plot go")
     parser.add_argument("--build-dir", type=Path, default=Path("build"),
                         help="where the dequantised SmolLM2 is cached (models/)")
-    parser.set_defaults(handler=_run_demo)
+    parser.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -36,12 +36,30 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def add_study_parser(subparsers) -> None:
-    """``dro-rebel study radius [...]``."""
-    from dro_rebel.study import radius
-
+    """``dro-rebel study radius [--out DIR] [...]``."""
     parser = subparsers.add_parser("study", help="controlled studies (CPU, seconds)")
     studies = parser.add_subparsers(dest="study", required=True)
-    radius.add_parser(studies)
+    radius = studies.add_parser(
+        "radius",
+        help="radius schedule vs statistical rate and coverage (chi2 DRO-REBEL, linear rewards)",
+        description="Fit chi2 DRO-REBEL exactly for radius schedules n^-1/2, K/n, 1/n, n^-3/2 and "
+        "ERM on a finite linear-reward design; print the parameter error, its log-log slope and "
+        "the coverage of the true distribution per schedule.",
+    )
+    radius.add_argument("--out", type=Path, default=None,
+                        help="write radius_study.json and radius_study.png here")
+    radius.add_argument("--replications", type=int, default=40)
+    radius.add_argument("--n-min", type=int, default=300)
+    radius.add_argument("--n-max", type=int, default=300_000)
+    radius.add_argument("--points", type=int, default=7, help="n values, log-spaced")
+    radius.add_argument("--seed", type=int, default=0)
+    radius.set_defaults(func=_run_radius_study)
+
+
+def _run_radius_study(args: argparse.Namespace) -> int:
+    from dro_rebel.study import radius
+
+    return radius.main(args)
 
 
 def main(argv=None) -> int:
@@ -51,4 +69,4 @@ def main(argv=None) -> int:
     add_demo_parser(subparsers)
     add_study_parser(subparsers)
     args = parser.parse_args(argv)
-    return args.handler(args)
+    return args.func(args)

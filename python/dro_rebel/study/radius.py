@@ -55,7 +55,8 @@ __all__ = [
     "chi2_divergence",
     "run_study",
     "plot_study",
-    "add_parser",
+    "format_table",
+    "main",
 ]
 
 
@@ -266,21 +267,6 @@ def format_table(results: Dict[str, ScheduleResult]) -> str:
         cells = "".join(f"{m:>12.2e} / {c:>4.2f}" for m, c in zip(result.mse, result.coverage))
         lines.append(name.ljust(width) + cells + f"{result.slope:>8.2f}")
     return "\n".join(lines)
-
-
-def add_parser(subparsers) -> None:
-    """Register ``study radius`` on a ``study`` sub-command's subparsers."""
-    parser = subparsers.add_parser(
-        "radius",
-        help="radius schedule vs statistical rate and coverage (chi2 DRO-REBEL, linear rewards)",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="write radius_study.json and radius_study.png here")
-    parser.add_argument("--replications", type=int, default=40)
-    parser.add_argument("--n-min", type=int, default=300)
-    parser.add_argument("--n-max", type=int, default=300_000)
-    parser.add_argument("--points", type=int, default=7, help="n values, log-spaced")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(handler=main)
 
 
 def main(args) -> int:
