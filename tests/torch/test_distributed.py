@@ -1,5 +1,6 @@
 """Two CPU processes on the gloo backend solve the global problem, each keeps its slice
-(SPEC.md section 3, data parallelism)."""
+(SPEC.md section 3, data parallelism), and a trainer on two ranks takes the same steps as on
+one with the whole batch."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dro_rebel import worst_case
-from dro_rebel.torch import RobustLoss
+from dro_rebel.torch import RobustDPOConfig, RobustDPOTrainer, RobustLoss
+from tiny_models import PAIRS, tiny_llama, tiny_tokenizer
 
 LOSSES = torch.tensor([0.3, 2.0, 1.1, 0.7, 3.5, 0.2, 1.9, 0.4], dtype=torch.float64)
 GROUPS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
@@ -44,9 +46,26 @@ def _rank(rank: int, port: int, results: str) -> None:
             value = robust(losses, inputs_embeds=[embeds])
             value.backward()
             out[form] = (value.detach(), theta.grad, robust.last.value)
+        trainer = _dpo_trainer(f"{results}/dpo", per_device_train_batch_size=4)
+        trainer.train()
+        out["dpo"] = {name: p.detach() for name, p in trainer.model.named_parameters()}
         torch.save(out, f"{results}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _dpo_trainer(output_dir: str, per_device_train_batch_size: int) -> RobustDPOTrainer:
+    tokenizer = tiny_tokenizer()
+    config = RobustDPOConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device_train_batch_size,
+        max_steps=2,
+        learning_rate=1e-2,
+        ambiguity="chi2",
+        radius=0.3,
+        disable_tqdm=True,
+    )
+    return RobustDPOTrainer(tiny_llama(tokenizer), tokenizer, config, PAIRS)
 
 
 def _free_port() -> int:
@@ -91,3 +110,12 @@ def test_gradient_penalty_is_over_the_global_batch(ranks, form):
     assert mean_value.item() == pytest.approx(expected.item())
     assert mean_grad.item() == pytest.approx(theta.grad.item())
     assert per_rank[0][2] == pytest.approx(expected.item())
+
+
+def test_a_trainer_on_two_ranks_matches_one_rank_with_the_whole_batch(ranks, tmp_path):
+    single = _dpo_trainer(str(tmp_path), per_device_train_batch_size=8)
+    single.train()
+    for name, parameter in single.model.named_parameters():
+        torch.testing.assert_close(ranks[0]["dpo"][name], ranks[1]["dpo"][name], rtol=0, atol=0)
+        # Only the order of the float sums differs (gradients averaged over ranks).
+        torch.testing.assert_close(ranks[0]["dpo"][name], parameter.detach(), rtol=1e-3, atol=1e-4)

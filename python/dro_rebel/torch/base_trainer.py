@@ -4,9 +4,14 @@ checkpoints, logging, and the outer loop.
 The outer loop (:meth:`Trainer.train`) reads top to bottom: resume, then for each step draw
 a batch, take a step, log, evaluate, checkpoint. A trainer supplies four pieces:
 ``next_batch(step)``, ``compute_losses(batch)`` (per-sample losses, unreduced),
-``evaluate()`` and ``task_type``. Everything is single-process; the robust reduction
-itself (:class:`~dro_rebel.torch.RobustLoss`) gathers over ``torch.distributed`` when a
-process group is initialised.
+``evaluate()`` and ``task_type``.
+
+Many processes (``torchrun``, one per GPU): when a ``torch.distributed`` process group is
+initialised, every rank takes its ``per_device_train_batch_size`` slice of each global batch,
+the robust reduction solves the problem of the global batch
+(:class:`~dro_rebel.torch.RobustLoss`), gradients are averaged over the ranks after each
+backward, and rank 0 alone writes the log, the checkpoints (with every rank's RNG state)
+and the model. Evaluation runs on every rank; rank 0 logs it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from dro_rebel.torch.checkpoint import (
     set_rng_state,
 )
 from dro_rebel.torch.config import TrainingConfig
+from dro_rebel.torch.data import batch_indices
+from dro_rebel.torch.distributed import average_gradients, broadcast_parameters, gather_objects, rank, world_size
 from dro_rebel.torch.jsonl import JsonlLogger
 from dro_rebel.torch.model_setup import (
     adapters_disabled,
@@ -74,6 +81,8 @@ class Trainer:
             ref_model = frozen_copy(self.model)
         self.ref_model = None if ref_model is None else ref_model.to(self.device).eval()
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.rank, self.world_size = rank(), world_size()
+        broadcast_parameters(self.parameters)
         self.optimizer = torch.optim.AdamW(
             self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -93,6 +102,17 @@ class Trainer:
     def evaluate(self) -> Dict[str, float]:
         raise NotImplementedError
 
+    def step_indices(self, step: int) -> List[int]:
+        """The training-set rows of this rank's share of step ``step``'s global batch."""
+        size = self.config.per_device_train_batch_size
+        rows = batch_indices(len(self.train_dataset), size * self.world_size, step, self.config.seed)
+        return rows[self.rank * size : (self.rank + 1) * size]
+
+    def log(self, record: Dict[str, Any]) -> None:
+        """Append ``record`` to ``log.jsonl`` (rank 0 only)."""
+        if self.rank == 0:
+            self.logger.write(record)
+
     # -- the loop --------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: Union[bool, str, Path, None] = None) -> Dict[str, float]:
@@ -109,7 +129,10 @@ class Trainer:
                 self.load(path)
         metrics: Dict[str, float] = {}
         progress = tqdm(
-            total=config.max_steps, initial=self.step, disable=config.disable_tqdm, desc=type(self).__name__
+            total=config.max_steps,
+            initial=self.step,
+            disable=config.disable_tqdm or self.rank != 0,
+            desc=type(self).__name__,
         )
         while self.step < config.max_steps:
             step = self.step + 1
@@ -118,15 +141,16 @@ class Trainer:
             progress.update(1)
             progress.set_postfix(loss=metrics.get("loss"))
             if step % config.logging_steps == 0 or step == config.max_steps:
-                self.logger.write({"step": step, **metrics})
+                self.log({"step": step, **metrics})
             if config.eval_steps and self.eval_dataset is not None and (
                 step % config.eval_steps == 0 or step == config.max_steps
             ):
-                self.logger.write({"step": step, **self.evaluate()})
+                self.log({"step": step, **self.evaluate()})
             if (config.save_steps and step % config.save_steps == 0) or step == config.max_steps:
                 self.save(step)
         progress.close()
-        self.save_model(self.output_dir / "model")
+        if self.rank == 0:
+            self.save_model(self.output_dir / "model")
         return metrics
 
     def train_step(self, batch: Dict[str, Any]) -> Dict[str, float]:
@@ -141,6 +165,7 @@ class Trainer:
         except NonFiniteLossError as error:
             return self._nonfinite("loss", error.indices, batch)
         loss.backward()
+        average_gradients(self.parameters)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             return self._nonfinite("gradient", [], batch)
@@ -159,12 +184,15 @@ class Trainer:
         """Report a NaN/inf loss or gradient; skip the step or stop, as configured."""
         step = self.step + 1
         rows = batch.get("indices")
+        if rows is not None:
+            # Positions are in the global batch: the dataset rows of every rank, in rank order.
+            rows = [row for shard in gather_objects(list(rows)) for row in shard]
         where = f" at batch position(s) {list(indices)}" if indices else ""
         if indices and rows is not None:
             where += f" (dataset rows {[rows[i] for i in indices]})"
         message = f"step {step}: non-finite {what}{where}"
         self.optimizer.zero_grad(set_to_none=True)
-        self.logger.write({"step": step, "event": f"nonfinite_{what}", "positions": list(indices), "message": message})
+        self.log({"step": step, "event": f"nonfinite_{what}", "positions": list(indices), "message": message})
         if self.config.nonfinite == "stop":
             raise FloatingPointError(message + "; stopping (nonfinite='stop')")
         warnings.warn(message + "; step skipped (nonfinite='skip')", RuntimeWarning, stacklevel=2)
@@ -206,15 +234,19 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def save(self, step: int) -> Path:
-        """Checkpoint the trainable parameters, the optimiser, every RNG and the step."""
+    def save(self, step: int) -> Optional[Path]:
+        """Checkpoint the trainable parameters, the optimiser, every RNG of every rank and the
+        step. Every rank must call it; rank 0 writes the file and returns its path."""
+        rng = gather_objects(rng_state())
+        if self.rank != 0:
+            return None
         return save_checkpoint(
             self.output_dir,
             step,
             {
                 "model": {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad},
                 "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state(),
+                "rng": rng,
                 "config": self.config.to_dict(),
             },
         )
@@ -231,8 +263,13 @@ class Trainer:
         with torch.no_grad():
             for name, value in state["model"].items():
                 trainable[name].copy_(value)
+        if len(state["rng"]) != self.world_size:
+            raise ValueError(
+                f"{path} was written by {len(state['rng'])} process(es): resume it with as many, "
+                f"not {self.world_size}"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"][self.rank])
         self.step = int(state["step"])
 
     def save_model(self, directory: Union[str, Path]) -> None:

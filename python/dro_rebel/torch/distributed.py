@@ -1,20 +1,23 @@
-"""Gathering per-sample values over a ``torch.distributed`` process group.
+"""Collectives over a ``torch.distributed`` process group, each a no-op without one.
 
 Under data parallelism each rank holds a shard of the global batch. The robust objective is
 over the global batch (SPEC.md section 3), so every rank gathers the (detached) losses of all
 ranks, solves the same problem and keeps its own slice of the weights. Shards may differ in
 size (the last batch of an epoch): sizes are exchanged first and the shards padded to the
 largest for the collective.
+
+The trainers use the rest for plain data parallelism: the same initial parameters on every
+rank, gradients averaged after each backward, one RNG state per rank in the checkpoints.
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, Iterable, List, Tuple
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "gather_rows"]
+__all__ = ["world_size", "rank", "gather_rows", "gather_objects", "average_gradients", "broadcast_parameters"]
 
 
 def world_size() -> int:
@@ -22,6 +25,11 @@ def world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
+
+
+def rank() -> int:
+    """This process's rank in the default process group, 0 when none is initialised."""
+    return dist.get_rank() if world_size() > 1 else 0
 
 
 def gather_rows(tensor: torch.Tensor) -> Tuple[torch.Tensor, int]:
@@ -48,3 +56,34 @@ def _all_sizes(tensor: torch.Tensor) -> List[int]:
     sizes = [torch.empty_like(size) for _ in range(world_size())]
     dist.all_gather(sizes, size)
     return [int(s.item()) for s in sizes]
+
+
+def gather_objects(value: Any) -> List[Any]:
+    """``value`` from every rank, in rank order (picklable objects)."""
+    if world_size() == 1:
+        return [value]
+    values: List[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def average_gradients(parameters: Iterable[torch.Tensor]) -> None:
+    """Replace each gradient by its mean over the ranks (what DDP does, without overlap)."""
+    ranks = world_size()
+    if ranks == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ranks
+    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(chunk.view_as(grad))
+
+
+def broadcast_parameters(parameters: Iterable[torch.Tensor]) -> None:
+    """Copy rank 0's values into every rank's ``parameters``."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for parameter in parameters:
+            dist.broadcast(parameter.data, src=0)

@@ -24,7 +24,7 @@ import torch
 
 from dro_rebel.torch.base_trainer import LossOutput, Trainer
 from dro_rebel.torch.config import RobustDPOConfig
-from dro_rebel.torch.data import batch_indices, encode_pairs, select_rows
+from dro_rebel.torch.data import encode_pairs, select_rows
 from dro_rebel.torch.logprobs import completion_logprobs
 from dro_rebel.torch.losses import dpo_loss
 from dro_rebel.torch.eval_metrics import pair_metrics
@@ -60,9 +60,7 @@ class RobustDPOTrainer(Trainer):
         return batch
 
     def next_batch(self, step: int) -> Dict[str, Any]:
-        indices = batch_indices(
-            len(self.train_dataset), self.config.per_device_train_batch_size, step, self.config.seed
-        )
+        indices = self.step_indices(step)
         return self.make_batch(select_rows(self.train_dataset, indices), indices)
 
     def compute_losses(self, batch: Dict[str, Any]) -> LossOutput:

@@ -31,7 +31,7 @@ import torch
 
 from dro_rebel.torch.base_trainer import LossOutput, Trainer
 from dro_rebel.torch.config import DroRebelConfig
-from dro_rebel.torch.data import batch_indices, select_rows
+from dro_rebel.torch.data import select_rows
 from dro_rebel.torch.logprobs import completion_logprobs
 from dro_rebel.torch.losses import rebel_loss
 
@@ -61,9 +61,7 @@ class DroRebelTrainer(Trainer):
         super().__init__(model, tokenizer, config, train_dataset, eval_dataset, ref_model)
 
     def next_batch(self, step: int) -> Dict[str, Any]:
-        indices = batch_indices(
-            len(self.train_dataset), self.config.per_device_train_batch_size, step, self.config.seed
-        )
+        indices = self.step_indices(step)
         rows = select_rows(self.train_dataset, indices)
         groups = rows[self.config.group_column] if self.config.group_column is not None else None
         return self.rollout(rows["prompt"], groups=groups, indices=indices)
