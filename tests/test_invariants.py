@@ -75,7 +75,7 @@ def loss_scale(losses: np.ndarray) -> float:
 
 
 def value_of(q: np.ndarray, losses: np.ndarray) -> float:
-    # Halving first: sum q l cannot overflow, but the products of an exact sum might not either.
+    # An exact sum of q l / 2, doubled: halved, no partial sum overflows for losses near 1e308.
     return 2.0 * math.fsum((q * (losses * 0.5)).tolist())
 
 

@@ -16,7 +16,8 @@ import numpy as np
 
 __all__ = ["robust_weights"]
 
-# Bisection stops when the bracket is this narrow (relative); ~50 passes from the bracket.
+# Bisection stops when the bracket is this narrow (in units of the spread of the losses, or
+# relative for the KL temperature): about 50 passes.
 _BISECTION_TOL = 1e-15
 _MAX_BISECTIONS = 400
 
