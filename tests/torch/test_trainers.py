@@ -16,7 +16,7 @@ from dro_rebel.torch import (
     RobustRewardConfig,
     RobustRewardTrainer,
 )
-from tiny_models import PAIRS, tiny_llama, tiny_reward_model
+from tiny_models import PAIRS, tiny_bert_reward_model, tiny_llama, tiny_reward_model
 
 
 def short_reward(prompts, completions):
@@ -56,6 +56,12 @@ def test_dpo_loss_falls_on_a_fixed_batch(tokenizer, tmp_path, use_peft):
 def test_reward_loss_falls_on_a_fixed_batch(tokenizer, tmp_path, use_peft):
     config = RobustRewardConfig(learning_rate=1e-2 if use_peft else 3e-3, use_peft=use_peft, **_common(tmp_path))
     trainer = RobustRewardTrainer(tiny_reward_model(tokenizer), tokenizer, config, PAIRS)
+    _falls(trainer, trainer.next_batch(1))
+
+
+def test_reward_model_on_an_encoder(tokenizer, tmp_path):
+    config = RobustRewardConfig(learning_rate=1e-2, **_common(tmp_path))
+    trainer = RobustRewardTrainer(tiny_bert_reward_model(tokenizer), tokenizer, config, PAIRS)
     _falls(trainer, trainer.next_batch(1))
 
 
