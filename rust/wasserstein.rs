@@ -79,7 +79,7 @@ pub fn solve<T: Real>(
     if !(order >= 1.0 && order.is_finite()) {
         return Err(CoreError::Budget(format!("the wasserstein type p must be a finite number >= 1, got {order}")));
     }
-    let dual = Dual::new(batch, GroundCost::new(geometry, batch.len(), order)?);
+    let mut dual = Dual::new(batch, GroundCost::new(geometry, batch.len(), order)?);
     let (plan, lam, passes) = match budget {
         Budget::Radius(radius) => {
             let (plan, lam, passes) = dual.constrained(radius, tol);
@@ -220,9 +220,9 @@ impl<'a> Dual<'a> {
 
     /// The secant on the envelope of F (module docs). Returns the plan, lam* in scaled units
     /// and the number of passes over the costs.
-    fn constrained(&self, radius: f64, tol: f64) -> (Plan, f64, u32) {
+    fn constrained(&mut self, radius: f64, tol: f64) -> (Plan, f64, u32) {
         let budget = self.cost.budget(radius);
-        let mut lo = self.assign(0.0);
+        let mut lo = self.assign_at_zero();
         if self.total_cost(&lo) <= budget {
             return (self.plan(&lo), 0.0, 1);
         }
@@ -230,6 +230,8 @@ impl<'a> Dual<'a> {
             // Only free moves (between duplicates) remain: lam* = inf.
             return (self.plan(&self.assign(f64::INFINITY)), f64::INFINITY, 2);
         }
+        // Several passes follow: computing the costs once pays.
+        self.cost.cache();
         let mut hi = Assignment::stay(self.u.len());
         // lo is best at lam_lo; hi at lam_hi once a pass has found it (the first hi, staying
         // put, is best nowhere in particular).
@@ -285,6 +287,32 @@ impl<'a> Dual<'a> {
         } else {
             self.scale.to_loss_units(lam * self.cost.factor())
         }
+    }
+
+    /// The best assignment at lam = 0 without a pass over all costs: every source to its
+    /// nearest arg-max of the losses (itself if it is one), as `best_target` would choose.
+    fn assign_at_zero(&self) -> Assignment {
+        let n = self.u.len();
+        let top = self.u.iter().fold(f64::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        let maxima: Vec<usize> = (0..n).filter(|&j| self.u[j] == top).collect();
+        let mut assignment = Assignment::stay(n);
+        let nearest = |(i, (target, cost)): (usize, (&mut usize, &mut f64))| {
+            if self.mass[i] > 0.0 && self.u[i] != top {
+                for &j in &maxima {
+                    let c = self.cost.entry(i, j);
+                    if *target == i || c < *cost {
+                        (*target, *cost) = (j, c);
+                    }
+                }
+            }
+        };
+        let Assignment { target, cost } = &mut assignment;
+        if n.saturating_mul(maxima.len()) >= PARALLEL_MIN_ENTRIES / 16 {
+            target.par_iter_mut().zip(cost.par_iter_mut()).enumerate().for_each(nearest);
+        } else {
+            target.iter_mut().zip(cost.iter_mut()).enumerate().for_each(nearest);
+        }
+        assignment
     }
 
     /// One pass over the costs: each source's best target at lam (lam = inf: the best among
@@ -756,7 +784,8 @@ mod tests {
             let distances: Vec<f64> = c.iter().map(|&x| x.powf(1.0 / order)).collect();
             let (_, from_matrix) = solve_with(&losses, Geometry::Cost(&distances), order, Budget::Radius(radius), Some(&raw));
             assert!((from_matrix.value - s.value).abs() <= 1e-11 * (1.0 + (s.value.abs())), "case {case}");
-            let cached = GroundCost::new(&geometry, n, order).unwrap();
+            let mut cached = GroundCost::new(&geometry, n, order).unwrap();
+            cached.cache();
             let streamed = GroundCost::with_cache_limit(&geometry, n, order, 0).unwrap();
             let (mut b1, mut b2) = (vec![0.0; n], vec![0.0; n]);
             for i in 0..n {

@@ -2,9 +2,11 @@
 //! scaled so that no power overflows, and served one row at a time to the dual's passes.
 //!
 //! The matrix exists at most once. A caller's distance matrix with p = 1 is read in place. With
-//! features, or another p, the scaled costs are computed once into a cache when n^2 entries
-//! fit in `CACHE_MAX_ENTRIES`; beyond that every pass recomputes its rows blockwise, one row
-//! per thread-local buffer, and nothing of size n^2 is ever allocated.
+//! features, or another p, rows are computed blockwise on the fly, one row per thread-local
+//! buffer; a solve that will make several passes (`cache`) first computes them all into a
+//! cache when n^2 entries fit in `CACHE_MAX_ENTRIES`. Measured at n = 4096, d = 16: a cached
+//! constrained solve takes about 15% less time than a streamed one; a single pass (the
+//! penalised form) is faster streamed, without the allocation.
 //!
 //! Scaling: distances are divided by a power of two s >= the largest distance, so the scaled
 //! costs c'_ij = (d_ij / s)^p lie in [0, 1], are exact multiples of the true ones for p = 1 and
@@ -110,6 +112,8 @@ pub(super) struct GroundCost<'a> {
     order: f64,
     /// 1 / s.
     inv_scale: f64,
+    /// The most entries `cache` keeps.
+    cache_limit: usize,
 }
 
 impl<'a> GroundCost<'a> {
@@ -119,14 +123,25 @@ impl<'a> GroundCost<'a> {
         Self::with_cache_limit(geometry, n, order, CACHE_MAX_ENTRIES)
     }
 
+    /// Computes every row once into a cache if they are computed on the fly and fit.
+    pub fn cache(&mut self) {
+        if let Rows::Computed(recipe) = &self.rows {
+            if self.n.checked_mul(self.n).is_some_and(|entries| entries <= self.cache_limit) {
+                self.rows = Rows::Stored(Cow::Owned(materialise(recipe, self.n)));
+            }
+        }
+    }
+
     pub(super) fn with_cache_limit(geometry: &Geometry<'a>, n: usize, order: f64, cache_limit: usize) -> Result<Self> {
         let power = Power::new(order);
-        let fits = n.checked_mul(n).is_some_and(|entries| entries <= cache_limit);
         let (recipe, inv_scale) = match *geometry {
             Geometry::Cost(distances) => {
                 let largest = validate_distances(distances, n)?;
                 match power {
-                    Power::One => return Ok(GroundCost { n, rows: Rows::Stored(Cow::Borrowed(distances)), order, inv_scale: 1.0 }),
+                    Power::One => {
+                        let rows = Rows::Stored(Cow::Borrowed(distances));
+                        return Ok(GroundCost { n, rows, order, inv_scale: 1.0, cache_limit });
+                    }
                     _ => {
                         let inv = 1.0 / power_of_two_above(largest);
                         (Recipe::Distances { distances, inv_scale: inv, power }, inv)
@@ -149,13 +164,31 @@ impl<'a> GroundCost<'a> {
                 (Recipe::Features { blocks, dim, power }, inv)
             }
         };
-        let rows = if fits { Rows::Stored(Cow::Owned(materialise(&recipe, n))) } else { Rows::Computed(recipe) };
-        Ok(GroundCost { n, rows, order, inv_scale })
+        Ok(GroundCost { n, rows: Rows::Computed(recipe), order, inv_scale, cache_limit })
     }
 
     /// Whether `row` needs a buffer of n entries to write into.
     pub fn needs_buffer(&self) -> bool {
         matches!(self.rows, Rows::Computed(_))
+    }
+
+    /// The scaled cost c'_ij alone, bit for bit as in `row` (the same operations in the same
+    /// order).
+    pub fn entry(&self, i: usize, j: usize) -> f64 {
+        let n = self.n;
+        match &self.rows {
+            Rows::Stored(costs) => costs[i * n + j],
+            Rows::Computed(Recipe::Distances { distances, inv_scale, power }) => power.of_distance(distances[i * n + j] * inv_scale),
+            Rows::Computed(Recipe::Features { blocks, dim, power }) => {
+                let at = |s: usize, k: usize| blocks[((s / BLOCK) * dim + k) * BLOCK + s % BLOCK];
+                let mut sum = 0.0;
+                for k in 0..*dim {
+                    let diff = at(j, k) - at(i, k);
+                    sum += diff * diff;
+                }
+                power.of_squared(sum)
+            }
+        }
     }
 
     /// The scaled costs c'_i. from source i to every target. `buffer` (n entries when
