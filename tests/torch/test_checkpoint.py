@@ -49,6 +49,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert sorted(p.name for p in killed.glob("checkpoint-*.pt")) == ["checkpoint-2.pt"]
     status, stderr = _finish(_child(killed, "--resume"))
     assert status == 0, stderr
+    assert (killed / "log.jsonl").read_text() == (straight / "log.jsonl").read_text()
     expected, got = torch.load(straight / "final.pt"), torch.load(killed / "final.pt")
     assert expected.keys() == got.keys()
     for name in expected:

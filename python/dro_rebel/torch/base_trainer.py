@@ -80,11 +80,11 @@ class Trainer:
         if self.needs_reference and ref_model is None and not is_peft_model(self.model):
             ref_model = frozen_copy(self.model)
         self.ref_model = None if ref_model is None else ref_model.to(self.device).eval()
-        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable_parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.rank, self.world_size = rank(), world_size()
-        broadcast_parameters(self.parameters)
+        broadcast_parameters(self.trainable_parameters)
         self.optimizer = torch.optim.AdamW(
-            self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+            self.trainable_parameters, lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.robust_loss = RobustLoss(config.ambiguity, **config.robust_kwargs())
         self.output_dir = Path(config.output_dir)
@@ -165,8 +165,8 @@ class Trainer:
         except NonFiniteLossError as error:
             return self._nonfinite("loss", error.indices, batch)
         loss.backward()
-        average_gradients(self.parameters)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        average_gradients(self.trainable_parameters)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             return self._nonfinite("gradient", [], batch)
         self.optimizer.step()
@@ -271,6 +271,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"][self.rank])
         self.step = int(state["step"])
+        if self.rank == 0:
+            self.logger.drop_after(self.step)
 
     def save_model(self, directory: Union[str, Path]) -> None:
         """The trained model (and tokenizer) in Hugging Face format."""
