@@ -86,9 +86,9 @@ def test_rebel_loss_falls_on_a_fixed_rollout(tokenizer, prompts, tmp_path, use_p
     _falls(trainer, rollout)
 
 
-def test_gradient_penalty_trains(tokenizer, tmp_path):
-    common = _common(tmp_path)
-    common.update(ambiguity="wasserstein", radius=0.01, gradient_penalty="wdpo")
+@pytest.mark.parametrize("form, use_peft", [("wdpo", False), ("rebel", True)])
+def test_gradient_penalty_trains(tokenizer, tmp_path, form, use_peft):
+    common = _common(tmp_path, ambiguity="wasserstein", radius=0.01, gradient_penalty=form, use_peft=use_peft)
     trainer = RobustDPOTrainer(tiny_llama(tokenizer), tokenizer, RobustDPOConfig(learning_rate=1e-2, **common), PAIRS)
     _falls(trainer, trainer.next_batch(1))
     assert trainer.robust_loss.last.value > trainer.robust_loss.last.mean

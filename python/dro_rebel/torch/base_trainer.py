@@ -219,7 +219,9 @@ class Trainer:
             return
         captured: List[torch.Tensor] = []
 
-        def capture(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        def capture(module: nn.Module, inputs: Any, output: torch.Tensor) -> Optional[torch.Tensor]:
+            if not torch.is_grad_enabled():
+                return None  # a reference pass (LoRA adapters off) through the same module
             if not output.requires_grad:
                 output = output.detach().requires_grad_()
             captured.append(output)
