@@ -20,13 +20,17 @@ from scipy.special import logsumexp
 from dro_rebel import baseline, robust_weights, worst_case
 
 REL = 1e-8
+# HiGHS's default tolerances (1e-7) let it stop on a vertex up to 1e-7 worse.
+TIGHT = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
 
 
 @st.composite
 def problems(draw, max_n: int = 30):
     n = draw(st.integers(1, max_n))
     if draw(st.booleans()):
-        losses = draw(arrays(np.float64, n, elements=st.floats(-1.0, 1.0)))
+        # Magnitudes below 1e-150 become 0: see the chi2 xfail in test_edge_cases.py.
+        unit = st.floats(-1.0, 1.0).map(lambda x: 0.0 if abs(x) < 1e-150 else x)
+        losses = draw(arrays(np.float64, n, elements=unit))
     else:
         losses = draw(arrays(np.float64, n, elements=st.integers(0, 4).map(float)))
     losses = losses * 10.0 ** draw(st.integers(-200, 200)) + draw(st.sampled_from([0.0, 5.0]))
@@ -49,8 +53,14 @@ def scaled(losses, reference):
     return u, p[on], top, 2.0 * spread
 
 
-def in_u_units(value, top, spread):
-    return 0.0 if spread == 0 else (value * 0.5 - top * 0.5) / (spread * 0.5)
+def in_u_units(value, losses, top, spread):
+    """A value in loss units as (value in u units, its rounding there): sum q l carries an
+    error of about n eps max|l|, which is large in u units when the losses sit far from 0
+    relative to their spread (5 and 5 + 1e-8, say)."""
+    if spread == 0:
+        return 0.0, 0.0
+    rounding = (len(losses) + 4) * np.finfo(float).eps * np.max(np.abs(losses)) / spread
+    return (value * 0.5 - top * 0.5) / (spread * 0.5), rounding
 
 
 def reference_kl(u, p, rho):
@@ -85,7 +95,7 @@ def reference_cvar_dual(u, p, alpha):
 
 def reference_cvar_lp(u, p, alpha):
     result = linprog(-u, A_eq=np.ones((1, len(u))), b_eq=[1.0], bounds=[(0, pi / alpha) for pi in p],
-                     method="highs", options={"primal_feasibility_tolerance": 1e-10})
+                     method="highs", options=TIGHT)
     assert result.status == 0
     return -float(result.fun)
 
@@ -98,7 +108,7 @@ def reference_tv_lp(u, p, rho):
     a_ub = np.concatenate([np.zeros(n), np.ones(n)])[None, :]
     bounds = [(0, None)] * n + [(0, pi) for pi in p]
     result = linprog(objective, A_ub=a_ub, b_ub=[rho], A_eq=a_eq, b_eq=[0.0], bounds=bounds,
-                     method="highs", options={"primal_feasibility_tolerance": 1e-10})
+                     method="highs", options=TIGHT)
     assert result.status == 0
     return float(p @ u - result.fun)
 
@@ -122,9 +132,9 @@ def reference_chi2_penalised(u, p, lam_u):
     return float(best.fun)
 
 
-def check_value(ours_u, exact_u):
+def check_value(ours_u, rounding, exact_u):
     # The values are in units of the spread of the losses, where V* lies in [-1, 0].
-    assert abs(ours_u - exact_u) <= REL * max(1.0, abs(exact_u)), (ours_u, exact_u)
+    assert abs(ours_u - exact_u) <= REL * max(1.0, abs(exact_u)) + rounding, (ours_u, exact_u)
 
 
 @given(problem=problems(), rho=st.sampled_from([0.0, 1e-6, 0.01, 0.1, 0.7, 2.0, 30.0]))
@@ -132,7 +142,7 @@ def test_kl_radius_matches_its_dual(problem, rho):
     losses, reference = problem
     u, p, top, spread = scaled(losses, reference)
     solution = worst_case(losses, "kl", radius=rho, reference=reference)
-    check_value(in_u_units(solution.value, top, spread), reference_kl(u, p, rho))
+    check_value(*in_u_units(solution.value, losses, top, spread), reference_kl(u, p, rho))
 
 
 @given(problem=problems(), rho=st.sampled_from([0.0, 1e-6, 0.01, 0.1, 0.7, 2.0, 30.0]))
@@ -140,7 +150,7 @@ def test_chi2_radius_matches_its_dual(problem, rho):
     losses, reference = problem
     u, p, top, spread = scaled(losses, reference)
     solution = worst_case(losses, "chi2", radius=rho, reference=reference)
-    check_value(in_u_units(solution.value, top, spread), reference_chi2(u, p, rho))
+    check_value(*in_u_units(solution.value, losses, top, spread), reference_chi2(u, p, rho))
 
 
 @given(problem=problems(), alpha=st.sampled_from([1e-3, 0.05, 0.2, 0.5, 0.77, 1.0]))
@@ -148,9 +158,9 @@ def test_cvar_matches_its_linear_program_and_dual(problem, alpha):
     losses, reference = problem
     u, p, top, spread = scaled(losses, reference)
     solution = worst_case(losses, "cvar", alpha=alpha, reference=reference)
-    ours = in_u_units(solution.value, top, spread)
-    check_value(ours, reference_cvar_dual(u, p, alpha))
-    check_value(ours, reference_cvar_lp(u, p, alpha))
+    ours = in_u_units(solution.value, losses, top, spread)
+    check_value(*ours, reference_cvar_dual(u, p, alpha))
+    check_value(*ours, reference_cvar_lp(u, p, alpha))
 
 
 @given(problem=problems(), rho=st.sampled_from([0.0, 1e-6, 0.05, 0.2, 0.5, 0.9, 1.0]))
@@ -158,7 +168,7 @@ def test_tv_matches_its_linear_program(problem, rho):
     losses, reference = problem
     u, p, top, spread = scaled(losses, reference)
     solution = worst_case(losses, "tv", radius=rho, reference=reference)
-    check_value(in_u_units(solution.value, top, spread), reference_tv_lp(u, p, rho))
+    check_value(*in_u_units(solution.value, losses, top, spread), reference_tv_lp(u, p, rho))
 
 
 @given(problem=problems(), relative=st.sampled_from([1e-3, 0.05, 0.3, 1.0, 10.0, 1e3]))
@@ -170,7 +180,7 @@ def test_kl_penalised_matches_its_closed_form(problem, relative):
     q_on = q if reference is None else q[reference > 0]
     pos = q_on > 0
     objective = q_on @ u - relative * np.sum(q_on[pos] * np.log(q_on[pos] / p[pos]))
-    check_value(objective, reference_kl_penalised(u, p, relative))
+    check_value(objective, 0.0, reference_kl_penalised(u, p, relative))
 
 
 @given(problem=problems(), relative=st.sampled_from([1e-3, 0.05, 0.3, 1.0, 10.0, 1e3]))
@@ -180,7 +190,7 @@ def test_chi2_penalised_matches_its_dual(problem, relative):
     q = robust_weights(losses, "chi2", penalty=relative * (spread or 1.0), reference=reference)
     q_on = q if reference is None else q[reference > 0]
     objective = q_on @ u - relative * 0.5 * np.sum((q_on - p) ** 2 / p)
-    check_value(objective, reference_chi2_penalised(u, p, relative))
+    check_value(objective, 0.0, reference_chi2_penalised(u, p, relative))
 
 
 SIZES = [
@@ -191,8 +201,23 @@ SIZES = [
 ]
 
 
+@st.composite
+def separated_problems(draw, max_n: int = 30):
+    """Losses on a grid of 1/1000 of their scale: the weights are well conditioned (two losses
+    1e-17 of the spread apart may split their weight any way that leaves V* the same to 1e-17)."""
+    n = draw(st.integers(1, max_n))
+    grid = draw(arrays(np.float64, n, elements=st.integers(-1000, 1000).map(float)))
+    losses = grid / 1000.0 * 10.0 ** draw(st.integers(-200, 200)) + draw(st.sampled_from([0.0, 5.0]))
+    reference = None
+    if draw(st.booleans()):
+        reference = draw(arrays(np.float64, n, elements=st.sampled_from([0.0, 0.2, 1.0, 2.0])))
+        if reference.sum() == 0:
+            reference[0] = 1.0
+    return losses, reference
+
+
 @pytest.mark.parametrize("ambiguity,size", SIZES)
-@given(problem=problems())
+@given(problem=separated_problems())
 def test_weights_match_the_numpy_baseline(ambiguity, size, problem):
     losses, reference = problem
     if "penalty" in size:
