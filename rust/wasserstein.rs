@@ -218,8 +218,10 @@ impl<'a> Dual<'a> {
         Dual { cost, u, mass, scale }
     }
 
-    /// The secant on the envelope of F (module docs). Returns the plan, lam* in scaled units
-    /// and the number of passes over the costs.
+    /// The secant on the envelope of F (module docs). It stops when F at the crossing exceeds
+    /// both lines by at most `tol` in all (in units of the loss range: the value is then within
+    /// tol (max - min) of V*), or at an exact kink. Returns the plan, lam* in scaled units and
+    /// the number of passes.
     fn constrained(&mut self, radius: f64, tol: f64) -> (Plan, f64, u32) {
         let budget = self.cost.budget(radius);
         let mut lo = self.assign_at_zero();
