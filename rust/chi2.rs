@@ -90,8 +90,22 @@ pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outc
 fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, out: &mut [T]) -> f64 {
     let lift = if -eta < 1e-290 { f64::powi(2.0, 1000) } else { 1.0 };
     let inv = 1.0 / (-eta * lift);
-    batch.write_normalised(out, |l, p| p * ((scale.u(l) * lift - eta * lift) * inv).max(0.0))
+    let factor = |l: f64| ((scale.u(l) * lift - eta * lift) * inv).max(0.0);
+    if batch.mass_at_max >= TINY_MASS_AT_MAX {
+        return batch.write_normalised(out, |l, p| p * factor(l));
+    }
+    // The total (>= the mass at the max) may be tiny and the stored products p f subnormal, or
+    // zero in float32 (found by fuzzing): write q = p f / total directly, p and f each lifted by
+    // 2^500 so that their product stays normal.
+    let [total] = passes::sum(batch.losses, &batch.reference, |l, p| [p * factor(l)]);
+    let (up, inv_total) = (f64::powi(2.0, 500), 1.0 / (total * f64::powi(2.0, 1000)));
+    let [value] = passes::write(batch.losses, &batch.reference, out, |l, p| (p * up) * (factor(l) * up) * inv_total, |l, q| [q * l]);
+    value
 }
+
+/// Below this mass of p at the max (a lower bound on the total of the unnormalised weights),
+/// those weights may underflow while q does not.
+const TINY_MASS_AT_MAX: f64 = 1e-8;
 
 /// Sums over {i : u_i > threshold, p_i > 0} of p, p (u - shift), p (u - shift)^2, and the count
 /// of such i; and the mass of p outside that set. The shift keeps the variance free of
@@ -294,6 +308,19 @@ mod tests {
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
         assert!(q[0] > 1e-290, "{q:?}");
+    }
+
+    /// Found by fuzzing: float32 output where only points of tiny p are active (here both
+    /// 1e-50); the stored products p (u - eta) were 0 in float32 and so was every weight.
+    #[test]
+    fn a_tiny_active_mass_keeps_its_weights_in_float32() {
+        let reference = [1.0, 1e-50, 1e-50];
+        let losses: [f32; 3] = [-1.0, 0.0, -0.5];
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Chi2, Budget::Radius(4e49)) };
+        let mut q = [f32::NAN; 3];
+        crate::solve(&losses[..], &opts, &mut q).unwrap();
+        let sum: f32 = q.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-6 && q[0] == 0.0 && q[1] > q[2], "{q:?}");
     }
 
     #[test]

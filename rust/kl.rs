@@ -25,6 +25,9 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         let value = batch.write_argmax(out);
         return Outcome { value, dual: Some(0.0), iterations: 0 };
     }
+    if batch.mass_at_max < TINY_MASS_AT_MAX && std::mem::size_of::<T>() < std::mem::size_of::<f64>() {
+        return widened(batch, out, |wide, q| solve_radius(wide, radius, tol, q));
+    }
     let scale = batch.scale();
     // Each evaluation writes the unnormalised weights p exp(beta u), so the last one only
     // needs rescaling: one pass with exp fewer.
@@ -77,7 +80,7 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         }
         beta = next;
     };
-    let value = passes::normalise(batch.losses, out, tilt.z);
+    let value = finish(batch, &scale, beta, tilt.z, out);
     Outcome { value, dual: Some(scale.to_loss_units(1.0 / beta)), iterations }
 }
 
@@ -86,6 +89,9 @@ pub fn solve_temperature<T: Real>(batch: &Batch<T>, tau: f64, out: &mut [T]) -> 
     if batch.is_flat() {
         let value = batch.write_reference(out);
         return Outcome { value, dual: Some(tau), iterations: 0 };
+    }
+    if batch.mass_at_max < TINY_MASS_AT_MAX && std::mem::size_of::<T>() < std::mem::size_of::<f64>() {
+        return widened(batch, out, |wide, q| solve_temperature(wide, tau, q));
     }
     let scale = batch.scale();
     let beta = 1.0 / scale.to_u_units(tau);
@@ -99,7 +105,50 @@ pub fn solve_temperature<T: Real>(batch: &Batch<T>, tau: f64, out: &mut [T]) -> 
 
 fn write_tilt<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, out: &mut [T]) -> f64 {
     let tilt = Tilt::at(batch, scale, beta, out);
-    passes::normalise(batch.losses, out, tilt.z)
+    finish(batch, scale, beta, tilt.z, out)
+}
+
+/// Below this mass of p at the max, Z (>= that mass) may be so small that the unnormalised
+/// weights p exp(beta u) lose their precision or underflow: at once in float32, where they
+/// became NaN or 0 while q is O(1); in float64 a weight 1.9e-225 came out 0 (found by fuzzing).
+const TINY_MASS_AT_MAX: f64 = 1e-8;
+
+/// Solves a float32 problem in float64 and narrows the answer: with a tiny mass at the max the
+/// unnormalised weights that Tilt::at stores, and its moments read back from them, underflow in
+/// float32 (found by fuzzing: NaN weights, or all mass on the wrong point). Rare: one copy.
+fn widened<T: Real>(batch: &Batch<T>, out: &mut [T], solve: impl Fn(&Batch<f64>, &mut [f64]) -> Outcome) -> Outcome {
+    let losses: Vec<f64> = batch.losses.iter().map(|l| l.to_f64()).collect();
+    let wide = Batch { losses: &losses, reference: batch.reference, max: batch.max, min: batch.min, mass_at_max: batch.mass_at_max };
+    let mut q = vec![0.0; losses.len()];
+    let outcome = solve(&wide, &mut q);
+    for (o, &x) in out.iter_mut().zip(&q) {
+        *o = T::from_f64(x);
+    }
+    outcome
+}
+
+/// Turns the unnormalised weights into q. Where they may have underflowed (a mass at the max
+/// below 1e-8 lets Z be that small, and p exp(beta u) subnormal while q is not), writes
+/// q_i = exp(w_i - log Z) directly from w_i = beta u_i + ln p_i and a log-sum-exp: exact up to
+/// rounding, in a few serial passes this rare case can afford.
+fn finish<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, z: f64, out: &mut [T]) -> f64 {
+    if batch.mass_at_max >= TINY_MASS_AT_MAX {
+        return passes::normalise(batch.losses, out, z);
+    }
+    let log_weight = |i: usize, l: T| {
+        let p = batch.reference.at(i);
+        if p > 0.0 { beta * scale.u(l.to_f64()) + p.ln() } else { f64::NEG_INFINITY }
+    };
+    let top = batch.losses.iter().enumerate().map(|(i, &l)| log_weight(i, l)).fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = batch.losses.iter().enumerate().map(|(i, &l)| (log_weight(i, l) - top).exp()).sum();
+    let log_z = top + sum.ln();
+    let mut value = 0.0;
+    for (i, (o, &l)) in out.iter_mut().zip(batch.losses).enumerate() {
+        let q = (log_weight(i, l) - log_z).min(0.0).exp();
+        *o = T::from_f64(q);
+        value += q * l.to_f64();
+    }
+    value
 }
 
 /// Moments of the tilted distribution q_beta ~ p exp(beta u) in one pass that also writes the
@@ -228,6 +277,27 @@ mod tests {
         check_invariants(&losses, Some(&reference), &q, &solution);
         let p = 1.0 / 3.4028234663852886e38;
         assert!((q[1] / p - 1.0).abs() < 1e-2, "{q:?}");
+    }
+
+    /// Found by fuzzing: a tiny p at the max makes Z tiny, and the stored p exp(beta u)
+    /// underflowed: NaN weights in float32, and in float64 a weight 1.9e-225 that came out 0.
+    #[test]
+    fn a_tiny_mass_at_the_max_keeps_every_weight() {
+        let reference = [1.7976931348623157e308, 197.0];
+        let losses: [f32; 2] = [-1.0, 0.0];
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Penalty(1.1754943508222875e-38)) };
+        let mut q = [f32::NAN; 2];
+        crate::solve(&losses[..], &opts, &mut q).unwrap();
+        assert_eq!(q, [0.0, 1.0]);
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Radius(1.0)) };
+        crate::solve(&losses[..], &opts, &mut q).unwrap();
+        assert!(q[1] > 1e-3 && (q[0] + q[1] - 1.0).abs() < 1e-6, "{q:?}");
+        let reference = [1.0, 1.9043862e-225, 1.9043862e-225];
+        let losses = [-1.0, -1.0, 0.0];
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Radius(1e-12)) };
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, Some(&reference), &q, &solution);
+        assert!((q[1] / q[0] / 1.9043862e-225 - 1.0).abs() < 1e-12, "{q:?}");
     }
 
     #[test]
