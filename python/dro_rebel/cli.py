@@ -163,6 +163,7 @@ def add_weights_parser(subparsers: Any) -> None:
     size.add_argument("--alpha", type=float, help="CVaR level in (0, 1]")
     parser.add_argument("--groups", type=Path, help="a .npy/.csv file of integer group labels")
     parser.add_argument("--reference", type=Path, help="a .npy/.csv file of the nominal distribution")
+    parser.add_argument("--features", type=Path, help="wasserstein: a .npy/.csv file of (n, d) sample features")
     parser.add_argument("-o", "--output", type=Path, help="write the weights here (.npy or .csv) instead of stdout")
     parser.set_defaults(func=run_weights)
 
@@ -178,6 +179,7 @@ def run_weights(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         groups=None if args.groups is None else _read_array(args.groups).astype(np.int64),
         reference=None if args.reference is None else _read_array(args.reference),
+        features=None if args.features is None else _read_matrix(args.features),
     )
     # One weight per line, or one problem per line for 2-D losses.
     if args.output is None:
@@ -195,6 +197,12 @@ def _read_array(path: Path) -> np.ndarray:
     array = np.loadtxt(path, delimiter=",", ndmin=1)
     # A single column of a CSV file is one problem, not n problems of size 1.
     return array[:, 0] if array.ndim == 2 and array.shape[1] == 1 else array
+
+
+def _read_matrix(path: Path) -> np.ndarray:
+    """One row per sample, also when there is a single column."""
+    array = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+    return array.reshape(len(array), -1)
 
 
 # -- bench -----------------------------------------------------------------------------------

@@ -33,6 +33,16 @@ def test_weights_written_to_npy_with_groups(tmp_path):
     np.testing.assert_array_equal(np.load(out), robust_weights(LOSSES, "cvar", alpha=0.5, groups=[0, 0, 1, 1]))
 
 
+def test_weights_wasserstein_on_features(tmp_path, capsys):
+    np.savetxt(tmp_path / "losses.csv", LOSSES)
+    features = np.array([[0.0], [1.0], [2.0], [3.5]])
+    np.savetxt(tmp_path / "features.csv", features, delimiter=",")
+    argv = ["weights", str(tmp_path / "losses.csv"), "-a", "wasserstein", "-r", "0.5"]
+    assert main(argv + ["--features", str(tmp_path / "features.csv")]) == 0
+    printed = np.array([float(line) for line in capsys.readouterr().out.split()])
+    np.testing.assert_array_equal(printed, robust_weights(LOSSES, "wasserstein", radius=0.5, features=features))
+
+
 def test_weights_needs_exactly_one_size(tmp_path):
     np.save(tmp_path / "losses.npy", LOSSES)
     with pytest.raises(SystemExit):

@@ -222,7 +222,10 @@ def _gathered_host(values: Any, device: torch.device) -> Any:
     if values is None:
         return None
     tensor = values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
-    return gather_rows(tensor.to(device))[0].cpu().numpy()
+    if world_size() > 1:
+        # The collective runs on the losses' device (NCCL needs CUDA tensors).
+        tensor = gather_rows(tensor.to(device))[0]
+    return tensor.cpu().numpy()
 
 
 def _normalised(reference: Any) -> np.ndarray:
