@@ -25,6 +25,8 @@ def test_subpackage_named_torch_uses_the_real_torch():
 def test_config_validates_its_choices():
     with pytest.raises(ValueError, match="nonfinite"):
         RobustDPOConfig(nonfinite="ignore")
+    with pytest.raises(ValueError, match="gradient_penalty"):
+        RobustDPOConfig(ambiguity="wasserstein", radius=0.1)
     assert RobustDPOConfig().robust_kwargs()["radius"] == 0.0  # no radius: the plain loss
     assert RobustDPOConfig(alpha=0.5, ambiguity="cvar").robust_kwargs()["radius"] is None
 

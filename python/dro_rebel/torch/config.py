@@ -88,6 +88,12 @@ class TrainingConfig:
             raise ValueError(
                 f"gradient_penalty must be one of {GRADIENT_PENALTY_FORMS}, got {self.gradient_penalty!r}"
             )
+        if self.ambiguity == "wasserstein" and self.gradient_penalty is None:
+            raise ValueError(
+                "the trainers take the Wasserstein set in its gradient-penalty form: set "
+                "gradient_penalty='rebel' or 'wdpo' (the exact transport needs sample features: "
+                "use dro_rebel.torch.RobustLoss(features=...) in your own loop)"
+            )
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
