@@ -19,16 +19,19 @@ pub fn solve<T: Real>(batch: &Batch<T>, alpha: f64, out: &mut [T]) -> Outcome {
     }
     let p = &batch.reference;
     let Quantile { value: eta, beyond: above, at } = quantile(batch, alpha, 1.0);
-    // Mass left for the losses tied at eta, per unit of their p.
-    let share = ((alpha - above) / at).clamp(0.0, 1.0) / alpha;
+    // Fraction of their cap p / alpha that the losses tied at eta get.
+    let fraction = ((alpha - above) / at).clamp(0.0, 1.0);
+    // p / alpha as p * (1 / alpha), but for a subnormal alpha, whose reciprocal overflows
+    // (found by fuzzing: an infinite weight).
     let cap = 1.0 / alpha;
+    let capped = |p: f64| if cap.is_finite() { p * cap } else { p / alpha };
     let mut value = 0.0;
     for (i, (o, &l)) in out.iter_mut().zip(batch.losses).enumerate() {
         let l = l.to_f64();
         let q = if l > eta {
-            p.at(i) * cap
+            capped(p.at(i))
         } else if l == eta {
-            p.at(i) * share
+            capped(p.at(i) * fraction)
         } else {
             0.0
         };
@@ -89,6 +92,16 @@ mod tests {
             let scale = losses.iter().fold(0.0_f64, |m, l| m.max(l.abs()));
             assert!((value - solution.value).abs() <= 1e-12 * scale, "n {n}: {value} vs {}", solution.value);
         }
+    }
+
+    /// Found by fuzzing: alpha = 3.2e-319 has no finite reciprocal.
+    #[test]
+    fn a_subnormal_alpha_gives_finite_weights() {
+        let reference = [65.0, 7.7736e-320];
+        let losses = [0.0, 9.999999717180685e-10];
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Cvar, Budget::Alpha(3.23786e-319)) };
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, Some(&reference), &q, &solution);
     }
 
     #[test]

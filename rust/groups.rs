@@ -48,7 +48,8 @@ impl Grouped {
     pub fn expand<T: Real>(&self, group_weights: &[f64], reference: &Reference, out: &mut [T]) {
         for (i, (o, &g)) in out.iter_mut().zip(&self.group_of).enumerate() {
             let m = self.mass[g];
-            *o = T::from_f64(if m > 0.0 { group_weights[g] * reference.at(i) / m } else { 0.0 });
+            // Q (p / m), not (Q p) / m: Q p underflows for tiny groups (found by fuzzing).
+            *o = T::from_f64(if m > 0.0 { group_weights[g] * (reference.at(i) / m) } else { 0.0 });
         }
     }
 }
@@ -81,5 +82,23 @@ fn dense_indices(labels: &[i64]) -> Result<Vec<usize>> {
         distinct.sort_unstable();
         distinct.dedup();
         Ok(labels.iter().map(|g| distinct.binary_search(g).unwrap_or(0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{check_invariants, options, solve_f64};
+    use crate::{Ambiguity, Budget, Options};
+
+    /// Found by fuzzing: a group of mass 1e-288 got weight 0 at radius 0, as Q p / m underflowed.
+    #[test]
+    fn a_tiny_group_keeps_its_weight() {
+        let losses = [-1e23, -1.0000000000000005e288, 2.599999999999999e-160];
+        let reference = [1.0, 1.0000000000000005e288, 0.0];
+        let groups = [1903265726780051, 3, 0];
+        let opts = Options { reference: Some(&reference), groups: Some(&groups), ..options(Ambiguity::Tv, Budget::Radius(0.0)) };
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, Some(&reference), &q, &solution);
+        assert!((q[0] / 1e-288 - 1.0).abs() < 1e-12, "{q:?}");
     }
 }

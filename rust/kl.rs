@@ -46,7 +46,9 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         });
         variance = centred;
     }
-    let mut beta = (2.0 * radius / variance.max(f64::MIN_POSITIVE)).sqrt();
+    // sqrt(2 rho) / sqrt(Var), not sqrt(2 rho / Var): that overflowed to beta = inf for a
+    // variance below 2 rho / f64::MAX (found by fuzzing: NaN weights).
+    let mut beta = (2.0 * radius).sqrt() / variance.max(f64::MIN_POSITIVE).sqrt();
     let (mut lo, mut hi) = (0.0_f64, f64::INFINITY);
     let mut iterations = 0;
     let tilt = loop {
@@ -298,6 +300,17 @@ mod tests {
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
         assert!((q[1] / q[0] / 1.9043862e-225 - 1.0).abs() < 1e-12, "{q:?}");
+    }
+
+    #[test]
+    fn a_tiny_variance_does_not_overflow_the_first_guess() {
+        let reference = [3.732135242e-314, 1.1754943508222875e-38, 0.0, 62.0, 0.0, 0.0];
+        let losses: [f32; 6] = [1.0, 0.0, 0.0, 0.0, 3.4028234663852886e38, 0.0];
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Radius(48.7490234375)) };
+        let mut q = [f32::NAN; 6];
+        crate::solve(&losses[..], &opts, &mut q).unwrap();
+        let sum: f32 = q.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-6 && q[2] == 0.0 && q[4] == 0.0, "{q:?}");
     }
 
     #[test]
