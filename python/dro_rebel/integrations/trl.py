@@ -19,7 +19,7 @@ processes). They log TRL's usual metrics plus ``robust/value``, ``robust/mean``,
 
 Supported: DPO's ``loss_type`` ``"sigmoid"`` (standard DPO), ``"hinge"`` or ``"ipo"``, one at a
 time, with ``f_divergence_type="reverse_kl"`` and without ``ld_alpha``, WPO weighting or MoE
-auxiliary losses; the reward trainer as TRL has it (``margin`` column and
+auxiliary losses; the ``kl``, ``chi2``, ``cvar`` and ``tv`` sets; the reward trainer as TRL has it (``margin`` column and
 ``center_rewards_coefficient`` included). With gradient accumulation each micro-batch is its
 own robust problem.
 """
@@ -45,7 +45,7 @@ class _RobustFields:
     """The ambiguity set, as in :class:`dro_rebel.torch.TrainingConfig`."""
 
     ambiguity: str = field(
-        default="chi2", metadata={"help": "Ambiguity set: 'kl', 'chi2', 'cvar', 'tv' or 'wasserstein'."}
+        default="chi2", metadata={"help": "Ambiguity set: 'kl', 'chi2', 'cvar' or 'tv'."}
     )
     radius: Optional[float] = field(
         default=None, metadata={"help": "Size of the set; None with no penalty/alpha means 0 (TRL's loss)."}
@@ -54,6 +54,11 @@ class _RobustFields:
     alpha: Optional[float] = field(default=None, metadata={"help": "CVaR level in (0, 1] (ambiguity='cvar')."})
 
     def robust_loss(self) -> RobustLoss:
+        if self.ambiguity == "wasserstein":
+            raise ValueError(
+                "the TRL trainers take the 'kl', 'chi2', 'cvar' and 'tv' sets; the Wasserstein set "
+                "needs sample features or input embeddings (see dro_rebel.torch.RobustDPOTrainer)"
+            )
         radius = self.radius
         if radius is None and self.penalty is None and self.alpha is None:
             radius = 0.0
