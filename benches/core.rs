@@ -1,10 +1,11 @@
-//! The Rust core alone, without Python: one solve per set at n = 64, 16384 and 1048576
+//! The Rust core alone, without Python: one solve per set at n = 64, 16384 and 1048576 (the
+//! Wasserstein set, whose cost is n^2, at n = 256, 1024 and 4096 with 16-d features)
 //! (`cargo bench --bench core`, add `-- --quick` for a short run). The Python-side comparison
 //! with the numpy baseline lives in benches/test_bench_core.py.
 
 use std::hint::black_box;
 
-use _core::{solve, Ambiguity, Budget, Options};
+use _core::{solve, Ambiguity, Budget, Geometry, Options};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const SIZES: [usize; 3] = [64, 16384, 1 << 20];
@@ -57,5 +58,23 @@ fn bench_sets(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_sets);
+/// Wasserstein with features= in 16 dimensions: the n^2 costs, not the losses, set the pace.
+fn bench_wasserstein(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wasserstein radius, features in 16-d");
+    group.sample_size(10);
+    for n in [256, 1024, 4096] {
+        let stream = losses(17 * n);
+        let (values, features) = stream.split_at(n);
+        let mut options = Options::new(Ambiguity::Wasserstein, Budget::Radius(0.5));
+        options.geometry = Some(Geometry::Features { data: features, dim: 16 });
+        let mut out = vec![0.0; n];
+        group.throughput(Throughput::Elements((n * n) as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &values, |b, values| {
+            b.iter(|| solve(black_box(*values), &options, &mut out).expect("valid problem"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_sets, bench_wasserstein);
 criterion_main!(benches);
