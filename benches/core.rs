@@ -1,6 +1,6 @@
 //! The Rust core alone, without Python: one solve per set at n = 64, 16384 and 1048576 (the
-//! Wasserstein set, whose cost is n^2, at n = 256, 1024 and 4096 with 16-d features)
-//! (`cargo bench --bench core`, add `-- --quick` for a short run). The Python-side comparison
+//! Wasserstein set, whose cost is n^2, at n = 256, 1024 and 4096 with 16-d features;
+//! `cargo bench --bench core`, add `-- --quick` for a short run). The Python-side comparison
 //! with the numpy baseline lives in benches/test_bench_core.py.
 
 use std::hint::black_box;
