@@ -1,10 +1,11 @@
 """The obvious numpy solve of the Wasserstein worst case, and the exact linear program: the
 comparison points of the benchmark and the oracles of the tests.
 
-``dro_rebel.baseline`` re-exports :func:`wasserstein_weights` (the numpy baseline, same
-conventions as ``robust_weights(losses, "wasserstein", ...)``) and :func:`wasserstein_linprog`
-(the linear program over transport plans, solved by scipy's HiGHS; scipy is imported only when
-it is called).
+:func:`wasserstein_weights` is the numpy baseline, with the conventions of
+``robust_weights(losses, "wasserstein", ...)``; ``dro_rebel.baseline.robust_weights(...,
+"wasserstein", ...)`` hands its 1-D problems to it. :func:`wasserstein_linprog` is the linear
+program over transport plans, solved by scipy's HiGHS (scipy is imported only when it is
+called).
 
 The problem (SPEC.md section 2): maximise sum_j q_j l_j over the q reachable from the reference
 p by a transport plan pi >= 0 with row sums p and sum_ij pi_ij d_ij^p <= radius^p, targets on the
