@@ -782,7 +782,8 @@ mod tests {
             let (q, s) = solve_with(&losses, geometry, order, Budget::Radius(radius), Some(&raw));
             certify(&losses, &p, &c, radius.powf(order), &q, &s);
             assert!(s.iterations <= 20, "case {case}: {} passes", s.iterations);
-            // The same value from the distance matrix, and the same rows without the cache.
+            // The same value from the distance matrix, and the same costs, bit for bit, from the
+            // cache, from rows computed on the fly and one by one.
             let distances: Vec<f64> = c.iter().map(|&x| x.powf(1.0 / order)).collect();
             let (_, from_matrix) = solve_with(&losses, Geometry::Cost(&distances), order, Budget::Radius(radius), Some(&raw));
             assert!((from_matrix.value - s.value).abs() <= 1e-11 * (1.0 + (s.value.abs())), "case {case}");
@@ -791,7 +792,18 @@ mod tests {
             let streamed = GroundCost::with_cache_limit(&geometry, n, order, 0).unwrap();
             let (mut b1, mut b2) = (vec![0.0; n], vec![0.0; n]);
             for i in 0..n {
-                assert_eq!(cached.row(i, &mut b1), streamed.row(i, &mut b2));
+                let row = streamed.row(i, &mut b2);
+                assert_eq!(cached.row(i, &mut b1), row);
+                assert!((0..n).all(|j| streamed.entry(i, j) == row[j] && cached.entry(i, j) == row[j]));
+            }
+            let matrix = Geometry::Cost(&distances);
+            let mut cached = GroundCost::new(&matrix, n, order).unwrap();
+            cached.cache();
+            let streamed = GroundCost::with_cache_limit(&matrix, n, order, 0).unwrap();
+            for i in 0..n {
+                let row = streamed.row(i, &mut b2);
+                assert_eq!(cached.row(i, &mut b1), row);
+                assert!((0..n).all(|j| streamed.entry(i, j) == row[j]));
             }
         }
     }
