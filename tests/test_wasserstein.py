@@ -115,6 +115,22 @@ def test_the_penalised_form_moves_each_point_to_its_best_target(problem, lam):
     assert solution.value - lam * spent == pytest.approx(float(p_ref[support] @ best[support]), abs=1e-12 * spread + 1e-15)
 
 
+@given(problems(), st.sampled_from(["features", "cost"]))
+def test_the_worst_case_grows_with_the_radius_between_the_mean_and_the_max(problem, geometry):
+    losses, features, reference, p, radius = problem
+    n = losses.shape[0]
+    kwargs = {"features": features} if geometry == "features" else {"cost": wasserstein_costs(n, features=features)}
+    values = [
+        worst_case(losses, "wasserstein", radius=r, p=p, reference=reference, **kwargs).value
+        for r in (0.0, 0.5 * radius, radius, 2.0 * radius)
+    ]
+    support = normalised(reference, n) > 0
+    tol = 1e-12 * (1.0 + np.abs(losses).max())
+    assert all(a <= b + tol for a, b in zip(values, values[1:]))
+    assert values[-1] <= losses[support].max() + tol
+    assert values[0] >= float(normalised(reference, n) @ losses) - tol
+
+
 def test_radius_zero_gives_the_reference():
     rng = np.random.default_rng(0)
     losses, features = rng.standard_normal(20), rng.standard_normal((20, 4))
