@@ -159,10 +159,9 @@ class RobustLoss(nn.Module):
             features=_gathered_host(features, losses.device),
             cost=_host(cost),
         )
-        nominal = np.full_like(host, 1.0 / host.size) if reference is None else _normalised(_host(reference))
         self.last = RobustStats(
             value=float(weights @ host),
-            mean=float(nominal @ host),
+            mean=float(host.mean() if reference is None else _normalised(_host(reference)) @ host),
             ess=float(1.0 / (weights @ weights)),
             max_weight=float(weights.max()),
             n=host.size,
@@ -170,7 +169,9 @@ class RobustLoss(nn.Module):
         local = torch.from_numpy(weights[offset : offset + losses.shape[0]]).to(
             device=losses.device, dtype=losses.dtype
         )
-        return world_size() * (local * losses).sum()
+        robust = (local * losses).sum()
+        ranks = world_size()
+        return robust if ranks == 1 else ranks * robust
 
     def _gradient_penalised(
         self,
