@@ -19,10 +19,12 @@ pub fn solve<T: Real>(batch: &Batch<T>, alpha: f64, out: &mut [T]) -> Outcome {
     }
     let p = &batch.reference;
     let Quantile { value: eta, beyond: above, at } = quantile(batch, alpha, 1.0);
-    // Fraction of their cap p / alpha that the losses tied at eta get.
-    let fraction = ((alpha - above) / at).clamp(0.0, 1.0);
-    // p / alpha as p * (1 / alpha), but for a subnormal alpha, whose reciprocal overflows
-    // (found by fuzzing: an infinite weight).
+    // The losses above eta get their cap p / alpha (below one: their p sum to less than alpha),
+    // as p * (1 / alpha) but for a subnormal alpha, whose reciprocal overflows. Those tied at
+    // eta share what is left, (alpha - above) / alpha, in proportion to p: p / at times that,
+    // capped. Every factor is at most one, so nothing overflows or goes subnormal on the way
+    // (found by fuzzing: an infinite weight, and ties split 1e-7 unevenly through p * fraction).
+    let left = ((alpha - above) / alpha).clamp(0.0, 1.0);
     let cap = 1.0 / alpha;
     let capped = |p: f64| if cap.is_finite() { p * cap } else { p / alpha };
     let mut value = 0.0;
@@ -31,7 +33,7 @@ pub fn solve<T: Real>(batch: &Batch<T>, alpha: f64, out: &mut [T]) -> Outcome {
         let q = if l > eta {
             capped(p.at(i))
         } else if l == eta {
-            capped(p.at(i) * fraction)
+            (p.at(i) / at * left).min(capped(p.at(i)))
         } else {
             0.0
         };
@@ -102,6 +104,20 @@ mod tests {
         let opts = Options { reference: Some(&reference), ..options(Ambiguity::Cvar, Budget::Alpha(3.23786e-319)) };
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
+    }
+
+    /// Found by fuzzing: ties at eta with p near 1e-279 and alpha = 1.2e-38.
+    #[test]
+    fn ties_at_the_quantile_share_in_proportion_to_p() {
+        let losses = [0.0, 0.0, 4.6e-91, 0.0, 0.0, -1.0];
+        let reference = [101.0, 21.0, 45.0, 1.673387709521195e131, 1.0000000000000007e281, 21.0];
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Cvar, Budget::Alpha(1.1754943508222875e-38)) };
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, Some(&reference), &q, &solution);
+        let ratio = |i: usize| q[i] / reference[i];
+        for i in [1, 3, 4] {
+            assert!((ratio(i) / ratio(0) - 1.0).abs() < 1e-12, "{q:?}");
+        }
     }
 
     #[test]

@@ -90,6 +90,20 @@ mod tests {
     use crate::testing::{check_invariants, options, solve_f64};
     use crate::{Ambiguity, Budget, Options};
 
+    /// Found by fuzzing: a group of mass 1e-314 at the max sent kl through its log-space
+    /// write, which rounded the sum of q to 1 - 5e-14 and V below the mean.
+    #[test]
+    fn a_subnormal_group_at_the_max_keeps_the_sum() {
+        let losses = [1.0, 1.0000000000000002e104, 1.0000000000000002e104];
+        let reference = [0.0, 1.0000000000000002e104, 9.999999999999997e-211];
+        let groups = [8091279706313963190, 2021167143483240, 0];
+        let opts = Options { reference: Some(&reference), groups: Some(&groups), ..options(Ambiguity::Kl, Budget::Radius(0.822265625)) };
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, Some(&reference), &q, &solution);
+        assert!((q.iter().sum::<f64>() - 1.0).abs() < 1e-15, "{q:?}");
+        assert!(solution.value >= 1.0000000000000002e104 * (1.0 - 1e-15), "{solution:?}");
+    }
+
     /// Found by fuzzing: a group of mass 1e-288 got weight 0 at radius 0, as Q p / m underflowed.
     #[test]
     fn a_tiny_group_keeps_its_weight() {
