@@ -70,6 +70,11 @@ class Trainer:
         eval_dataset: Any = None,
         ref_model: Optional[nn.Module] = None,
     ):
+        if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+            raise ValueError(
+                "the tokenizer needs a pad token and an EOS token (for many causal LMs: "
+                "tokenizer.pad_token = tokenizer.eos_token)"
+            )
         self.config = config
         self.tokenizer = tokenizer
         self.train_dataset = train_dataset
