@@ -1,44 +1,40 @@
 """Fixtures of the torch tests: a tiny Llama and a byte-level BPE tokenizer trained here.
 
 Nothing is ever downloaded: ``HF_HUB_OFFLINE`` is set before transformers is imported, the
-tokenizer is trained on the strings below, and the models are built from a config.
+tokenizer is trained on the strings of ``tiny_models``, and the models are built from a
+config. Without the optional torch stack installed, nothing here is collected.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+
+import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from tiny_models import PAIRS, PROMPTS, tiny_llama, tiny_reward_model, tiny_tokenizer  # noqa: E402
+if not all(importlib.util.find_spec(name) for name in ("torch", "transformers", "tokenizers")):
+    collect_ignore_glob = ["test_*.py"]
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
+    from tiny_models import tiny_tokenizer
+
     return tiny_tokenizer()
 
 
 @pytest.fixture
 def model(tokenizer):
+    from tiny_models import tiny_llama
+
     return tiny_llama(tokenizer)
 
 
 @pytest.fixture
-def reward_model(tokenizer):
-    return tiny_reward_model(tokenizer)
-
-
-@pytest.fixture
-def pairs():
-    return [dict(row) for row in PAIRS]
-
-
-@pytest.fixture
 def prompts():
+    from tiny_models import PROMPTS
+
     return [{"prompt": prompt, "group": i % 2} for i, prompt in enumerate(PROMPTS)]
