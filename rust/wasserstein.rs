@@ -331,8 +331,8 @@ impl<'a> Dual<'a> {
         let mut lists: Candidates = vec![Vec::new(); n];
         let too_long = AtomicBool::new(false);
         let rows_per_task = (PARALLEL_MIN_ENTRIES / n).max(1);
-        type Rows<'r> = ((&'r mut [usize], &'r mut [f64]), &'r mut [Vec<(usize, f64)>]);
-        let work = |(task, ((targets, costs), lists)): (usize, Rows)| {
+        type Chunk<'r> = ((&'r mut [usize], &'r mut [f64]), &'r mut [Vec<(usize, f64)>]);
+        let work = |(task, ((targets, costs), lists)): (usize, Chunk)| {
             let full = !matches!(scope, Scope::Among(_));
             let mut buffer = vec![0.0; if full && self.cost.needs_buffer() { n } else { 0 }];
             for (k, ((target, cost), list)) in targets.iter_mut().zip(costs).zip(lists).enumerate() {
