@@ -194,7 +194,8 @@ def print_report(report: Dict[str, Any]) -> None:
         print(f"  {c['robust']:>10} vs {c['plain']:<5}: {_cell(d):>18}  {c['verdict']}")
     print("\nReward models (pairwise accuracy):\n")
     print(format_reward_model(report))
-    print(f"\ntotal time {report['timings_s']['total']:.0f} s")
+    timings = report["timings_s"]
+    print(f"\ntotal time {timings['total']:.0f} s wall, {timings['total_cpu']:.0f} s CPU (all threads)")
 
 
 def write_plot(report: Dict[str, Any], path) -> None:
