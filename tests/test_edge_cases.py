@@ -102,7 +102,10 @@ def test_any_scale_stays_finite(ambiguity, size, losses):
     assert np.all(np.isfinite(q)) and np.all(q >= 0)
     assert q.sum() == pytest.approx(1.0, abs=1e-12)
     assert np.isfinite(solution.value)
-    assert losses.min() <= solution.value <= losses.max()
+    # V* = sum q l is rounded: a few ulps of the largest loss either side.
+    slack = 4 * np.finfo(float).eps * np.abs(losses).max()
+    with np.errstate(over="ignore"):  # max + slack is inf next to 1.8e308, as it may be
+        assert losses.min() - slack <= solution.value <= losses.max() + slack
     # The arg-max always gets at least its share of p.
     assert q[np.argmax(losses)] >= 1.0 / 3.0 * (1 - 1e-12) / np.sum(losses == losses.max())
 
@@ -208,3 +211,15 @@ def test_chi2_top_losses_closer_than_the_square_root_of_the_smallest_float():
     solution = worst_case(np.array([-1.0, 1e-200, 0.0]), "chi2", radius=0.7)
     np.testing.assert_allclose(solution.weights, [0.0, 0.8872983346207417, 0.1127016653792583], atol=1e-9)
     assert solution.value >= 0.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, reported: float32 kl reads its moments back from the float32 weights, so "
+    "the divergence is only good to ~1e-8 and small radii stop early (51 iterations)",
+)
+def test_float32_kl_with_a_small_radius_matches_float64():
+    # Found by tests/test_invariants.py: deviations from p 23% short of the float64 answer.
+    q32 = robust_weights(np.array([0.0, 1.0], np.float32), "kl", radius=1e-8)
+    q64 = robust_weights(np.array([0.0, 1.0]), "kl", radius=1e-8)
+    np.testing.assert_allclose(q32, q64, rtol=1e-6)
