@@ -30,18 +30,18 @@ impl Grouped {
         let group_of = dense_indices(labels)?;
         let count = group_of.iter().max().map_or(0, |&g| g + 1);
         let mut mass = vec![0.0; count];
-        let mut total = vec![0.0; count];
-        for (i, (&g, &l)) in group_of.iter().zip(losses).enumerate() {
-            let p = reference.at(i);
-            mass[g] += p;
-            total[g] += p * l.to_f64();
+        for (i, &g) in group_of.iter().enumerate() {
+            mass[g] += reference.at(i);
         }
-        let losses = total
-            .iter()
-            .zip(&mass)
-            .map(|(&t, &m)| if m > 0.0 { t / m } else { 0.0 })
-            .collect();
-        Ok(Grouped { losses, mass, group_of })
+        // The mean as sum (p / m) l, not (sum p l) / m: p l underflowed for a tiny group and
+        // its mean came out -0, above its true -1e-222 (found by fuzzing).
+        let mut means = vec![0.0; count];
+        for (i, (&g, &l)) in group_of.iter().zip(losses).enumerate() {
+            if mass[g] > 0.0 {
+                means[g] += reference.at(i) / mass[g] * l.to_f64();
+            }
+        }
+        Ok(Grouped { losses: means, mass, group_of })
     }
 
     /// q_i = Q_g p_i / P_g for the group weights Q.
@@ -89,6 +89,19 @@ fn dense_indices(labels: &[i64]) -> Result<Vec<usize>> {
 mod tests {
     use crate::testing::{check_invariants, options, solve_f64};
     use crate::{Ambiguity, Budget, Options};
+
+    /// Found by fuzzing: p l underflowed in the tiny group's mean, which came out -0 and beat
+    /// the true max -1e-289: all mass went to the smaller loss.
+    #[test]
+    fn a_tiny_group_keeps_its_mean() {
+        let losses = [-1.2199999999999996e-222, -9.999999999999993e-290];
+        let reference = [60.0, 1.0000000000000002e105];
+        let groups = [5332262138243363469, 0];
+        let opts = Options { reference: Some(&reference), groups: Some(&groups), ..options(Ambiguity::Tv, Budget::Radius(1e67)) };
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, Some(&reference), &q, &solution);
+        assert_eq!(q, vec![0.0, 1.0]);
+    }
 
     /// Found by fuzzing: a group of mass 1e-314 at the max sent kl through its log-space
     /// write, which rounded the sum of q to 1 - 5e-14 and V below the mean.
