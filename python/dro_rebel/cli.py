@@ -2,7 +2,7 @@
 
     dro-rebel train CONFIG.toml [--resume]     train with any of the three trainers
     dro-rebel weights LOSSES [-o OUT] ...      worst-case weights of losses in a .npy/.csv file
-    dro-rebel bench [ARGS...]                  the benchmarks
+    dro-rebel bench [JSON]                     run the benchmarks (or read a run) and tabulate
     dro-rebel demo [--preset NAME] [--out DIR] the offline demo (dro_rebel.demo, docs/demo.md)
     dro-rebel study radius [--out DIR]         the radius-coverage study (dro_rebel.study)
 
@@ -211,32 +211,40 @@ def _read_matrix(path: Path) -> np.ndarray:
 def add_bench_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="run the benchmarks",
-        description="Build the benchmark table (dro_rebel.bench_table) if installed, else run "
-        "`pytest benches/ --benchmark-only` from a source checkout.",
+        help="run the benchmarks and print their table",
+        description="Without JSON: run `pytest benches/ --benchmark-only` from a source checkout, "
+        "writing runs/bench.json, then print its table (dro_rebel.bench_table). With JSON: print "
+        "the table of an earlier run.",
     )
-    # Every further argument (options included) goes on to the table or to pytest.
-    parser.set_defaults(func=run_bench, passthrough=True)
+    parser.add_argument("json", nargs="?", type=Path, help="pytest-benchmark's JSON of an earlier run")
+    parser.set_defaults(func=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    result = args.json
+    if result is None:
+        if not Path("benches").is_dir():
+            print(
+                "The benchmarks live in the source tree: from a checkout of dro-rebel run\n"
+                "    python -m pytest benches/ -m benchmark --benchmark-only\n"
+                "(or `make bench`).",
+                file=sys.stderr,
+            )
+            return 1
+        result = Path("runs") / "bench.json"
+        result.parent.mkdir(exist_ok=True)
+        command = [sys.executable, "-m", "pytest", "benches/", "-m", "benchmark", "--benchmark-only"]
+        status = subprocess.call(command + [f"--benchmark-json={result}"])
+        if status != 0:
+            return status
     try:
         bench_table = importlib.import_module("dro_rebel.bench_table")
     except ModuleNotFoundError as error:
         if error.name != "dro_rebel.bench_table":
             raise
-    else:
-        return int(bench_table.main(args.extra) or 0)
-    if not Path("benches").is_dir():
-        print(
-            "The benchmarks live in the source tree: from a checkout of dro-rebel run\n"
-            "    python -m pytest benches/ --benchmark-only\n"
-            "(or `make bench`).",
-            file=sys.stderr,
-        )
-        return 1
-    command = [sys.executable, "-m", "pytest", "benches/", "--benchmark-only", "-m", "benchmark", *args.extra]
-    return subprocess.call(command)
+        print(f"results in {result} (no dro_rebel.bench_table to tabulate them)", file=sys.stderr)
+        return 0
+    return int(bench_table.main([str(result)]) or 0)
 
 
 # -- the entry point -------------------------------------------------------------------------
@@ -263,11 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "passthrough", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import types
 
@@ -100,17 +101,30 @@ def test_train_rejects_unknown_config_fields(tokenizer, tmp_path):
         main(["train", str(tmp_path / "run.toml")])
 
 
-def test_bench_calls_the_table_when_there_is_one(monkeypatch):
+def test_bench_tabulates_an_earlier_run(monkeypatch, tmp_path):
     seen = []
     table = types.ModuleType("dro_rebel.bench_table")
     table.main = lambda argv: seen.append(argv) or 0
     monkeypatch.setitem(sys.modules, "dro_rebel.bench_table", table)
-    assert main(["bench", "--sizes", "64"]) == 0
-    assert seen == [["--sizes", "64"]]
+    assert main(["bench", str(tmp_path / "bench.json")]) == 0
+    assert seen == [[str(tmp_path / "bench.json")]]
+
+
+def test_bench_runs_pytest_then_the_table(monkeypatch, tmp_path):
+    calls = []
+    table = types.ModuleType("dro_rebel.bench_table")
+    table.main = lambda argv: calls.append(("table", argv)) or 0
+    monkeypatch.setitem(sys.modules, "dro_rebel.bench_table", table)
+    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(("pytest", command)) or 0)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benches").mkdir()
+    assert main(["bench"]) == 0
+    (_, command), (_, argv) = calls
+    assert command[1:6] == ["-m", "pytest", "benches/", "-m", "benchmark"]
+    assert "--benchmark-json=runs/bench.json" in command and argv == ["runs/bench.json"]
 
 
 def test_bench_says_how_outside_a_checkout(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "dro_rebel.bench_table", None)
     monkeypatch.chdir(tmp_path)
     assert main(["bench"]) == 1
-    assert "pytest benches/ --benchmark-only" in capsys.readouterr().err
+    assert "pytest benches/ -m benchmark --benchmark-only" in capsys.readouterr().err
