@@ -234,6 +234,13 @@ def _host_from_torch(tensor: Any):
     import torch
 
     device, dtype = tensor.device, tensor.dtype
+    if device.type == "cpu" and tensor.layout == torch.strided and dtype in (torch.float64, torch.float32):
+        # The hot path of a CPU training loop: share memory both ways, no dtype or device moves.
+        host = tensor.detach().numpy()
+        if not host.flags.c_contiguous:
+            host = np.ascontiguousarray(host)
+        _check_ndim(host.ndim, host.shape)
+        return host, torch.from_numpy
     host = _host_array(_torch_to_numpy(tensor, "losses"), "losses")
     out_dtype = dtype if dtype.is_floating_point else torch.float64
 
@@ -241,5 +248,3 @@ def _host_from_torch(tensor: Any):
         return torch.from_numpy(weights).to(device=device, dtype=out_dtype)
 
     return host, restore
-
-
