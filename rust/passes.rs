@@ -258,29 +258,36 @@ fn write_serial<T: Real, const K: usize>(
     stats: &impl Fn(f64, f64) -> [f64; K],
 ) -> [f64; K] {
     let mut acc = [[0.0; K]; LANES];
+    // The block's weights in f64: the sums must not see them rounded to T (float32 KL lost
+    // its small radii to that).
+    let mut buffer = [0.0_f64; BLOCK];
     for (b, (ls, os)) in part.chunks(BLOCK).zip(out.chunks_mut(BLOCK)).enumerate() {
+        let ws = &mut buffer[..ls.len()];
         match weights {
             None => {
-                for (o, &l) in os.iter_mut().zip(ls) {
-                    *o = T::from_f64(weight(l.to_f64(), scale));
+                for (w, &l) in ws.iter_mut().zip(ls) {
+                    *w = weight(l.to_f64(), scale);
                 }
             }
-            Some(ws) => {
-                let ps = &ws[b * BLOCK..b * BLOCK + ls.len()];
-                for ((o, &l), &p) in os.iter_mut().zip(ls).zip(ps) {
-                    *o = T::from_f64(weight(l.to_f64(), p * scale));
+            Some(given) => {
+                let ps = &given[b * BLOCK..b * BLOCK + ls.len()];
+                for ((w, &l), &p) in ws.iter_mut().zip(ls).zip(ps) {
+                    *w = weight(l.to_f64(), p * scale);
                 }
             }
         }
-        let mut groups = ls.chunks_exact(LANES).zip(os.chunks_exact(LANES));
-        for (lg, og) in &mut groups {
+        for (o, &w) in os.iter_mut().zip(ws.iter()) {
+            *o = T::from_f64(w);
+        }
+        let mut groups = ls.chunks_exact(LANES).zip(ws.chunks_exact(LANES));
+        for (lg, wg) in &mut groups {
             for j in 0..LANES {
-                acc[j] = add(acc[j], stats(lg[j].to_f64(), og[j].to_f64()));
+                acc[j] = add(acc[j], stats(lg[j].to_f64(), wg[j]));
             }
         }
         let tail = ls.len() - ls.len() % LANES;
-        for (&l, &o) in ls[tail..].iter().zip(&os[tail..]) {
-            acc[0] = add(acc[0], stats(l.to_f64(), o.to_f64()));
+        for (&l, &w) in ls[tail..].iter().zip(&ws[tail..]) {
+            acc[0] = add(acc[0], stats(l.to_f64(), w));
         }
     }
     acc.into_iter().fold([0.0; K], add)

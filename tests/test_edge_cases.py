@@ -213,13 +213,9 @@ def test_chi2_top_losses_closer_than_the_square_root_of_the_smallest_float():
     assert solution.value >= 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, reported: float32 kl reads its moments back from the float32 weights, so "
-    "the divergence is only good to ~1e-8 and small radii stop early (51 iterations)",
-)
 def test_float32_kl_with_a_small_radius_matches_float64():
-    # Found by tests/test_invariants.py: deviations from p 23% short of the float64 answer.
+    # Found by tests/test_invariants.py: deviations from p came out 23% short of the float64
+    # answer while the moments were read back from the float32 weights.
     q32 = robust_weights(np.array([0.0, 1.0], np.float32), "kl", radius=1e-8)
     q64 = robust_weights(np.array([0.0, 1.0]), "kl", radius=1e-8)
     np.testing.assert_allclose(q32, q64, rtol=1e-6)
