@@ -41,6 +41,10 @@ impl Grouped {
                 means[g] += reference.at(i) / mass[g] * l.to_f64();
             }
         }
+        // A mean of finite losses is finite; three losses at f64::MAX rounded over it.
+        for mean in &mut means {
+            *mean = mean.clamp(-f64::MAX, f64::MAX);
+        }
         Ok(Grouped { losses: means, mass, group_of })
     }
 
@@ -89,6 +93,15 @@ fn dense_indices(labels: &[i64]) -> Result<Vec<usize>> {
 mod tests {
     use crate::testing::{check_invariants, options, solve_f64};
     use crate::{Ambiguity, Budget, Options};
+
+    #[test]
+    fn a_group_at_the_largest_float_has_a_finite_mean() {
+        let losses = [f64::MAX, f64::MAX, f64::MAX, 0.0];
+        let groups = [7, 7, 7, 0];
+        let opts = Options { groups: Some(&groups), ..options(Ambiguity::Tv, Budget::Radius(0.1)) };
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, None, &q, &solution);
+    }
 
     /// Found by fuzzing: p l underflowed in the tiny group's mean, which came out -0 and beat
     /// the true max -1e-289: all mass went to the smaller loss.
