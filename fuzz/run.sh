@@ -23,8 +23,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
+# Debug assertions on (-a): integer overflow panics instead of wrapping into a wrong answer.
 echo "== building the fuzz targets"
-cargo fuzz build --sanitizer none
+cargo fuzz build --sanitizer none -a
 
 failed=()
 summary=()
@@ -34,7 +35,7 @@ for target in $targets; do
     log=target/fuzz-$target.log
     mkdir -p "$work" "corpus/$target"
     # -timeout: one input taking seconds is a hang worth reporting; -max_len fits 300 losses.
-    if cargo fuzz run --sanitizer none "$target" "$work" "corpus/$target" -- \
+    if cargo fuzz run --sanitizer none -a "$target" "$work" "corpus/$target" -- \
         -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1; then
         status=ok
@@ -44,6 +45,7 @@ for target in $targets; do
         tail -n 60 "$log"
     fi
     runs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | tail -n 1 || true)
+    [ -n "$runs" ] || runs=$(grep -o 'number_of_executed_units: [0-9]*' "$log" | tail -n 1 || true)
     summary+=("$target: $status (${runs:-no final stats, see fuzz/$log})")
 done
 

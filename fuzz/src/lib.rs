@@ -688,8 +688,9 @@ impl<'a> Checker<'a> {
     /// four digits; 1e-160 apart, all, as pinned by the xfail in tests/test_edge_cases.py).
     fn threshold_rounding(&self, dual: Option<f64>) -> f64 {
         let Some(eta) = dual.filter(|eta| eta.is_finite()) else { return 0.0 };
+        let (losses, p) = self.solved_level();
         let (mut max, mut min) = (f64::NEG_INFINITY, f64::INFINITY);
-        for (&l, &p) in self.problem.losses.iter().zip(&self.p) {
+        for (&l, &p) in losses.iter().zip(&p) {
             if p > 0.0 {
                 max = max.max(l);
                 min = min.min(l);
@@ -699,10 +700,26 @@ impl<'a> Checker<'a> {
         if !(range > 0.0) {
             return 0.0;
         }
-        let s: f64 =
-            self.problem.losses.iter().zip(&self.p).map(|(&l, &p)| p * ((l * 0.5 - eta * 0.5) / range).max(0.0)).sum();
+        let s: f64 = losses.iter().zip(&p).map(|(&l, &p)| p * ((l * 0.5 - eta * 0.5) / range).max(0.0)).sum();
         // S = 0: eta at the max, the arg-max answer, written exactly.
         if s > 0.0 { 4.0 * f64::EPSILON / s } else { 0.0 }
+    }
+
+    /// The losses and reference the set's solver saw: the samples', or with groups, each
+    /// group's p-weighted mean and mass.
+    fn solved_level(&self) -> (Vec<f64>, Vec<f64>) {
+        let Some(labels) = &self.problem.groups else { return (self.problem.losses.clone(), self.p.clone()) };
+        let mut groups = std::collections::BTreeMap::<i64, (f64, Vec<(f64, f64)>)>::new();
+        for ((&g, &l), &p) in labels.iter().zip(&self.problem.losses).zip(&self.p) {
+            let entry = groups.entry(g).or_insert((0.0, Vec::new()));
+            entry.0 += p;
+            entry.1.push((l, p));
+        }
+        groups
+            .values()
+            .filter(|(mass, _)| *mass > 0.0)
+            .map(|(mass, members)| (members.iter().map(|&(l, p)| p / mass * l).sum::<f64>(), *mass))
+            .unzip()
     }
 
     /// Radius 0 (alpha 1 for cvar): q = p.
