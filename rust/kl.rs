@@ -198,9 +198,10 @@ impl Tilt {
 
     /// The rounding error of `divergence`: a radius far below it (1e-45 where the two terms
     /// are near 1e-3) cannot be resolved further, and chasing the noise sent beta to infinity
-    /// and q onto the arg-max (found by fuzzing).
+    /// and q onto the arg-max (found by fuzzing). log Z is off by eps even where it is near 0
+    /// (Z = 1 - 1e-180 rounds to 1), hence the 1.
     fn rounding(&self, beta: f64) -> f64 {
-        4.0 * f64::EPSILON * ((beta * self.mean).abs() + self.z.ln().abs() + self.log_lift.abs())
+        4.0 * f64::EPSILON * ((beta * self.mean).abs() + 1.0 + self.z.ln().abs() + self.log_lift.abs())
     }
 }
 
@@ -333,6 +334,22 @@ mod tests {
         check_invariants(&losses, Some(&reference), &q, &solution);
         let kl = divergence(&q, &reference);
         assert!((kl - radius).abs() <= 1e-9 * radius, "KL {kl} for radius {radius}: {q:?}");
+    }
+
+    /// Found by fuzzing: radius 1e-300 over a bulk within 1e-161 of the max and a mass 1.4e-60
+    /// far below; Z = 1 - 1e-180 rounded to 1, the gap looked like -1e-180 and Newton jumped
+    /// from beta 1e-120 to 1, leaving q 3e-12 outside the ball.
+    #[test]
+    fn a_radius_below_the_rounding_of_log_z_keeps_q_at_p() {
+        let losses = [1e-300, 6.8e-266, -1e-104, 1.9576171874999993e-266, 1.953808593749999e-266, -1e-104, 0.0];
+        let reference = [69.0, 160.0, 1e-57, 78.0 * 5.0, 78.0, 1e-104, 0.0];
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Radius(1e-300)) };
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, Some(&reference), &q, &solution);
+        let total: f64 = reference.iter().sum();
+        for (qi, wi) in q.iter().zip(&reference) {
+            assert!((qi - wi / total).abs() <= 1e-15 * (wi / total), "{q:?}");
+        }
     }
 
     #[test]
