@@ -39,8 +39,12 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Ou
     }
     let scale = batch.scale();
     let (eta, iterations) = match active_set_threshold(batch, &scale, radius) {
-        Some(found) => found,
-        None => (sorted_threshold(batch, &scale, radius), MAX_PASSES + 1),
+        Some((eta, passes, false)) => (eta, passes),
+        Some((_, _, true)) => return shrunk_into_the_ball(batch, &scale, radius, out),
+        None => match sorted_threshold(batch, &scale, radius) {
+            Some(eta) => (eta, MAX_PASSES + 1),
+            None => return shrunk_into_the_ball(batch, &scale, radius, out),
+        },
     };
     // A radius so small (5e-324) that m - eta overflows: q = p to the last digit, where the
     // weights p (u - eta) would be inf / inf (found by fuzzing).
@@ -141,14 +145,18 @@ fn closed_form(radius: f64, mass: f64, outside: f64, mean: f64, variance: f64) -
     (denominator > 0.0).then(|| mean - (variance.max(0.0) / denominator).sqrt())
 }
 
-fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Option<(f64, u32)> {
+/// The threshold, the passes, and whether a variance below 1e-290 went into it: the squares of
+/// losses closer than 1e-145 of their range are subnormal or zero, and such a threshold may put
+/// q outside the ball (found by fuzzing: chi2 1.095 for radius 0.703).
+fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Option<(f64, u32, bool)> {
     let mut threshold = f64::NEG_INFINITY;
     let mut shift = 0.0;
     let mut previous = usize::MAX;
+    let mut imprecise = false;
     for pass in 1..=MAX_PASSES {
         let mut moments = Moments::above(batch, scale, threshold, shift);
         if moments.count == previous {
-            return Some((threshold, pass));
+            return Some((threshold, pass, imprecise));
         }
         if moments.count == 0 || moments.mass <= 0.0 {
             return None;
@@ -167,6 +175,7 @@ fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -
             variance = moments.second / moments.mass - centred * centred;
             recentred += 1;
         }
+        imprecise |= variance < 1e-290;
         let eta = closed_form(radius, moments.mass, moments.outside, shift + centred, variance)?;
         previous = moments.count;
         shift += centred;
@@ -177,7 +186,7 @@ fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -
 
 /// The exact threshold by sorting the support and sweeping its segments from the top: on the
 /// top-k values the closed form is valid when it falls between the k-th and (k+1)-th value.
-fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> f64 {
+fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Option<f64> {
     let mut points: Vec<(f64, f64)> = batch
         .losses
         .iter()
@@ -206,20 +215,45 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> f6
         let mean = first / mass;
         if let Some(eta) = closed_form(radius, mass, outside[k], mean, second / mass - mean * mean) {
             if eta >= next && eta < top {
-                return eta;
+                return Some(eta);
             }
         }
     }
-    // Unreachable for c P(argmax) < 1 up to rounding: the last segment always has a root.
-    points.last().map_or(0.0, |&(u, _)| u) - 1.0
+    // For c P(argmax) < 1 the last segment always has a root, but not always after rounding:
+    // with losses closer than 1e-160 of their range the scaled ones differ by subnormals.
+    None
+}
+
+/// Where rounding decides the threshold (losses closer than 1e-145 of their range, or no
+/// segment with a root, see above), no eta is to be trusted: the thresholds found put q outside
+/// the ball. Instead the linear tilt q' ~ p (u - eta), eta = min u - 1 (every point active),
+/// shrunk towards p: q = p + t (q' - p), t = min(1, sqrt(rho / chi2(q'))). Inside the ball,
+/// nondecreasing in the loss, V >= sum p l; not the optimum, which rounding hides here.
+fn shrunk_into_the_ball<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64, out: &mut [T]) -> Outcome {
+    let eta = scale.u(batch.min) - 1.0;
+    let factor = |l: f64| (scale.u(l) - eta).max(0.0);
+    let [total] = passes::sum(batch.losses, &batch.reference, |l, p| [p * factor(l)]);
+    let [twice] = passes::sum(batch.losses, &batch.reference, |l, p| {
+        let r = factor(l) / total - 1.0;
+        [p * r * r]
+    });
+    let t = (2.0 * radius / twice).sqrt().min(1.0);
+    let [value] = passes::write(
+        batch.losses,
+        &batch.reference,
+        out,
+        |l, p| p * (1.0 + t * (factor(l) / total - 1.0)),
+        |l, q| [q * l],
+    );
+    Outcome { value, dual: None, iterations: MAX_PASSES + 1 }
 }
 
 #[cfg(test)]
 pub(crate) fn sorted_threshold_for_tests(losses: &[f64], radius: f64) -> (f64, f64) {
     let batch = Batch::new(losses, crate::batch::Reference::uniform(losses.len())).unwrap();
     let scale = batch.scale();
-    let exact = sorted_threshold(&batch, &scale, radius);
-    let fast = active_set_threshold(&batch, &scale, radius).map_or(f64::NAN, |(eta, _)| eta);
+    let exact = sorted_threshold(&batch, &scale, radius).unwrap_or(f64::NAN);
+    let fast = active_set_threshold(&batch, &scale, radius).map_or(f64::NAN, |(eta, _, _)| eta);
     (exact, fast)
 }
 
@@ -375,6 +409,23 @@ mod tests {
         let (q, solution) = solve_f64(&losses, &options(Ambiguity::Chi2, Budget::Radius(0.7)));
         check_invariants(&losses, None, &q, &solution);
         assert!((solution.value - 4.0).abs() < 1e-12, "{solution:?}");
+    }
+
+    /// Found by fuzzing: losses within 1e-22 of each other in a range of 1e300, where no
+    /// segment of the sorted sweep had a root and the old fallback gave chi2 1.095 for 0.703.
+    #[test]
+    fn when_rounding_leaves_no_root_the_weights_stay_in_the_ball() {
+        let (z, m) = (0.0, -1e300);
+        let losses = [
+            z, z, z, z, z, z, m, m, m, z, z, 1.6000000000000002e-23, m, m, m, m, m, m, z, -6.6e-23, m, m, z, z, m, m,
+            -1.13e-22, 1.4305664062500002e-23, 1.8702e-319,
+        ];
+        let radius = 0.7031204699778744;
+        let (q, solution) = solve_f64(&losses, &options(Ambiguity::Chi2, Budget::Radius(radius)));
+        check_invariants(&losses, None, &q, &solution);
+        let p = vec![1.0 / losses.len() as f64; losses.len()];
+        let chi2 = divergence(&q, &p);
+        assert!(chi2 <= radius * (1.0 + 1e-9), "chi2 {chi2} for radius {radius}: {q:?}");
     }
 
     #[test]
