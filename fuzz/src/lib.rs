@@ -630,7 +630,8 @@ impl<'a> Checker<'a> {
         // Moves the core sees as free: duplicates, and two known limits (reported): pairs whose
         // scaled cost (d / s)^p underflows (distances 1e-162 apart relative to the largest for
         // p = 2, or a large p), and, for a cost matrix with p = 1 (read unscaled), distances
-        // below 1 / f64::MAX, which no finite dual variable can price.
+        // below 1 / f64::MAX, which no finite dual variable can price, or whose cost of moving
+        // p_i, p_i d_ij, underflows (1e-194 times 3e-163).
         let unscaled = matches!(ground, Ground::Cost(_)) && order == 1.0;
         let free: Vec<bool> = (0..n * n)
             .map(|k| {
@@ -638,7 +639,8 @@ impl<'a> Checker<'a> {
                     Ground::Cost(c) => c[k],
                     Ground::Features { .. } => f64::INFINITY,
                 };
-                k / n != k % n && (distances[k].powf(order) < f64::MIN_POSITIVE || unscaled && raw * f64::MAX < 1.0)
+                let tiny = raw * f64::MAX < 1.0 || self.p[k / n] * raw < f64::MIN_POSITIVE;
+                k / n != k % n && (distances[k].powf(order) < f64::MIN_POSITIVE || unscaled && tiny)
             })
             .collect();
         let (mut rows, mut columns, mut cost) = (vec![0.0; n], vec![0.0; n], 0.0);
