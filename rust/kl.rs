@@ -51,6 +51,7 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
     let mut beta = (2.0 * radius).sqrt() / variance.max(f64::MIN_POSITIVE).sqrt();
     let (mut lo, mut hi) = (0.0_f64, f64::INFINITY);
     let mut iterations = 0;
+    let mut previous_gap = f64::INFINITY;
     let tilt = loop {
         let tilt = Tilt::at(batch, &scale, beta, lift(batch), out);
         iterations += 1;
@@ -65,7 +66,12 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         }
         let slope = beta * tilt.variance();
         let newton = beta - gap / slope;
-        let next = if slope > 0.0 && newton > lo && newton < hi {
+        // As in rtsafe: where the last step did not halve the gap, the local steps are creeping
+        // and the bracket takes over (found by fuzzing: far from the root, where h is nearly
+        // flat, Halley stepped beta down by 2 from 1e3 for all 300 passes, ending outside).
+        let creeping = gap.abs() > 0.5 * previous_gap.abs();
+        previous_gap = gap;
+        let next = if !creeping && slope > 0.0 && newton > lo && newton < hi {
             newton
         } else if hi.is_finite() {
             // sqrt(lo) sqrt(hi): lo * hi overflows once both pass 1e154.
@@ -350,6 +356,20 @@ mod tests {
         for (qi, wi) in q.iter().zip(&reference) {
             assert!((qi - wi / total).abs() <= 1e-15 * (wi / total), "{q:?}");
         }
+    }
+
+    #[test]
+    fn far_from_the_root_the_bracket_takes_over() {
+        let losses: [f32; 4] = [-1.5438476e28, 0.0, 3.6e28, -5.7e28];
+        let reference = [1e-300, 1.385532704666185e-134, 0.0, 1.1754943508222875e-38];
+        let radius = 11.8427734375;
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Radius(radius)) };
+        let mut q = [f32::NAN; 4];
+        let solution = crate::solve(&losses[..], &opts, &mut q).unwrap();
+        let total: f64 = reference.iter().sum();
+        let kl: f64 = q.iter().zip(&reference).filter(|(&a, _)| a > 0.0).map(|(&a, &w)| a as f64 * (a as f64 / (w / total)).ln()).sum();
+        assert!((kl - radius).abs() <= 1e-5 * radius, "KL {kl} for radius {radius}: {q:?} {solution:?}");
+        assert!(solution.iterations < 100, "{solution:?}");
     }
 
     #[test]
