@@ -627,11 +627,11 @@ impl<'a> Checker<'a> {
         assert!(plan.source.len() == k && plan.target.len() == k, "ragged plan {plan:?}");
         let (distances, s) = ground.scaled_distances(n);
         let order = self.problem.order;
-        // Moves the core sees as free: duplicates, and two known limits (reported): pairs whose
-        // scaled cost (d / s)^p underflows (distances 1e-162 apart relative to the largest for
-        // p = 2, or a large p), and, for a cost matrix with p = 1 (read unscaled), distances
-        // below 1 / f64::MAX, which no finite dual variable can price, or whose cost of moving
-        // p_i, p_i d_ij, underflows (1e-194 times 3e-163).
+        // Moves the core sees as free: duplicates, and known limits (reported): pairs whose
+        // scaled cost (d / s)^p, or its cost of moving p_i, p_i (d / s)^p, underflows (distances
+        // 1e-162 apart relative to the largest for p = 2, or a large p; p_i = 5e-300 at a scaled
+        // cost of 1e-30), and, for a cost matrix with p = 1 (read unscaled), distances below
+        // 1 / f64::MAX, which no finite dual variable can price, or p_i d_ij underflowing.
         let unscaled = matches!(ground, Ground::Cost(_)) && order == 1.0;
         let free: Vec<bool> = (0..n * n)
             .map(|k| {
@@ -640,7 +640,8 @@ impl<'a> Checker<'a> {
                     Ground::Features { .. } => f64::INFINITY,
                 };
                 let tiny = raw * f64::MAX < 1.0 || self.p[k / n] * raw < f64::MIN_POSITIVE;
-                k / n != k % n && (distances[k].powf(order) < f64::MIN_POSITIVE || unscaled && tiny)
+                let scaled = distances[k].powf(order);
+                k / n != k % n && (scaled < f64::MIN_POSITIVE || self.p[k / n] * scaled < f64::MIN_POSITIVE || unscaled && tiny)
             })
             .collect();
         let (mut rows, mut columns, mut cost) = (vec![0.0; n], vec![0.0; n], 0.0);
