@@ -86,6 +86,12 @@ pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outc
         previous = moments.count;
         threshold = (moments.first - lam_u) / moments.mass;
     }
+    // A penalty near f64::MAX: (first - lam) / mass overflowed to -inf (found by fuzzing: NaN
+    // weights). The answer is q = p to the last digit there.
+    if threshold == f64::NEG_INFINITY {
+        let value = batch.write_reference(out);
+        return Outcome { value, dual: Some(threshold), iterations };
+    }
     let value = write_threshold(batch, &scale, threshold, out);
     Outcome { value, dual: Some(scale.loss(threshold)), iterations }
 }
@@ -95,7 +101,14 @@ pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outc
 /// subnormal, so tied losses got weights 5e-7 apart and small weights underflowed (found by
 /// fuzzing through the Python API). Lifted by 2^1000 where -eta is itself below 1e-290.
 fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, out: &mut [T]) -> f64 {
-    let lift = if -eta < 1e-290 { f64::powi(2.0, 1000) } else { 1.0 };
+    // Above 1e290, 1 / -eta would be subnormal: lowered by 2^-1000 instead.
+    let lift = if -eta < 1e-290 {
+        f64::powi(2.0, 1000)
+    } else if -eta > 1e290 {
+        f64::powi(2.0, -1000)
+    } else {
+        1.0
+    };
     let inv = 1.0 / (-eta * lift);
     let factor = |l: f64| ((scale.u(l) * lift - eta * lift) * inv).max(0.0);
     if batch.mass_at_max >= TINY_MASS_AT_MAX {
@@ -426,6 +439,20 @@ mod tests {
         let p = vec![1.0 / losses.len() as f64; losses.len()];
         let chi2 = divergence(&q, &p);
         assert!(chi2 <= radius * (1.0 + 1e-9), "chi2 {chi2} for radius {radius}: {q:?}");
+    }
+
+    /// Found by fuzzing: a penalty of f64::MAX made the threshold -inf and the weights NaN.
+    #[test]
+    fn a_penalty_near_the_largest_float_gives_q_equal_p() {
+        let mut losses = vec![0.0; 40];
+        losses[1] = -1e-285;
+        losses[2] = 1e-190;
+        losses[38] = 1.0;
+        for lam in [f64::MAX, 1e300] {
+            let (q, solution) = solve_f64(&losses, &options(Ambiguity::Chi2, Budget::Penalty(lam)));
+            check_invariants(&losses, None, &q, &solution);
+            assert!(q.iter().all(|&x| (x - 0.025).abs() < 1e-15), "{q:?}");
+        }
     }
 
     #[test]
