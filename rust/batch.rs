@@ -130,6 +130,12 @@ impl<'a, T: Real> Batch<'a, T> {
         (1.0 - self.mass_at_max).max(0.0)
     }
 
+    /// V within [min, max] of the support, where it lies in exact arithmetic: weights summing
+    /// to 1 + eps times losses at f64::MAX overflowed sum q l to inf (found by fuzzing).
+    pub fn clamp_value(&self, value: f64) -> f64 {
+        value.clamp(self.min, self.max)
+    }
+
     /// sum_i q_i l_i over the written weights.
     pub fn value_of(&self, weights: &[T]) -> f64 {
         let mut value = 0.0;

@@ -202,7 +202,8 @@ pub fn solve<T: Real>(losses: &[T], options: &Options, out: &mut [T]) -> Result<
     };
     let Some(labels) = options.groups else {
         let (outcome, plan) = solve_set(&batch, options, out)?;
-        return Ok(Solution { value: outcome.value, dual: outcome.dual, iterations: outcome.iterations, radius, plan });
+        let value = batch.clamp_value(outcome.value);
+        return Ok(Solution { value, dual: outcome.dual, iterations: outcome.iterations, radius, plan });
     };
     if options.ambiguity == Ambiguity::Wasserstein {
         return Err(CoreError::Groups(
@@ -215,7 +216,7 @@ pub fn solve<T: Real>(losses: &[T], options: &Options, out: &mut [T]) -> Result<
     let (outcome, _) = solve_set(&group_batch, options, &mut group_weights)?;
     grouped.expand(&group_weights, &reference, out);
     Ok(Solution {
-        value: batch.value_of(out),
+        value: batch.clamp_value(batch.value_of(out)),
         dual: outcome.dual,
         iterations: outcome.iterations,
         radius,
