@@ -6,6 +6,7 @@
 use crate::batch::Reference;
 use crate::error::{CoreError, Result};
 use crate::real::Real;
+use crate::wasserstein::Geometry;
 
 /// The group-level problem and the map back to samples.
 pub struct Grouped {
@@ -48,12 +49,71 @@ impl Grouped {
         Ok(Grouped { losses: means, mass, group_of })
     }
 
+    /// The Wasserstein geometry between groups: each group's features are the p-weighted mean
+    /// of its samples' features (its centroid); a cost matrix becomes the p-weighted mean cost
+    /// between the samples of two groups, zero on the diagonal (staying is free).
+    pub fn geometry(&self, geometry: &Geometry, reference: &Reference) -> Result<GroupGeometry> {
+        let (n, count) = (self.group_of.len(), self.mass.len());
+        match *geometry {
+            Geometry::Features { data, dim } => {
+                if dim == 0 || data.len() != n * dim {
+                    return Err(CoreError::Geometry(format!(
+                        "features have {} values for {n} samples of dimension {dim}",
+                        data.len()
+                    )));
+                }
+                let mut centroids = vec![0.0; count * dim];
+                for (i, (&g, row)) in self.group_of.iter().zip(data.chunks_exact(dim)).enumerate() {
+                    let share = if self.mass[g] > 0.0 { reference.at(i) / self.mass[g] } else { 0.0 };
+                    for (c, &x) in centroids[g * dim..(g + 1) * dim].iter_mut().zip(row) {
+                        *c += share * x;
+                    }
+                }
+                Ok(GroupGeometry::Features { data: centroids, dim })
+            }
+            Geometry::Cost(costs) => {
+                if costs.len() != n * n {
+                    return Err(CoreError::Geometry(format!(
+                        "cost has {} entries; it needs {n} x {n}",
+                        costs.len()
+                    )));
+                }
+                let mut between = vec![0.0; count * count];
+                for (i, row) in costs.chunks_exact(n).enumerate() {
+                    let (g, pi) = (self.group_of[i], reference.at(i));
+                    for (j, &d) in row.iter().enumerate() {
+                        let h = self.group_of[j];
+                        if g != h && self.mass[g] > 0.0 && self.mass[h] > 0.0 {
+                            between[g * count + h] += (pi / self.mass[g]) * (reference.at(j) / self.mass[h]) * d;
+                        }
+                    }
+                }
+                Ok(GroupGeometry::Cost(between))
+            }
+        }
+    }
+
     /// q_i = Q_g p_i / P_g for the group weights Q.
     pub fn expand<T: Real>(&self, group_weights: &[f64], reference: &Reference, out: &mut [T]) {
         for (i, (o, &g)) in out.iter_mut().zip(&self.group_of).enumerate() {
             let m = self.mass[g];
             // Q (p / m), not (Q p) / m: Q p underflows for tiny groups (found by fuzzing).
             *o = T::from_f64(if m > 0.0 { group_weights[g] * (reference.at(i) / m) } else { 0.0 });
+        }
+    }
+}
+
+/// The ground metric between groups, owned (see `Grouped::geometry`).
+pub enum GroupGeometry {
+    Features { data: Vec<f64>, dim: usize },
+    Cost(Vec<f64>),
+}
+
+impl GroupGeometry {
+    pub fn view(&self) -> Geometry<'_> {
+        match self {
+            GroupGeometry::Features { data, dim } => Geometry::Features { data, dim: *dim },
+            GroupGeometry::Cost(costs) => Geometry::Cost(costs),
         }
     }
 }

@@ -205,15 +205,17 @@ pub fn solve<T: Real>(losses: &[T], options: &Options, out: &mut [T]) -> Result<
         let value = batch.clamp_value(outcome.value);
         return Ok(Solution { value, dual: outcome.dual, iterations: outcome.iterations, radius, plan });
     };
-    if options.ambiguity == Ambiguity::Wasserstein {
-        return Err(CoreError::Groups(
-            "groups are not supported with the wasserstein set: its geometry is between samples".into(),
-        ));
-    }
     let grouped = groups::Grouped::new(losses, &reference, labels)?;
     let group_batch = Batch::new(&grouped.losses, Reference::weighted(&grouped.mass, grouped.mass.len())?)?;
     let mut group_weights = vec![0.0; grouped.losses.len()];
-    let (outcome, _) = solve_set(&group_batch, options, &mut group_weights)?;
+    // Wasserstein over groups moves mass between group centroids (or mean costs); the plan
+    // it finds is between groups, so none is reported per sample.
+    let group_geometry = match (options.ambiguity, &options.geometry) {
+        (Ambiguity::Wasserstein, Some(geometry)) => Some(grouped.geometry(geometry, &reference)?),
+        _ => None,
+    };
+    let group_options = Options { geometry: group_geometry.as_ref().map(|g| g.view()).or(options.geometry), ..*options };
+    let (outcome, _) = solve_set(&group_batch, &group_options, &mut group_weights)?;
     grouped.expand(&group_weights, &reference, out);
     Ok(Solution {
         value: batch.clamp_value(batch.value_of(out)),

@@ -215,9 +215,40 @@ def test_rows_solve_independently_with_one_plan_each():
         ({"features": np.zeros((2, 1))}, "n = 3"),
         ({"features": np.zeros((3, 1)), "cost": np.zeros((3, 3))}, "not both"),
         ({"features": np.zeros((3, 1)), "p": 0.5}, "p must be"),
-        ({"features": np.zeros((3, 1)), "groups": np.array([0, 0, 1])}, "groups"),
     ],
 )
 def test_bad_geometry_is_a_value_error_that_says_what_is_wrong(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         worst_case(np.array([1.0, 2.0, 3.0]), "wasserstein", radius=1.0, **kwargs)
+
+
+@pytest.mark.parametrize("geometry", ["features", "cost"])
+def test_groups_solve_the_problem_between_groups(geometry):
+    # Over groups the set moves mass between group centroids (features=) or along the
+    # p-weighted mean costs between groups (cost=); each sample then gets its group's weight
+    # in proportion to p, as for the other sets.
+    rng = np.random.default_rng(3)
+    n = 12
+    losses, features, p = rng.normal(size=n), rng.normal(size=(n, 3)), rng.uniform(0.1, 1.0, n)
+    groups = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 5, 5, 5])
+    labels = np.unique(groups)
+    members = [groups == g for g in labels]
+    mass = np.array([p[m].sum() for m in members])
+    group_losses = np.array([(p * losses)[m].sum() / p[m].sum() for m in members])
+    distances = np.linalg.norm(features[:, None, :] - features[None, :, :], axis=-1)
+    if geometry == "features":
+        centroids = np.array([(p[m, None] * features[m]).sum(axis=0) / p[m].sum() for m in members])
+        group_geometry, sample_geometry = {"features": centroids}, {"features": features}
+    else:
+        between = np.array([[0.0 if a == b else np.outer(p[ma], p[mb]).ravel() @ distances[np.ix_(ma, mb)].ravel()
+                             / (p[ma].sum() * p[mb].sum())
+                             for b, mb in enumerate(members)] for a, ma in enumerate(members)])
+        group_geometry, sample_geometry = {"cost": between}, {"cost": distances}
+    group_q = worst_case(group_losses, "wasserstein", radius=0.7, reference=mass, **group_geometry).weights
+    expected = np.zeros(n)
+    for g, m in enumerate(members):
+        expected[m] = group_q[g] * p[m] / p[m].sum()
+    solution = worst_case(losses, "wasserstein", radius=0.7, reference=p, groups=groups, **sample_geometry)
+    np.testing.assert_allclose(solution.weights, expected, atol=1e-12)
+    assert solution.plan is None
+    assert solution.value == pytest.approx(float(expected @ losses), rel=1e-12)

@@ -360,8 +360,7 @@ impl Problem {
         let geometry = self.ambiguity != Ambiguity::Wasserstein
             || self.order >= 1.0
                 && self.order.is_finite()
-                && self.geometry.as_ref().is_some_and(|g| g.is_valid(n))
-                && self.groups.is_none();
+                && self.geometry.as_ref().is_some_and(|g| g.is_valid(n));
         losses && reference && groups && budget && tol && geometry
     }
 
@@ -419,7 +418,8 @@ pub fn check_problem(problem: &Problem) {
             assert!(valid, "an invalid problem was accepted: {solution:?}\n{problem:?}");
             let checker = Checker::new(problem, &weights);
             checker.all(solution.value, solution.dual);
-            if let Some(ground) = &problem.geometry {
+            // Over groups the plan runs between groups and is not reported.
+            if let (Some(ground), None) = (&problem.geometry, &problem.groups) {
                 let plan = solution.plan.as_ref().expect("wasserstein returns its plan");
                 checker.transport(ground, plan);
             }
