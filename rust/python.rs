@@ -166,7 +166,9 @@ fn dispatch<'py, R>(
     }
 }
 
-#[pymodule]
+// No global state and the solves only read their inputs: safe without the GIL, so the
+// module does not ask free-threaded Python to re-enable it (for builds that are not abi3).
+#[pymodule(gil_used = false)]
 mod _core {
     use super::*;
 
