@@ -38,11 +38,11 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Ou
         return Outcome { value, dual: Some(batch.max), iterations: 0 };
     }
     let scale = batch.scale();
-    let (eta, iterations) = match active_set_threshold(batch, &scale, radius) {
-        Some((eta, passes, false)) => (eta, passes),
-        Some((_, _, true)) => return shrunk_into_the_ball(batch, &scale, radius, out),
+    let (eta, iterations, total) = match active_set_threshold(batch, &scale, radius) {
+        Some((eta, passes, false, total)) => (eta, passes, total),
+        Some((_, _, true, _)) => return shrunk_into_the_ball(batch, &scale, radius, out),
         None => match sorted_threshold(batch, &scale, radius) {
-            Some(eta) => (eta, MAX_PASSES + 1),
+            Some(eta) => (eta, MAX_PASSES + 1, None),
             None => return shrunk_into_the_ball(batch, &scale, radius, out),
         },
     };
@@ -52,7 +52,7 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Ou
         let value = batch.write_reference(out);
         return Outcome { value, dual: Some(eta), iterations };
     }
-    let value = write_threshold(batch, &scale, eta, out);
+    let value = write_threshold(batch, &scale, eta, total, out);
     Outcome { value, dual: Some(scale.loss(eta)), iterations }
 }
 
@@ -74,25 +74,26 @@ pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outc
     let mut threshold = f64::NEG_INFINITY;
     let mut previous = usize::MAX;
     let mut iterations = 0;
-    loop {
+    let total = loop {
         let moments = Moments::above(batch, &scale, threshold, 0.0);
         iterations += 1;
         // The active sets only shrink in exact arithmetic; a count that grows means rounding
         // put the threshold on a loss, where either set gives the same threshold: stop, or
-        // the iteration flips between the two sets forever.
+        // the iteration flips between the two sets forever. This pass summed over {u > t}:
+        // S1 = sum p (u - t)_+ for free.
         if moments.count >= previous {
-            break;
+            break exact_total(moments.first, -threshold * moments.mass);
         }
         previous = moments.count;
         threshold = (moments.first - lam_u) / moments.mass;
-    }
+    };
     // A penalty near f64::MAX: (first - lam) / mass overflowed to -inf (found by fuzzing: NaN
     // weights). The answer is q = p to the last digit there.
     if threshold == f64::NEG_INFINITY {
         let value = batch.write_reference(out);
         return Outcome { value, dual: Some(threshold), iterations };
     }
-    let value = write_threshold(batch, &scale, threshold, out);
+    let value = write_threshold(batch, &scale, threshold, total, out);
     Outcome { value, dual: Some(scale.loss(threshold)), iterations }
 }
 
@@ -100,7 +101,17 @@ pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outc
 /// max): for a tiny eta (a tiny penalty, or a tiny p at the max) the plain products were
 /// subnormal, so tied losses got weights 5e-7 apart and small weights underflowed (found by
 /// fuzzing through the Python API). Lifted by 2^1000 where -eta is itself below 1e-290.
-fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, out: &mut [T]) -> f64 {
+/// S1 = sum_A p (u - eta) from a moments pass as first + offset (first summed about a shift,
+/// offset = (shift - eta) P_A), or None where the two cancel or S1 is near the subnormals: it
+/// would then be less precise than the sum of the written weights.
+fn exact_total(first: f64, offset: f64) -> Option<f64> {
+    let total = first + offset;
+    (total > 1e-280 && first.abs() + offset.abs() <= 1e3 * total).then_some(total)
+}
+
+/// `total`, where known, is S1 = sum p (u - eta)_+ from the last moments pass: the weights are
+/// then written normalised in one pass instead of two.
+fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, total: Option<f64>, out: &mut [T]) -> f64 {
     // Above 1e290, 1 / -eta would be subnormal: lowered by 2^-1000 instead.
     let lift = if -eta < 1e-290 {
         f64::powi(2.0, 1000)
@@ -112,6 +123,12 @@ fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, out: &mut
     let inv = 1.0 / (-eta * lift);
     let factor = |l: f64| ((scale.u(l) * lift - eta * lift) * inv).max(0.0);
     if batch.mass_at_max >= TINY_MASS_AT_MAX {
+        // sum p f = S1 / -eta; p f and the sum are products of normal numbers here.
+        let known = total.map(|s1| s1 * lift * inv).filter(|t| t.is_finite() && *t > 0.0);
+        if let Some(inv_total) = known.map(|t| 1.0 / t).filter(|i| i.is_finite()) {
+            let [value] = passes::write(batch.losses, &batch.reference, out, |l, p| p * factor(l) * inv_total, |l, q| [q * l]);
+            return value;
+        }
         return batch.write_normalised(out, |l, p| p * factor(l));
     }
     // The total (>= the mass at the max) may be tiny and the stored products p f subnormal, or
@@ -161,7 +178,7 @@ fn closed_form(radius: f64, mass: f64, outside: f64, mean: f64, variance: f64) -
 /// The threshold, the passes, and whether a variance below 1e-290 went into it: the squares of
 /// losses closer than 1e-145 of their range are subnormal or zero, and such a threshold may put
 /// q outside the ball (found by fuzzing: chi2 1.095 for radius 0.703).
-fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Option<(f64, u32, bool)> {
+fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Option<(f64, u32, bool, Option<f64>)> {
     let mut threshold = f64::NEG_INFINITY;
     let mut shift = 0.0;
     let mut previous = usize::MAX;
@@ -169,7 +186,9 @@ fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -
     for pass in 1..=MAX_PASSES {
         let mut moments = Moments::above(batch, scale, threshold, shift);
         if moments.count == previous {
-            return Some((threshold, pass, imprecise));
+            // The last pass summed exactly over {u > eta}: S1 = sum p (u - eta)_+ for free.
+            let total = exact_total(moments.first, (shift - threshold) * moments.mass);
+            return Some((threshold, pass, imprecise, total));
         }
         if moments.count == 0 || moments.mass <= 0.0 {
             return None;
@@ -266,7 +285,7 @@ pub(crate) fn sorted_threshold_for_tests(losses: &[f64], radius: f64) -> (f64, f
     let batch = Batch::new(losses, crate::batch::Reference::uniform(losses.len())).unwrap();
     let scale = batch.scale();
     let exact = sorted_threshold(&batch, &scale, radius).unwrap_or(f64::NAN);
-    let fast = active_set_threshold(&batch, &scale, radius).map_or(f64::NAN, |(eta, _, _)| eta);
+    let fast = active_set_threshold(&batch, &scale, radius).map_or(f64::NAN, |(eta, _, _, _)| eta);
     (exact, fast)
 }
 
