@@ -4,6 +4,7 @@ uninterrupted run, and a damaged checkpoint is refused with a clear error."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -37,16 +38,24 @@ def _finish(process: subprocess.Popen) -> Tuple[int, str]:
     return process.returncode, stderr
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+# Two of the run's five steps, drawn afresh each session (the test id names them): before any
+# checkpoint, between checkpoints and after the last one must all resume exactly.
+KILL_STEPS = sorted(random.SystemRandom().sample(range(1, 6), 2))
+
+
+@pytest.mark.parametrize("kill_at", KILL_STEPS, ids=[f"kill-at-step-{k}" for k in KILL_STEPS])
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, kill_at):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     # The uninterrupted run and the one to be killed run side by side.
-    uninterrupted, crashed = _child(straight), _child(killed, "--kill-at", "4")
+    uninterrupted, crashed = _child(straight), _child(killed, "--kill-at", str(kill_at))
     status, stderr = _finish(uninterrupted)
     assert status == 0, stderr
     status, stderr = _finish(crashed)
     assert status == -signal.SIGKILL, stderr
     assert not (killed / "final.pt").exists()
-    assert sorted(p.name for p in killed.glob("checkpoint-*.pt")) == ["checkpoint-2.pt"]
+    # Checkpoints every 2 steps; the killed step never finished.
+    expected_checkpoints = [f"checkpoint-{s}.pt" for s in (2, 4) if s < kill_at]
+    assert sorted(p.name for p in killed.glob("checkpoint-*.pt")) == expected_checkpoints
     status, stderr = _finish(_child(killed, "--resume"))
     assert status == 0, stderr
     assert (killed / "log.jsonl").read_text() == (straight / "log.jsonl").read_text()
