@@ -132,6 +132,10 @@ class Trainer:
             path = latest_checkpoint(self.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
             if path is not None:
                 self.load(path)
+            elif self.rank == 0:
+                # Killed before its first checkpoint: the run starts over, so the lines its
+                # first attempt logged are retaken too.
+                self.logger.drop_after(0)
         metrics: Dict[str, float] = {}
         progress = tqdm(
             total=config.max_steps,
