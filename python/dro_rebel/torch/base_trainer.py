@@ -36,7 +36,7 @@ from dro_rebel.torch.checkpoint import (
     set_rng_state,
 )
 from dro_rebel.torch.config import TrainingConfig
-from dro_rebel.torch.data import batch_indices
+from dro_rebel.torch.data import batch_indices, select_rows
 from dro_rebel.torch.distributed import average_gradients, broadcast_parameters, gather_objects, rank, world_size
 from dro_rebel.torch.jsonl import JsonlLogger
 from dro_rebel.torch.model_setup import (
@@ -98,8 +98,28 @@ class Trainer:
 
     # -- the pieces each trainer supplies -------------------------------------------------
 
-    def next_batch(self, step: int) -> Dict[str, Any]:
+    def make_batch(self, rows: Dict[str, List[Any]], indices: Optional[List[int]] = None) -> Dict[str, Any]:
+        """Tokenise a dict of dataset columns into a batch (the pair trainers)."""
         raise NotImplementedError
+
+    def next_batch(self, step: int) -> Dict[str, Any]:
+        """This rank's share of step ``step``'s global batch, through :meth:`make_batch`."""
+        indices = self.step_indices(step)
+        return self.make_batch(select_rows(self.train_dataset, indices), indices)
+
+    def eval_batches(self) -> Iterator[Dict[str, Any]]:
+        """``eval_dataset`` in batches of ``per_device_eval_batch_size``, through :meth:`make_batch`."""
+        size = self.config.per_device_eval_batch_size
+        for start in range(0, len(self.eval_dataset), size):
+            indices = list(range(start, min(start + size, len(self.eval_dataset))))
+            yield self.make_batch(select_rows(self.eval_dataset, indices), indices)
+
+    def label_batch(self, batch: Dict[str, Any], rows: Dict[str, List[Any]], indices: Optional[List[int]]) -> Dict[str, Any]:
+        """Adds the rows' group labels (``group_column``) and dataset indices to a batch."""
+        if self.config.group_column is not None:
+            batch["groups"] = torch.as_tensor(rows[self.config.group_column], dtype=torch.long)
+        batch["indices"] = indices
+        return batch
 
     def compute_losses(self, batch: Dict[str, Any]) -> LossOutput:
         raise NotImplementedError

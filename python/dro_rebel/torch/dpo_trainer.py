@@ -24,7 +24,7 @@ import torch
 
 from dro_rebel.torch.base_trainer import LossOutput, Trainer
 from dro_rebel.torch.config import RobustDPOConfig
-from dro_rebel.torch.data import encode_pairs, select_rows
+from dro_rebel.torch.data import encode_pairs
 from dro_rebel.torch.logprobs import completion_logprobs
 from dro_rebel.torch.losses import dpo_loss
 from dro_rebel.torch.eval_metrics import pair_metrics
@@ -54,14 +54,7 @@ class RobustDPOTrainer(Trainer):
         batch: Dict[str, Any] = encode_pairs(
             self.tokenizer, rows["prompt"], rows["chosen"], rows["rejected"], self.config.max_length
         )
-        if self.config.group_column is not None:
-            batch["groups"] = torch.as_tensor(rows[self.config.group_column], dtype=torch.long)
-        batch["indices"] = indices
-        return batch
-
-    def next_batch(self, step: int) -> Dict[str, Any]:
-        indices = self.step_indices(step)
-        return self.make_batch(select_rows(self.train_dataset, indices), indices)
+        return self.label_batch(batch, rows, indices)
 
     def compute_losses(self, batch: Dict[str, Any]) -> LossOutput:
         with self.embeddings_captured() as embeds:
@@ -80,10 +73,7 @@ class RobustDPOTrainer(Trainer):
         difference) on ``eval_dataset``, per group and for the worst group too."""
         self.model.eval()
         losses, margins, groups = [], [], []
-        size = self.config.per_device_eval_batch_size
-        for start in range(0, len(self.eval_dataset), size):
-            indices = list(range(start, min(start + size, len(self.eval_dataset))))
-            batch = self.make_batch(select_rows(self.eval_dataset, indices), indices)
+        for batch in self.eval_batches():
             chosen, rejected, ref_chosen, ref_rejected = self._pair_logps(batch)
             losses.append(dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.config.beta))
             margins.append(self.config.beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))

@@ -28,7 +28,7 @@ import torch
 
 from dro_rebel.torch.base_trainer import LossOutput, Trainer
 from dro_rebel.torch.config import RobustRewardConfig
-from dro_rebel.torch.data import encode_pairs, select_rows
+from dro_rebel.torch.data import encode_pairs
 from dro_rebel.torch.eval_metrics import pair_metrics
 from dro_rebel.torch.losses import bradley_terry_loss
 
@@ -57,14 +57,7 @@ class RobustRewardTrainer(Trainer):
         batch: Dict[str, Any] = encode_pairs(
             self.tokenizer, prompts, rows["chosen"], rows["rejected"], self.config.max_length
         )
-        if self.config.group_column is not None:
-            batch["groups"] = torch.as_tensor(rows[self.config.group_column], dtype=torch.long)
-        batch["indices"] = indices
-        return batch
-
-    def next_batch(self, step: int) -> Dict[str, Any]:
-        indices = self.step_indices(step)
-        return self.make_batch(select_rows(self.train_dataset, indices), indices)
+        return self.label_batch(batch, rows, indices)
 
     def rewards(self, batch: Dict[str, Any]) -> torch.Tensor:
         """The model's score of each of the batch's 2n sequences."""
@@ -86,10 +79,7 @@ class RobustRewardTrainer(Trainer):
         for the worst group too."""
         self.model.eval()
         losses, margins, groups = [], [], []
-        size = self.config.per_device_eval_batch_size
-        for start in range(0, len(self.eval_dataset), size):
-            indices = list(range(start, min(start + size, len(self.eval_dataset))))
-            batch = self.make_batch(select_rows(self.eval_dataset, indices), indices)
+        for batch in self.eval_batches():
             chosen, rejected = self.rewards(batch).chunk(2)
             losses.append(bradley_terry_loss(chosen, rejected))
             margins.append(chosen - rejected)
