@@ -191,7 +191,12 @@ impl Tilt {
             batch.losses,
             &batch.reference,
             out,
-            |l, p| if p > 0.0 { p * lift * passes::exp_nonpositive(beta * scale.u(l)) } else { 0.0 },
+            // A select after the exp, not a branch around it: the branch kept the pass scalar
+            // (3x slower at n = 2^20). The exp is finite, so p = 0 gives exactly 0.
+            |l, p| {
+                let w = p * lift * passes::exp_nonpositive(beta * scale.u(l));
+                if p > 0.0 { w } else { 0.0 }
+            },
             |l, w| {
                 let u = scale.u(l);
                 [w, w * u, w * u * u, w * u * u * u]
