@@ -3,6 +3,8 @@
 //! wait on each other), split across threads for large batches, and specialised for the
 //! uniform reference so the hot loop loads only the losses.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::batch::Reference;
@@ -272,11 +274,13 @@ const BLOCK: usize = 256;
 /// column by column (`Lanes::add_column`). Summing the terms as they come, in LANES accumulators
 /// of K quantities, left the compiler to vectorise across lanes, which it did not: scalar code,
 /// 13 ns a loss for the four moments of the KL tilt against 4 for this.
-struct Columns<const K: usize>([[f64; BLOCK]; K]);
+struct Columns<const K: usize>([[MaybeUninit<f64>; BLOCK]; K]);
 
 impl<const K: usize> Columns<K> {
+    /// Uninitialised: zeroing K x 256 doubles cost more than a whole solve at n = 64, and `map`
+    /// writes every element that `column` then reads.
     fn new() -> Self {
-        Columns([[0.0; BLOCK]; K])
+        Columns([[MaybeUninit::uninit(); BLOCK]; K])
     }
 
     /// columns[k][i] = term(l_i, p_i)[k], and out_i = weight (the first output of `term`) where
@@ -299,7 +303,7 @@ impl<const K: usize> Columns<K> {
                 o[i] = T::from_f64(w);
             }
             for k in 0..K {
-                columns[k][i] = terms[k];
+                columns[k][i] = MaybeUninit::new(terms[k]);
             }
         };
         match weights {
@@ -315,6 +319,15 @@ impl<const K: usize> Columns<K> {
             }
         }
     }
+
+    /// The first `len` terms of quantity k, as written by the last `map` of `len` elements.
+    #[inline(always)]
+    fn column(&self, k: usize, len: usize) -> &[f64] {
+        let written = &self.0[k][..len];
+        // SAFETY: `map` wrote elements 0..len of every column, and MaybeUninit<f64> has the
+        // layout of f64.
+        unsafe { &*(written as *const [MaybeUninit<f64>] as *const [f64]) }
+    }
 }
 
 /// K sums in LANES independent accumulators each (a fixed order: the sums do not depend on
@@ -329,9 +342,8 @@ impl<const K: usize> Lanes<K> {
     /// Adds the first `len` terms of every column.
     #[inline(always)]
     fn add_columns(&mut self, columns: &Columns<K>, len: usize) {
-        for (acc, column) in self.0.iter_mut().zip(&columns.0) {
-            let column = &column[..len];
-            let mut groups = column.chunks_exact(LANES);
+        for (k, acc) in self.0.iter_mut().enumerate() {
+            let mut groups = columns.column(k, len).chunks_exact(LANES);
             for group in &mut groups {
                 for j in 0..LANES {
                     acc[j] += group[j];
