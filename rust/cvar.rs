@@ -4,6 +4,7 @@
 //! Losses tied at eta share what is left in proportion to p.
 
 use crate::batch::Batch;
+use crate::passes;
 use crate::real::Real;
 use crate::select::{quantile, Quantile};
 use crate::Outcome;
@@ -17,7 +18,6 @@ pub fn solve<T: Real>(batch: &Batch<T>, alpha: f64, out: &mut [T]) -> Outcome {
         let value = batch.write_argmax(out);
         return Outcome { value, dual: Some(batch.max), iterations: 0 };
     }
-    let p = &batch.reference;
     let Quantile { value: eta, beyond: above, at } = quantile(batch, alpha, 1.0);
     // The losses above eta get their cap p / alpha (below one: their p sum to less than alpha),
     // as p * (1 / alpha) but for a subnormal alpha, whose reciprocal overflows. Those tied at
@@ -26,21 +26,37 @@ pub fn solve<T: Real>(batch: &Batch<T>, alpha: f64, out: &mut [T]) -> Outcome {
     // (found by fuzzing: an infinite weight, and ties split 1e-7 unevenly through p * fraction).
     let left = ((alpha - above) / alpha).clamp(0.0, 1.0);
     let cap = 1.0 / alpha;
-    let capped = |p: f64| if cap.is_finite() { p * cap } else { p / alpha };
-    let mut value = 0.0;
-    for (i, (o, &l)) in out.iter_mut().zip(batch.losses).enumerate() {
-        let l = l.to_f64();
-        let q = if l > eta {
-            capped(p.at(i))
-        } else if l == eta {
-            (p.at(i) / at * left).min(capped(p.at(i)))
-        } else {
-            0.0
-        };
-        *o = T::from_f64(q);
-        value += q * l;
-    }
+    let value = if cap.is_finite() {
+        write_weights(batch, out, eta, at, left, |p| p * cap)
+    } else {
+        write_weights(batch, out, eta, at, left, |p| p / alpha)
+    };
     Outcome { value, dual: Some(eta), iterations: 1 }
+}
+
+/// q = capped(p) above eta, p / at * left (at most the cap) at eta, 0 below. Every candidate
+/// is computed and one selected, so the pass vectorises; as an if-else chain it compiled to
+/// branches on the data (10 ns a loss at n = 2^20, half of them mispredicted).
+fn write_weights<T: Real>(
+    batch: &Batch<T>,
+    out: &mut [T],
+    eta: f64,
+    at: f64,
+    left: f64,
+    capped: impl Fn(f64) -> f64 + Sync,
+) -> f64 {
+    let [value] = passes::write(
+        batch.losses,
+        &batch.reference,
+        out,
+        |l, p| {
+            let (top, tied) = (capped(p), (p / at * left).min(capped(p)));
+            let q = if l > eta { top } else { 0.0 };
+            if l == eta { tied } else { q }
+        },
+        |l, q| [q * l],
+    );
+    value
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! smallest losses tied at the cut give up mass in proportion to p). No dual variable.
 
 use crate::batch::Batch;
+use crate::passes;
 use crate::real::Real;
 use crate::select::{quantile, Quantile};
 use crate::Outcome;
@@ -16,7 +17,6 @@ pub fn solve<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Outcome {
         let value = batch.write_argmax(out);
         return Outcome { value, dual: None, iterations: 0 };
     }
-    let p = &batch.reference;
     // The lower quantile of the losses is the upper quantile of their negatives.
     let Quantile { value, beyond: below, at } = quantile(batch, radius, -1.0);
     let cut = -value;
@@ -27,21 +27,21 @@ pub fn solve<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Outcome {
     // Fraction of p kept by the losses tied at the cut. Those at the max gain rho in proportion
     // to p: p + rho (p / mass), never p (1 + rho / mass), which overflows for a subnormal mass.
     let kept = (1.0 - (radius - below) / at).clamp(0.0, 1.0);
-    let mut value = 0.0;
-    for (i, (o, &l)) in out.iter_mut().zip(batch.losses).enumerate() {
-        let l = l.to_f64();
-        let q = if l == batch.max {
-            p.at(i) + radius * (p.at(i) / batch.mass_at_max)
-        } else if l < cut {
-            0.0
-        } else if l == cut {
-            p.at(i) * kept
-        } else {
-            p.at(i)
-        };
-        *o = T::from_f64(q);
-        value += q * l;
-    }
+    let (max, mass_at_max) = (batch.max, batch.mass_at_max);
+    let [value] = passes::write(
+        batch.losses,
+        &batch.reference,
+        out,
+        |l, p| {
+            // Every candidate computed, one selected (an if-else chain compiled to branches on
+            // the data, half of them mispredicted).
+            let (gained, cut_share) = (p + radius * (p / mass_at_max), p * kept);
+            let q = if l < cut { 0.0 } else { p };
+            let q = if l == cut { cut_share } else { q };
+            if l == max { gained } else { q }
+        },
+        |l, q| [q * l],
+    );
     Outcome { value, dual: None, iterations: 1 }
 }
 
