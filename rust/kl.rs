@@ -9,6 +9,7 @@
 
 use crate::batch::{Batch, Scale};
 use crate::passes;
+use crate::sample;
 use crate::real::Real;
 use crate::Outcome;
 
@@ -31,24 +32,15 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
     let scale = batch.scale();
     // Each evaluation writes the unnormalised weights p exp(beta u), so the last one only
     // needs rescaling: one pass with exp fewer.
-    // Small-radius expansion KL(q_beta || p) ~ beta^2 Var_p(u) / 2 for the first guess.
-    let [mean, second] = passes::sum(batch.losses, &batch.reference, |l, p| {
-        let u = scale.u(l);
-        [p * u, p * u * u]
-    });
-    let mut variance = second - mean * mean;
-    if variance < 1e-8 {
-        // second - mean^2 cancels to rounding noise when nearly all mass sits at one loss
-        // (found by fuzzing: a variance of 3e-39 came out 0 and beta 1e131): one more pass.
-        let [centred] = passes::sum(batch.losses, &batch.reference, |l, p| {
-            let d = scale.u(l) - mean;
-            [p * d * d]
-        });
-        variance = centred;
-    }
-    // sqrt(2 rho) / sqrt(Var), not sqrt(2 rho / Var): that overflowed to beta = inf for a
-    // variance below 2 rho / f64::MAX (found by fuzzing: NaN weights).
-    let mut beta = (2.0 * radius).sqrt() / variance.max(f64::MIN_POSITIVE).sqrt();
+    // Large batches start from the temperature of a strided sample (one pass fewer, and no
+    // moments pass); the others from the small-radius expansion.
+    let sampled = sample::sample_dual(batch, |sample, q| solve_radius(sample, radius, tol, q))
+        .map(|tau| 1.0 / scale.to_u_units(tau))
+        .filter(|beta| beta.is_finite() && *beta > 0.0);
+    let mut beta = match sampled {
+        Some(beta) => beta,
+        None => small_radius_guess(batch, &scale, radius),
+    };
     let (mut lo, mut hi) = (0.0_f64, f64::INFINITY);
     let mut iterations = 0;
     let mut previous_gap = f64::INFINITY;
@@ -96,6 +88,27 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
     };
     let value = finish(batch, &scale, beta, tilt.z, out);
     Outcome { value, dual: Some(scale.to_loss_units(1.0 / beta)), iterations }
+}
+
+/// KL(q_beta || p) ~ beta^2 Var_p(u) / 2 for small radii: beta = sqrt(2 rho / Var_p(u)).
+fn small_radius_guess<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> f64 {
+    let [mean, second] = passes::sum(batch.losses, &batch.reference, |l, p| {
+        let u = scale.u(l);
+        [p * u, p * u * u]
+    });
+    let mut variance = second - mean * mean;
+    if variance < 1e-8 {
+        // second - mean^2 cancels to rounding noise when nearly all mass sits at one loss
+        // (found by fuzzing: a variance of 3e-39 came out 0 and beta 1e131): one more pass.
+        let [centred] = passes::sum(batch.losses, &batch.reference, |l, p| {
+            let d = scale.u(l) - mean;
+            [p * d * d]
+        });
+        variance = centred;
+    }
+    // sqrt(2 rho) / sqrt(Var), not sqrt(2 rho / Var): that overflowed to beta = inf for a
+    // variance below 2 rho / f64::MAX (found by fuzzing: NaN weights).
+    (2.0 * radius).sqrt() / variance.max(f64::MIN_POSITIVE).sqrt()
 }
 
 /// Penalised form: a fixed temperature tau, q ~ p exp(l / tau).

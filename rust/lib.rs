@@ -13,6 +13,7 @@ pub mod groups;
 pub mod kl;
 pub mod passes;
 pub mod real;
+pub mod sample;
 pub mod select;
 pub mod tv;
 pub mod wasserstein;
