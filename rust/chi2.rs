@@ -75,7 +75,7 @@ pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outc
     let mut previous = usize::MAX;
     let mut iterations = 0;
     let total = loop {
-        let moments = Moments::above(batch, &scale, threshold, 0.0);
+        let moments = Michelot::above(batch, &scale, threshold);
         iterations += 1;
         // The active sets only shrink in exact arithmetic; a count that grows means rounding
         // put the threshold on a loss, where either set gives the same threshold: stop, or
@@ -164,6 +164,26 @@ impl Moments {
             [if on { 1.0 } else { 0.0 }, m, m * d, m * d * d, p - m]
         });
         Moments { count: count as usize, mass, first, second, outside }
+    }
+}
+
+/// The sums over {i : u_i > threshold, p_i > 0} that the penalised form needs: the count, the
+/// mass of p and sum p u (three quantities, not Moments' five: the pass is a third cheaper).
+struct Michelot {
+    count: usize,
+    mass: f64,
+    first: f64,
+}
+
+impl Michelot {
+    fn above<T: Real>(batch: &Batch<T>, scale: &Scale, threshold: f64) -> Self {
+        let [count, mass, first] = passes::sum(batch.losses, &batch.reference, |l, p| {
+            let u = scale.u(l);
+            let on = u > threshold && p > 0.0;
+            let m = if on { p } else { 0.0 };
+            [if on { 1.0 } else { 0.0 }, m, m * u]
+        });
+        Michelot { count: count as usize, mass, first }
     }
 }
 
