@@ -253,6 +253,7 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Op
         outside[k] = outside[k + 1] + points[k].1;
     }
     let (mut mass, mut first, mut second) = (0.0, 0.0, 0.0);
+    let mut at_a_boundary = None;
     let mut k = 0;
     while k < points.len() {
         let top = points[k].0;
@@ -269,7 +270,17 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Op
             if eta >= next && eta < top {
                 return Some(eta);
             }
+            // The exact threshold may sit on a loss, the boundary of two segments, where
+            // rounding puts each segment's root just outside it (found by hypothesis: losses
+            // (0, 0, 0, 0, 1, 1 - 1e-16) at radius 1, threshold exactly at the zeros). The root
+            // of the lower segment then lands a few ulps above its top: the threshold is that top.
+            if eta >= top && eta - top <= 64.0 * f64::EPSILON * (1.0 + top.abs()) && at_a_boundary.is_none() {
+                at_a_boundary = Some(top);
+            }
         }
+    }
+    if at_a_boundary.is_some() {
+        return at_a_boundary;
     }
     // For c P(argmax) < 1 the last segment always has a root, but not always after rounding:
     // with losses closer than 1e-160 of their range the scaled ones differ by subnormals.
@@ -336,6 +347,20 @@ mod tests {
             }
             let (exact, fast) = sorted_threshold_for_tests(&losses, radius);
             assert!((exact - fast).abs() <= 1e-12, "{losses:?} rho {radius}: {exact} vs {fast}");
+        }
+    }
+
+    /// Found by hypothesis (tests/test_invariants.py): the threshold sits exactly on the tied
+    /// zeros, rounding rejected every segment, and the fallback's V = 0.5 fell below the value
+    /// at radius 0.1 (0.544). The answer puts half the mass on each of the top two.
+    #[test]
+    fn a_threshold_on_a_loss_is_found_when_rounding_rejects_both_segments() {
+        for top in [[1.0, 1.0 - f64::EPSILON / 2.0], [1.0 + f64::EPSILON, 1.0], [1.0, 1.0]] {
+            let losses = [0.0, 0.0, 0.0, 0.0, top[0], top[1]];
+            let (q, solution) = solve_f64(&losses, &options(Ambiguity::Chi2, Budget::Radius(1.0)));
+            check_invariants(&losses, None, &q, &solution);
+            assert!((solution.value - 1.0).abs() < 1e-12, "{top:?}: {solution:?}");
+            assert!(divergence(&q, &[1.0 / 6.0; 6]) <= 1.0 + 1e-12, "{q:?}");
         }
     }
 
