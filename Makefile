@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 REQUIREMENTS := $(wildcard requirements/*.txt)
 # The extension is rebuilt when any Rust source or build file changes.
-RUST_SOURCES := $(wildcard rust/*.rs) Cargo.toml Cargo.lock pyproject.toml
+RUST_SOURCES := $(wildcard rust/*.rs rust/*/*.rs) Cargo.toml Cargo.lock pyproject.toml
 EXTENSION_STAMP := $(VENV)/.extension-stamp
 DEPS_STAMP := $(VENV)/.deps-stamp
 

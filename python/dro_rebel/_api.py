@@ -87,6 +87,14 @@ def robust_weights(
         ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
             reference or group labels, an empty batch, a wrong shape, an unknown set.
     """
+    no_extras = reference is None and groups is None and features is None and cost is None
+    if type(losses) is np.ndarray and no_extras:
+        # The hot path of a training loop: a contiguous float64/float32 array goes straight to
+        # the core, which checks everything else (half the cost of a call at n = 64).
+        try:
+            return _core.weights(losses, ambiguity, radius, penalty, alpha, None, None, tol, p, None, None)
+        except _core.NotNative:
+            pass  # another dtype or not contiguous: converted below
     host, restore = _host_losses(losses)
     reference, groups, features, cost = _host_extras(host, reference, groups, features, cost)
     weights = _core.weights(

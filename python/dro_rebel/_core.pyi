@@ -10,11 +10,15 @@ import numpy.typing as npt
 _Losses = Union[npt.NDArray[np.float64], npt.NDArray[np.float32]]
 _Plan = Optional[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]]
 
-__all__ = ["__version__", "build_profile", "weights", "worst_case"]
+__all__ = ["NotNative", "__version__", "build_profile", "weights", "worst_case"]
 
 __version__: str
 # "release" or "debug": benchmarks refuse a debug build.
 build_profile: str
+
+class NotNative(TypeError):
+    """The losses are not a C-contiguous float64/float32 numpy array: robust_weights then
+    converts them and calls again (never raised to its callers)."""
 
 def weights(
     losses: _Losses,
