@@ -274,17 +274,39 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Op
             // rounding puts each segment's root just outside it (found by hypothesis: losses
             // (0, 0, 0, 0, 1, 1 - 1e-16) at radius 1, threshold exactly at the zeros). The root
             // of the lower segment then lands a few ulps above its top: the threshold is that top.
-            if eta >= top && eta - top <= 64.0 * f64::EPSILON * (1.0 + top.abs()) && at_a_boundary.is_none() {
+            // Never the max itself (the first group), where every weight would be zero (found
+            // by fuzzing: NaN weights).
+            let below_the_max = top < points[0].0;
+            let just_above = eta >= top && eta - top <= 64.0 * f64::EPSILON * (1.0 + top.abs());
+            if below_the_max && just_above && at_a_boundary.is_none() {
                 at_a_boundary = Some(top);
             }
         }
     }
-    if at_a_boundary.is_some() {
-        return at_a_boundary;
+    // Only where q stays inside the ball: at losses tied to within subnormal differences the
+    // rule above picked a threshold that left q outside it (found by fuzzing: chi2 3e261).
+    if let Some(eta) = at_a_boundary.filter(|&eta| inside_the_ball(&points, eta, radius)) {
+        return Some(eta);
     }
     // For c P(argmax) < 1 the last segment always has a root, but not always after rounding:
     // with losses closer than 1e-160 of their range the scaled ones differ by subnormals.
     None
+}
+
+/// Whether q ~ p (u - eta)_+ over `points` (sorted by u, largest first) has chi2(q || p) =
+/// (1/2) (S2 / S1^2 - 1) <= rho, with the gaps scaled by the largest so that neither sum
+/// underflows to a false pass.
+fn inside_the_ball(points: &[(f64, f64)], eta: f64, radius: f64) -> bool {
+    let Some(&(top, _)) = points.first() else { return false };
+    let widest = top - eta;
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &(u, p) in points.iter().take_while(|&&(u, _)| u > eta) {
+        let r = (u - eta) / widest;
+        s1 += p * r;
+        s2 += p * r * r;
+    }
+    let divergence = 0.5 * (s2 / s1 / s1 - 1.0);
+    widest > 0.0 && s1 > 0.0 && divergence <= radius * (1.0 + 1e-9)
 }
 
 /// Where rounding decides the threshold (losses closer than 1e-145 of their range, or no
@@ -362,6 +384,36 @@ mod tests {
             assert!((solution.value - 1.0).abs() < 1e-12, "{top:?}: {solution:?}");
             assert!(divergence(&q, &[1.0 / 6.0; 6]) <= 1.0 + 1e-12, "{q:?}");
         }
+    }
+
+    /// Found by fuzzing the boundary rule above: the first group's root landed just above the
+    /// max, and a threshold at the max zeroed every weight (NaN after normalising).
+    #[test]
+    fn the_threshold_is_never_the_max() {
+        let cases: [(&[f64], f64); 2] = [
+            (&[4.1999999999999976e-299, -1.7976931348623157e308, 0.0], 0.3358815899900816),
+            (&[-1e300, 6.599999999999999e-165, 0.0], 0.4516365300984207),
+        ];
+        for (losses, radius) in cases {
+            let (q, solution) = solve_f64(losses, &options(Ambiguity::Chi2, Budget::Radius(radius)));
+            check_invariants(losses, None, &q, &solution);
+            assert!(divergence(&q, &[1.0 / 3.0; 3]) <= radius + 1e-12, "{q:?}");
+        }
+    }
+
+    /// Found by fuzzing the same rule: the max 2e-308 above a loss of 0 that holds nearly all of
+    /// p, and a threshold on that 0 put all mass on the max (p 1.7e-270), far outside the ball.
+    #[test]
+    fn a_threshold_on_a_loss_only_where_q_stays_in_the_ball() {
+        let losses = [2.1250000000000002e-23, -1.0, 2.2250738585072014e-308, -8207.999999999998, 0.0, 0.0, 0.0];
+        let reference = [2.2250738585072014e-308, 9.999999999999994e-271, 3e38, 3.4028234663852886e38, 1.7976931348623157e308, 0.0, 0.0];
+        let radius = 0.7031204699778744;
+        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Chi2, Budget::Radius(radius)) };
+        let (q, solution) = solve_f64(&losses, &opts);
+        check_invariants(&losses, Some(&reference), &q, &solution);
+        let total: f64 = reference.iter().sum();
+        let p: Vec<f64> = reference.iter().map(|w| w / total).collect();
+        assert!(divergence(&q, &p) <= radius * (1.0 + 1e-9), "{q:?}");
     }
 
     #[test]
