@@ -219,3 +219,15 @@ def test_float32_kl_with_a_small_radius_matches_float64():
     q32 = robust_weights(np.array([0.0, 1.0], np.float32), "kl", radius=1e-8)
     q64 = robust_weights(np.array([0.0, 1.0]), "kl", radius=1e-8)
     np.testing.assert_allclose(q32, q64, rtol=1e-6)
+
+
+def test_chi2_threshold_exactly_on_tied_losses_keeps_the_value_growing():
+    # Found by tests/test_invariants.py: at radius 1 the threshold sits on the four zeros, rounding
+    # rejected the roots of both adjacent segments, and the fallback gave V* = 0.5 < V*(0.1) = 0.544.
+    losses = np.array([0.0, 0.0, 0.0, 0.0, 1.0, 1.0 - 2.0**-53])
+    small = worst_case(losses, "chi2", radius=0.1).value
+    large = worst_case(losses, "chi2", radius=1.0)
+    assert large.value == pytest.approx(1.0, abs=1e-12)
+    assert small < large.value
+    q, p = large.weights, np.full(6, 1 / 6)
+    assert 0.5 * np.sum((q - p) ** 2 / p) <= 1.0 + 1e-12
