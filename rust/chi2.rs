@@ -345,7 +345,7 @@ pub(crate) fn sorted_threshold_for_tests(losses: &[f64], radius: f64) -> (f64, f
 #[cfg(test)]
 mod tests {
     use super::sorted_threshold_for_tests;
-    use crate::testing::{check_invariants, options, solve_f64, Rng};
+    use crate::testing::{check_invariants, normalised, options, solve_f64, Rng};
     use crate::{Ambiguity, Budget, Options};
 
     fn divergence(q: &[f64], p: &[f64]) -> f64 {
@@ -411,8 +411,7 @@ mod tests {
         let opts = Options { reference: Some(&reference), ..options(Ambiguity::Chi2, Budget::Radius(radius)) };
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
-        let total: f64 = reference.iter().sum();
-        let p: Vec<f64> = reference.iter().map(|w| w / total).collect();
+        let p = normalised(&reference);
         assert!(divergence(&q, &p) <= radius * (1.0 + 1e-9), "{q:?}");
     }
 
@@ -509,8 +508,7 @@ mod tests {
         let opts = Options { reference: Some(&reference), ..options(Ambiguity::Chi2, Budget::Radius(radius)) };
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
-        let total: f64 = reference.iter().sum();
-        let p: Vec<f64> = reference.iter().map(|w| w / total).collect();
+        let p = normalised(&reference);
         let chi2 = divergence(&q, &p);
         assert!((chi2 - radius).abs() <= 1e-6 * radius, "chi2 {chi2} for radius {radius}: {q:?}");
     }

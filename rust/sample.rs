@@ -41,7 +41,7 @@ pub fn sample_dual<T: Real>(batch: &Batch<T>, solve: impl Fn(&Batch<T>, &mut [T]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{check_invariants, options, solve_f64, Rng};
+    use crate::testing::{check_invariants, normalised, options, solve_f64, Rng};
     use crate::{kl, Ambiguity, Budget, Options};
 
     fn squared_normals(rng: &mut Rng, n: usize) -> Vec<f64> {
@@ -104,8 +104,7 @@ mod tests {
         let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Radius(0.1)) };
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
-        let total: f64 = reference.iter().sum();
-        let p: Vec<f64> = reference.iter().map(|w| w / total).collect();
+        let p = normalised(&reference);
         assert!((kl_divergence(&q, &p) - 0.1).abs() <= 1e-10);
     }
 }

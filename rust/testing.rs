@@ -39,6 +39,12 @@ impl Rng {
     }
 }
 
+/// The reference weights normalised to a distribution p.
+pub fn normalised(weights: &[f64]) -> Vec<f64> {
+    let total: f64 = weights.iter().sum();
+    weights.iter().map(|w| w / total).collect()
+}
+
 pub fn solve_f64(losses: &[f64], options: &Options) -> (Vec<f64>, Solution) {
     let mut q = vec![f64::NAN; losses.len()];
     let solution = solve(losses, options, &mut q).expect("valid problem");
