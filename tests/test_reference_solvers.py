@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import linprog, minimize_scalar
@@ -238,3 +238,73 @@ def test_weights_match_the_baseline_on_rows_and_groups(ambiguity, size):
     ours = robust_weights(losses, ambiguity, reference=reference, groups=groups, **size)
     theirs = baseline.robust_weights(losses, ambiguity, reference=reference, groups=groups, **size)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
+
+
+@st.composite
+def large_problems(draw):
+    """Batches where the sampled start (4,096 losses on, KL) and the two-thread passes (65,536
+    on) apply: several shapes of loss distribution, heavy tails and ties among them, any scale,
+    references with zeros."""
+    n = draw(st.sampled_from([4096, 5003, 20000, 70001]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["uniform", "squared normal", "lognormal", "ties", "one outlier"]))
+    if kind == "uniform":
+        losses = rng.random(n)
+    elif kind == "squared normal":
+        losses = rng.standard_normal(n) ** 2
+    elif kind == "lognormal":
+        losses = rng.lognormal(0.0, 2.0, n)
+    elif kind == "ties":
+        losses = rng.integers(0, 5, n).astype(float)
+    else:
+        losses = rng.random(n)
+        losses[rng.integers(n)] = 50.0
+    losses = losses * 10.0 ** draw(st.integers(-100, 100)) + draw(st.sampled_from([0.0, -3.0]))
+    reference = None
+    if draw(st.booleans()):
+        reference = rng.choice([0.0, 0.5, 1.0, 3.0], n)
+        reference[0] = 1.0
+    return losses, reference
+
+
+LARGE = settings(max_examples=max(8, settings.default.max_examples // 6))
+
+
+@LARGE
+@given(problem=large_problems(), rho=st.sampled_from([1e-4, 0.01, 0.1, 0.7, 3.0]))
+def test_large_batches_kl_and_chi2_radius_match_their_duals(problem, rho):
+    losses, reference = problem
+    u, p, top, spread = scaled(losses, reference)
+    for ambiguity, exact in (("kl", reference_kl), ("chi2", reference_chi2)):
+        solution = worst_case(losses, ambiguity, radius=rho, reference=reference)
+        check_value(*in_u_units(solution.value, losses, top, spread), exact(u, p, rho))
+        assert abs(solution.weights.sum() - 1.0) <= 1e-12
+
+
+@LARGE
+@given(problem=large_problems(), relative=st.sampled_from([1e-3, 0.1, 1.0, 10.0]))
+def test_large_batches_penalised_forms_match_their_references(problem, relative):
+    losses, reference = problem
+    u, p, top, spread = scaled(losses, reference)
+    q = robust_weights(losses, "kl", penalty=relative * (spread or 1.0), reference=reference)
+    q_on = q if reference is None else q[reference > 0]
+    pos = q_on > 0
+    objective = q_on @ u - relative * np.sum(q_on[pos] * np.log(q_on[pos] / p[pos]))
+    check_value(objective, 0.0, reference_kl_penalised(u, p, relative))
+    q = robust_weights(losses, "chi2", penalty=relative * (spread or 1.0), reference=reference)
+    q_on = q if reference is None else q[reference > 0]
+    objective = q_on @ u - relative * 0.5 * np.sum((q_on - p) ** 2 / p)
+    check_value(objective, 0.0, reference_chi2_penalised(u, p, relative))
+
+
+@LARGE
+@given(problem=large_problems(), level=st.sampled_from([1e-3, 0.05, 0.3, 0.9]))
+def test_large_batches_cvar_and_tv_match_the_baseline(problem, level):
+    # The histogram path of the selection, on both threads above 65,536 losses; the linear
+    # programs are too slow at this size, the numpy baseline (a full sort) is not.
+    losses, reference = problem
+    u, p, top, spread = scaled(losses, reference)
+    for ambiguity, size in (("cvar", {"alpha": level}), ("tv", {"radius": level})):
+        ours = worst_case(losses, ambiguity, reference=reference, **size)
+        theirs = float(baseline.robust_weights(losses, ambiguity, reference=reference, **size) @ losses)
+        check_value(*in_u_units(ours.value, losses, top, spread), in_u_units(theirs, losses, top, spread)[0])
