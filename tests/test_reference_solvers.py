@@ -308,3 +308,18 @@ def test_large_batches_cvar_and_tv_match_the_baseline(problem, level):
         ours = worst_case(losses, ambiguity, reference=reference, **size)
         theirs = float(baseline.robust_weights(losses, ambiguity, reference=reference, **size) @ losses)
         check_value(*in_u_units(ours.value, losses, top, spread), in_u_units(theirs, losses, top, spread)[0])
+
+
+@LARGE
+@given(problem=large_problems(), rho=st.sampled_from([1e-3, 0.1, 1.0]))
+def test_large_batches_in_float32_match_float64(problem, rho):
+    # The sampled start and the passes in float32 (sums in float64): the weights to float32's
+    # precision on the scale of the largest weight.
+    losses, reference = problem
+    # The same values in both: rescaled into float32's range, then widened back.
+    narrow = (losses / np.max(np.abs(losses))).astype(np.float32)
+    for ambiguity in ("kl", "chi2"):
+        q64 = robust_weights(narrow.astype(np.float64), ambiguity, radius=rho, reference=reference)
+        q32 = robust_weights(narrow, ambiguity, radius=rho, reference=reference)
+        assert q32.dtype == np.float32
+        np.testing.assert_allclose(q32, q64, rtol=0, atol=1e-4 * q64.max())
