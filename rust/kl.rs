@@ -8,8 +8,8 @@
 //! step one pass over the losses, a bracket [lo, hi] that bisects whenever Newton leaves it.
 
 use crate::batch::{Batch, Scale};
+use crate::binned;
 use crate::passes;
-use crate::sample;
 use crate::real::Real;
 use crate::Outcome;
 
@@ -32,13 +32,13 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
     let scale = batch.scale();
     // Each evaluation writes the unnormalised weights p exp(beta u), so the last one only
     // needs rescaling: one pass with exp fewer.
-    // Batches of SAMPLE_MIN losses or more start from the temperature of a strided sample
-    // (squared normals at n = 16384: 3 to 4 passes instead of 5 to 8, and no moments pass); the
-    // others from the small-radius expansion.
-    let sampled = sample::sample_dual(batch, |sample, q| solve_radius(sample, radius, tol, q))
-        .map(|tau| 1.0 / scale.to_u_units(tau))
+    // Batches of BINNED_MIN losses or more start from the temperature of the binned problem
+    // (usually within 1e-13: one exp pass, and no moments pass); the others from the
+    // small-radius expansion.
+    let binned = binned::binned_dual(batch, &scale, |binned, q| solve_radius(binned, radius, tol, q))
+        .map(|tau| 1.0 / tau)
         .filter(|beta| beta.is_finite() && *beta > 0.0);
-    let mut beta = match sampled {
+    let mut beta = match binned {
         Some(beta) => beta,
         None => small_radius_guess(batch, &scale, radius),
     };

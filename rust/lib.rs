@@ -6,6 +6,7 @@
 //! Nothing here knows Python: the bindings live in `python.rs` behind the `python` feature.
 
 pub mod batch;
+pub mod binned;
 pub mod chi2;
 pub mod cvar;
 pub mod error;
@@ -13,7 +14,6 @@ pub mod groups;
 pub mod kl;
 pub mod passes;
 pub mod real;
-pub mod sample;
 pub mod select;
 pub mod tv;
 pub mod wasserstein;
