@@ -8,6 +8,9 @@ use std::hint::black_box;
 use _core::{solve, Ambiguity, Budget, Geometry, Options};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
+mod common;
+use common::losses;
+
 const SIZES: [usize; 3] = [64, 16384, 1 << 20];
 
 fn sets() -> [(&'static str, Ambiguity, Budget); 6] {
@@ -19,24 +22,6 @@ fn sets() -> [(&'static str, Ambiguity, Budget); 6] {
         ("chi2 penalty", Ambiguity::Chi2, Budget::Penalty(1.0)),
         ("kl penalty", Ambiguity::Kl, Budget::Penalty(1.0)),
     ]
-}
-
-/// Squared standard normals (REBEL's losses are squared residuals), from a fixed xorshift
-/// stream and the Box-Muller transform.
-fn losses(n: usize) -> Vec<f64> {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| {
-            let z = (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos();
-            z * z
-        })
-        .collect()
 }
 
 fn bench_sets(c: &mut Criterion) {

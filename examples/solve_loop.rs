@@ -11,6 +11,9 @@ use std::hint::black_box;
 
 use _core::{solve, Ambiguity, Budget, Options};
 
+#[path = "../benches/common/mod.rs"]
+mod common;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: solve_loop SET N REPETITIONS (SET: kl-radius, chi2-radius, cvar-alpha, tv-radius, chi2-penalty, kl-penalty)";
@@ -34,29 +37,11 @@ fn main() {
         eprintln!("{usage}");
         std::process::exit(2);
     };
-    let losses = squared_normals(n);
+    let losses = common::losses(n);
     let mut out = vec![0.0; n];
     let options = Options::new(ambiguity, budget);
     for _ in 0..repetitions {
         solve(black_box(losses.as_slice()), &options, &mut out).expect("a valid problem");
     }
     black_box(&out);
-}
-
-/// Squared standard normals from a fixed xorshift stream and the Box-Muller transform, as in
-/// benches/core.rs.
-fn squared_normals(n: usize) -> Vec<f64> {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| {
-            let z = (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos();
-            z * z
-        })
-        .collect()
 }
