@@ -113,7 +113,7 @@ fn histogram<T: Real>(batch: &Batch<T>, scale: &Scale, bins: usize) -> Vec<Momen
     passes::fold_chunks(
         batch.losses,
         &batch.reference,
-        |ls, ws, _| {
+        |ls, ws| {
             let mut histogram = vec![Moments::default(); bins];
             for (k, block) in ls.chunks(BLOCK).enumerate() {
                 let ws = ws.map(|w| &w[k * BLOCK..k * BLOCK + block.len()]);

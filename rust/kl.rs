@@ -37,7 +37,7 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
     // small-radius expansion.
     let binned = binned::binned_dual(batch, &scale, |binned, q| solve_radius(binned, radius, tol, q))
         .map(|tau| 1.0 / tau)
-        .filter(|beta| beta.is_finite() && *beta > 0.0);
+        .filter(|beta| beta.is_finite());
     let mut beta = match binned {
         Some(beta) => beta,
         None => small_radius_guess(batch, &scale, radius),

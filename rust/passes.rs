@@ -57,23 +57,23 @@ pub fn write<T: Real, const K: usize>(
         .reduce(|| [0.0; K], add)
 }
 
-/// part(losses, raw reference weights, start) over the chunks of the losses, in parallel for
-/// large batches, merged in chunk order: the passes that are not sums (a histogram, the
-/// losses of one bin) split the work as the sums do.
+/// part(losses, raw reference weights) over the chunks of the losses, in parallel for large
+/// batches, merged in chunk order: the passes that are not sums (a histogram, the losses of one
+/// bin) split the work as the sums do.
 pub fn fold_chunks<T: Real, R: Send>(
     losses: &[T],
     reference: &Reference,
-    part: impl Fn(&[T], Option<&[f64]>, usize) -> R + Sync,
+    part: impl Fn(&[T], Option<&[f64]>) -> R + Sync,
     merge: impl Fn(R, R) -> R + Sync,
 ) -> R {
     let chunks = chunk_len(losses.len());
     if chunks == losses.len() {
-        return part(losses, reference.slice(0, losses.len()), 0);
+        return part(losses, reference.slice(0, losses.len()));
     }
     let parts: Vec<R> = losses
         .par_chunks(chunks)
         .enumerate()
-        .map(|(c, ls)| part(ls, reference.slice(c * chunks, ls.len()), c * chunks))
+        .map(|(c, ls)| part(ls, reference.slice(c * chunks, ls.len())))
         .collect();
     parts.into_iter().reduce(merge).expect("a non-empty batch has a chunk")
 }
@@ -271,7 +271,7 @@ const BLOCK: usize = 256;
 
 /// The K terms of each element of one block (at most BLOCK elements), one column per quantity.
 /// A plain map over the block, which the compiler vectorises reliably; the sums are then taken
-/// column by column (`Lanes::add_column`). Summing the terms as they come, in LANES accumulators
+/// column by column (`Lanes::add_columns`). Summing the terms as they come, in LANES accumulators
 /// of K quantities, left the compiler to vectorise across lanes, which it did not: scalar code,
 /// 13 ns a loss for the four moments of the KL tilt against 4 for this.
 struct Columns<const K: usize>([[MaybeUninit<f64>; BLOCK]; K]);
@@ -364,8 +364,28 @@ impl<const K: usize> Lanes<K> {
     }
 }
 
-/// Blocks of the map, each summed while in L1. The weights are kept in f64 for the sums: the
-/// sums must not see them rounded to T (float32 KL lost its small radii to that).
+/// Blocks of the map, each summed while in L1; out_i = the first output of `term` where `out`
+/// is given. The weights are kept in f64 for the sums: the sums must not see them rounded to T
+/// (float32 KL lost its small radii to that).
+#[inline(always)]
+fn fold_blocks<T: Real, const K: usize>(
+    part: &[T],
+    weights: Option<&[f64]>,
+    scale: f64,
+    mut out: Option<&mut [T]>,
+    term: &impl Fn(f64, f64) -> (f64, [f64; K]),
+) -> [f64; K] {
+    let (mut columns, mut acc) = (Columns::<K>::new(), Lanes::<K>::new());
+    for (b, ls) in part.chunks(BLOCK).enumerate() {
+        let block = b * BLOCK..b * BLOCK + ls.len();
+        let ws = weights.map(|w| &w[block.clone()]);
+        let os = out.as_deref_mut().map(|o| &mut o[block]);
+        columns.map(ls, ws, scale, os, term);
+        acc.add_columns(&columns, ls.len());
+    }
+    acc.total()
+}
+
 #[inline(always)]
 fn write_serial<T: Real, const K: usize>(
     part: &[T],
@@ -375,17 +395,10 @@ fn write_serial<T: Real, const K: usize>(
     weight: &impl Fn(f64, f64) -> f64,
     stats: &impl Fn(f64, f64) -> [f64; K],
 ) -> [f64; K] {
-    let (mut columns, mut acc) = (Columns::<K>::new(), Lanes::<K>::new());
-    let term = |l: f64, p: f64| {
+    fold_blocks(part, weights, scale, Some(out), &|l, p| {
         let w = weight(l, p);
         (w, stats(l, w))
-    };
-    for (b, (ls, os)) in part.chunks(BLOCK).zip(out.chunks_mut(BLOCK)).enumerate() {
-        let ws = weights.map(|w| &w[b * BLOCK..b * BLOCK + ls.len()]);
-        columns.map(ls, ws, scale, Some(os), &term);
-        acc.add_columns(&columns, ls.len());
-    }
-    acc.total()
+    })
 }
 
 #[inline(always)]
@@ -395,14 +408,7 @@ fn sum_serial<T: Real, const K: usize>(
     scale: f64,
     term: &impl Fn(f64, f64) -> [f64; K],
 ) -> [f64; K] {
-    let (mut columns, mut acc) = (Columns::<K>::new(), Lanes::<K>::new());
-    let term = |l: f64, p: f64| (0.0, term(l, p));
-    for (b, ls) in losses.chunks(BLOCK).enumerate() {
-        let ws = weights.map(|w| &w[b * BLOCK..b * BLOCK + ls.len()]);
-        columns.map(ls, ws, scale, None, &term);
-        acc.add_columns(&columns, ls.len());
-    }
-    acc.total()
+    fold_blocks(losses, weights, scale, None, &|l, p| (0.0, term(l, p)))
 }
 
 #[inline(always)]

@@ -93,7 +93,7 @@ fn histogram<T: Real>(batch: &Batch<T>, sign: f64, bins: Bins) -> Vec<f64> {
     passes::fold_chunks(
         batch.losses,
         &batch.reference,
-        move |ls, ws, _| {
+        move |ls, ws| {
             let mut histogram = vec![0.0; bins.count()];
             let mut index = [0_u32; BLOCK];
             for (b, block) in ls.chunks(BLOCK).enumerate() {
@@ -128,7 +128,7 @@ fn collect<T: Real>(batch: &Batch<T>, sign: f64, all: bool, keep: impl Fn(f64) -
     passes::fold_chunks(
         batch.losses,
         &batch.reference,
-        |ls, ws, _| {
+        |ls, ws| {
             let mut kept = Vec::with_capacity(if all { ls.len() } else { 64 });
             match ws {
                 None => kept.extend(ls.iter().map(|&l| (sign * l.to_f64(), scale)).filter(|&(v, _)| keep(v))),
