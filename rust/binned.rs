@@ -1,25 +1,30 @@
-//! A start for the KL radius solve on large batches: the same problem on a histogram of the
-//! scaled losses u in [-1, 0], each bin replaced by the two-point distribution with the bin's
-//! mass, mean, variance and third moment. The tilt exp(beta u) of the binned problem then
+//! A start for the KL radius solve on all but small batches: the same problem on a histogram
+//! of the scaled losses u in [-1, 0], each bin replaced by the two-point distribution with the
+//! bin's mass, mean, variance and third moment. The tilt exp(beta u) of the binned problem then
 //! matches the true one up to the fourth moment inside each bin, an error of about
 //! (beta w)^4 / 384 of each bin's share for bins of width w, so its temperature is within
-//! ~1e-13 of the answer for moderate beta, and the full solve's first exp pass usually ends it.
+//! ~1e-11 of the answer for moderate beta: the full solve's first exp pass ends it, either
+//! within tolerance or a step so small that the pass that normalises takes it (kl::Fold).
 //!
-//! One pass over the losses (their bins and four scattered sums each), against the two or
-//! three passes with an exp each that a start from a strided sample of the batch needed.
+//! One pass over the losses (their bins and four scattered sums each), against the two to
+//! eight passes with an exp each from the small-radius guess (three on average over the test
+//! distributions of 256 to 2048 losses).
 
 use crate::batch::{Batch, Reference, Scale};
 use crate::passes;
 use crate::real::Real;
 use crate::Outcome;
 
-/// Below this many losses the usual first guess costs less than the histogram saves.
-pub const BINNED_MIN: usize = 1 << 12;
+/// Below this many losses the usual first guess costs less than the histogram saves (counted
+/// in instructions with examples/solve_loop.rs: at 256 losses the histogram and the binned
+/// solve cost more than the passes they save, at 1024 less).
+pub const BINNED_MIN: usize = 1 << 9;
 
-/// Bins: a power of two near 1/16 of the batch, at most 2^12 (4 sums of f64 each: 128 KB,
-/// inside L2). A power of two makes the bin width 1 / bins exact.
+/// Bins: a power of two near 1/16 of the batch, at most 2^10 (4 sums of f64 each: 32 KB, the
+/// size of L1). A power of two makes the bin width 1 / bins exact. 2^12 bins (in L2) made the
+/// start 2^8 times closer, which the fold of the last step no longer needs.
 fn bin_count(n: usize) -> usize {
-    (n / 16).next_power_of_two().min(1 << 12)
+    (n / 16).next_power_of_two().min(1 << 10)
 }
 
 /// The moments of one bin about its centre c: sum p, sum p (u - c), sum p (u - c)^2, and
@@ -222,13 +227,14 @@ mod starts {
         assert_eq!(binned_dual(&batch, &batch.scale(), |_, _| unreachable!()), None);
     }
 
-    /// The binned temperature is within 1e-9 of the answer on light and heavy tails (1e-12 to
-    /// 6e-13 seen), and the solve from it ends in one or two exp passes, where a start from a
-    /// strided sample took 3 to 4 and the small-radius expansion 5 to 8 on squared normals.
+    /// The binned temperature is within 1e-9 of the answer on light and heavy tails from 2^12
+    /// losses on (256 bins or more; 1e-5 at 512 losses, 32 bins: 1.9e-6 seen at radius 1), and
+    /// the solve from it ends in one exp pass, where a start from a strided sample took 3 to 4
+    /// and the small-radius expansion 5 to 8 on squared normals.
     #[test]
     fn the_binned_temperature_starts_kl_at_the_answer() {
         let mut rng = Rng::new(11);
-        for n in [1 << 12, 1 << 14, 1 << 17] {
+        for n in [BINNED_MIN, 1 << 12, 1 << 14, 1 << 17] {
             let uniform: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
             let heavy = squared_normals(&mut rng, n);
             for losses in [&uniform, &heavy] {
@@ -237,12 +243,13 @@ mod starts {
                     check_invariants(losses, None, &q, &solution);
                     let kl = kl_divergence(&q, &vec![1.0 / n as f64; n]);
                     assert!((kl - radius).abs() <= 1e-9 * radius, "n {n}: KL {kl} for radius {radius}");
-                    assert!(solution.iterations <= 2, "n {n}, radius {radius}: {solution:?}");
+                    assert!(solution.iterations == 1, "n {n}, radius {radius}: {solution:?}");
                     let batch = Batch::new(&losses[..], Reference::uniform(n)).unwrap();
                     let scale = batch.scale();
                     let tau = binned_dual(&batch, &scale, |b, o| kl::solve_radius(b, radius, 1e-12, o)).unwrap();
                     let exact = scale.to_u_units(solution.dual.unwrap());
-                    assert!((tau / exact - 1.0).abs() < 1e-9, "n {n}, radius {radius}: binned {tau} vs {exact}");
+                    let accuracy = if n >= 1 << 12 { 1e-9 } else { 1e-5 };
+                    assert!((tau / exact - 1.0).abs() < accuracy, "n {n}, radius {radius}: binned {tau} vs {exact}");
                 }
             }
         }

@@ -31,9 +31,10 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
     }
     let scale = batch.scale();
     // Each evaluation writes the unnormalised weights p exp(beta u), so the last one only
-    // needs rescaling: one pass with exp fewer.
+    // needs rescaling: one pass with exp fewer; a last step small enough is folded into that
+    // rescaling (`lands_within`), another pass fewer.
     // Batches of BINNED_MIN losses or more start from the temperature of the binned problem
-    // (usually within 1e-13: one exp pass, and no moments pass); the others from the
+    // (usually within 1e-11: one exp pass, and no moments pass); the others from the
     // small-radius expansion.
     let binned = binned::binned_dual(batch, &scale, |binned, q| solve_radius(binned, radius, tol, q))
         .map(|tau| 1.0 / tau)
@@ -45,12 +46,13 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
     let (mut lo, mut hi) = (0.0_f64, f64::INFINITY);
     let mut iterations = 0;
     let mut previous_gap = f64::INFINITY;
-    let tilt = loop {
+    let (tilt, step) = loop {
         let tilt = Tilt::at(batch, &scale, beta, lift(batch), out);
         iterations += 1;
         let gap = tilt.divergence(beta) - radius;
-        if gap.abs() <= tol * radius + tilt.rounding(beta) || iterations >= MAX_ITERATIONS {
-            break tilt;
+        let tolerance = tol * radius + tilt.rounding(beta);
+        if gap.abs() <= tolerance || iterations >= MAX_ITERATIONS {
+            break (tilt, 0.0);
         }
         if gap < 0.0 {
             lo = beta;
@@ -68,7 +70,11 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         // flat, Halley stepped beta down by 2 from 1e3 for all 300 passes, ending outside).
         let creeping = gap.abs() > 0.5 * previous_gap.abs();
         previous_gap = gap;
-        let next = if !creeping && slope > 0.0 && halley > lo && halley < hi {
+        let halley_inside = !creeping && slope > 0.0 && halley > lo && halley < hi;
+        if halley_inside && lands_within(beta, halley - beta, gap, slope, curvature, tolerance) {
+            break (tilt, halley - beta);
+        }
+        let next = if halley_inside {
             halley
         } else if !creeping && slope > 0.0 && newton > lo && newton < hi {
             newton
@@ -83,12 +89,29 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
             (4.0 * beta.max(f64::MIN_POSITIVE)).max(beta * beta).min(f64::MAX)
         };
         if (next - beta).abs() <= 1e-15 * beta {
-            break tilt;
+            break (tilt, 0.0);
         }
         beta = next;
     };
-    let value = finish(batch, &scale, beta, tilt.z, out);
-    Outcome { value, dual: Some(scale.to_loss_units(1.0 / beta)), iterations }
+    let fold = (step != 0.0).then_some(Fold { step, moments: [tilt.mean, tilt.second, tilt.third] });
+    let value = finish(batch, &scale, beta, tilt.z, fold, out);
+    Outcome { value, dual: Some(scale.to_loss_units(1.0 / (beta + step))), iterations }
+}
+
+/// The largest last step that `finish` takes without another pass: the weights at beta + step
+/// are those at beta times exp(step u), |step u| <= 1e-4, and the first four terms of that
+/// series are exact to 4e-18.
+const MAX_FOLDED_STEP: f64 = 1e-4;
+
+/// Whether a step from beta lands within the tolerance of the root, so that no pass has to
+/// check it: the second-order Taylor model of h at beta (from the pass at beta) says where it
+/// lands, and h''' = 2 k3 + beta k4 bounds the model's error, with the cumulants of a u in
+/// [-1, 0] under any q: |k3| <= 0.1, |k4| <= 1/8. Usually true of the last step, which then
+/// costs no pass of its own.
+fn lands_within(beta: f64, step: f64, gap: f64, slope: f64, curvature: f64, tolerance: f64) -> bool {
+    let model = gap + step * (slope + 0.5 * step * curvature);
+    let third = 0.2 + 0.125 * (beta + step.abs());
+    step.abs() <= MAX_FOLDED_STEP && model.abs() + third * step.abs().powi(3) / 6.0 <= 0.5 * tolerance
 }
 
 /// KL(q_beta || p) ~ beta^2 Var_p(u) / 2 for small radii: beta = sqrt(2 rho / Var_p(u)).
@@ -135,16 +158,16 @@ pub fn solve_temperature<T: Real>(batch: &Batch<T>, tau: f64, out: &mut [T]) -> 
 /// instead of four in the exp pass.
 fn write_tilt<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, out: &mut [T]) -> f64 {
     let lift = lift(batch);
-    let [z] = passes::write(batch.losses, &batch.reference, out, |l, p| tilted(l, p, beta, scale, lift), |_, w| [w]);
-    finish(batch, scale, beta, z, out)
+    let [z] = passes::write_exp(batch.losses, &batch.reference, out, |l| beta * scale.u(l), |e, p| tilted(e, p, lift), |_, w| [w]);
+    finish(batch, scale, beta, z, None, out)
 }
 
-/// The unnormalised weight p exp(beta u) (times the lift). A select after the exp, not a
-/// branch around it: the branch kept the pass scalar (3x slower at n = 2^20). The exp is
-/// finite, so p = 0 gives exactly 0.
+/// The unnormalised weight p exp(beta u) (times the lift) from e = exp(beta u). A select, not
+/// a branch around the exp: the branch kept the pass scalar (3x slower at n = 2^20). The exp
+/// is finite, so p = 0 gives exactly 0.
 #[inline(always)]
-fn tilted(l: f64, p: f64, beta: f64, scale: &Scale, lift: f64) -> f64 {
-    let w = p * lift * passes::exp_nonpositive(beta * scale.u(l));
+fn tilted(e: f64, p: f64, lift: f64) -> f64 {
+    let w = p * lift * e;
     if p > 0.0 { w } else { 0.0 }
 }
 
@@ -175,15 +198,35 @@ fn widened<T: Real>(batch: &Batch<T>, out: &mut [T], solve: impl Fn(&Batch<f64>,
     outcome
 }
 
-/// Turns the unnormalised weights into q. Where they may have underflowed (a mass at the max
-/// below 1e-8 lets Z be that small, and p exp(beta u) subnormal while q is not), writes
-/// q_i = exp(w_i - max w) / sum_j exp(w_j - max w) directly from w_i = beta u_i + ln p_i: exact
-/// up to rounding (through ln Z instead, |w| near 700 cost 1e-13 of the sum; fuzzing), in a few
-/// serial passes this rare case can afford.
-fn finish<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, z: f64, out: &mut [T]) -> f64 {
+/// A last step of the radius solve taken without a pass of its own (see `lands_within`):
+/// the weights at beta + step are those at beta times exp(step u).
+struct Fold {
+    step: f64,
+    /// E_q[u], E_q[u^2], E_q[u^3] at beta.
+    moments: [f64; 3],
+}
+
+/// Turns the unnormalised weights p exp(beta u), which sum to z, into q (at beta + step where
+/// a step is folded in: exp(step u) by its series, in the pass that normalises). Where the
+/// weights may have underflowed (a mass at the max below 1e-8 lets Z be that small, and
+/// p exp(beta u) subnormal while q is not), writes q_i = exp(w_i - max w) / sum_j exp(w_j -
+/// max w) directly from w_i = beta u_i + ln p_i: exact up to rounding (through ln Z instead,
+/// |w| near 700 cost 1e-13 of the sum; fuzzing), in a few serial passes this rare case can
+/// afford.
+fn finish<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, z: f64, fold: Option<Fold>, out: &mut [T]) -> f64 {
+    let step = fold.as_ref().map_or(0.0, |f| f.step);
     if batch.mass_at_max >= TINY_MASS_AT_MAX {
-        return passes::normalise(batch.losses, out, z);
+        let Some(Fold { step, moments: [m1, m2, m3] }) = fold else {
+            return passes::normalise(batch.losses, out, z);
+        };
+        // Z at beta + step is Z E_q[exp(step u)], from the moments of the pass at beta.
+        let z = z * (1.0 + step * (m1 + step * (m2 / 2.0 + step * m3 / 6.0)));
+        return passes::normalise_by(batch.losses, out, z, |l| {
+            let x = step * scale.u(l);
+            1.0 + x * (1.0 + x / 2.0 * (1.0 + x / 3.0))
+        });
     }
+    let beta = beta + step;
     let log_weight = |i: usize, l: T| {
         let p = batch.reference.at(i);
         if p > 0.0 { beta * scale.u(l.to_f64()) + p.ln() } else { f64::NEG_INFINITY }
@@ -213,11 +256,12 @@ struct Tilt {
 
 impl Tilt {
     fn at<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, lift: f64, out: &mut [T]) -> Self {
-        let [z, m1, m2, m3] = passes::write(
+        let [z, m1, m2, m3] = passes::write_exp(
             batch.losses,
             &batch.reference,
             out,
-            |l, p| tilted(l, p, beta, scale, lift),
+            |l| beta * scale.u(l),
+            |e, p| tilted(e, p, lift),
             |l, w| {
                 let u = scale.u(l);
                 [w, w * u, w * u * u, w * u * u * u]
@@ -277,6 +321,29 @@ mod tests {
                 assert!((kl - radius).abs() <= 1e-9 * radius.max(1e-3), "KL {kl} for radius {radius}");
             } else {
                 assert!(kl <= radius + 1e-12);
+            }
+        }
+    }
+
+    /// Whether or not the last step was folded into the normalisation, q is the tilt at the
+    /// temperature reported, to rounding.
+    #[test]
+    fn the_weights_are_the_tilt_at_the_reported_temperature() {
+        let mut rng = Rng::new(3);
+        for trial in 0..300 {
+            let n = 2 + trial % 97 + if trial % 5 == 0 { 600 } else { 0 };
+            let losses = rng.losses(n, 1.0);
+            let radius = [1e-6, 1e-3, 0.05, 0.5, 2.0][trial % 5];
+            let (q, solution) = solve_f64(&losses, &options(Ambiguity::Kl, Budget::Radius(radius)));
+            let tau = solution.dual.unwrap();
+            if !(tau > 0.0 && tau.is_finite()) {
+                continue;
+            }
+            let max = losses.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = losses.iter().map(|l| ((l - max) / tau).exp()).collect();
+            let z: f64 = w.iter().sum();
+            for (a, b) in q.iter().zip(&w) {
+                assert!((a - b / z).abs() <= 1e-13 * (b / z) + 1e-300, "n {n}, radius {radius}: {a} vs {}", b / z);
             }
         }
     }
