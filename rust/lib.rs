@@ -263,6 +263,10 @@ pub fn solve_rows<T: Real>(losses: &[T], columns: usize, options: &Options, out:
         )));
     }
     let rows = losses.len() / columns;
+    if rows == 1 {
+        // One problem, the usual call: no slicing per row, no iterator to collect.
+        return Ok(vec![solve(losses, options, out)?]);
+    }
     let per_row = |name: &str, len: usize| -> Result<bool> {
         if len == columns {
             Ok(false)

@@ -216,3 +216,16 @@ def test_worst_case_raises_the_same():
         worst_case(L, "entropy", radius=0.1)
     with pytest.raises(ValueError, match="all zero"):
         worst_case(L, "tv", radius=0.1, reference=[0, 0, 0])
+
+
+@pytest.mark.parametrize("name", [3, None, b"kl"])
+def test_an_ambiguity_that_is_not_a_string_is_a_type_error(name):
+    with pytest.raises(TypeError, match="ambiguity must be a str"):
+        robust_weights(L, name, radius=0.1)
+
+
+def test_a_set_named_by_a_string_built_at_run_time_is_the_same_set():
+    # Literal names are interned and recognised by identity; others are decoded.
+    for name in ["kl", "chi2", "tv"]:
+        built = "".join(list(name))
+        np.testing.assert_array_equal(robust_weights(L, built, radius=0.1), robust_weights(L, name, radius=0.1))
