@@ -40,8 +40,9 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Ou
     let scale = batch.scale();
     let (eta, iterations, total) = match active_set_threshold(batch, &scale, radius) {
         Some((eta, passes, false, total)) => (eta, passes, total),
-        Some((_, _, true, _)) => return shrunk_into_the_ball(batch, &scale, radius, out),
-        None => match sorted_threshold(batch, &scale, radius) {
+        // No answer, or one from a variance too small to trust: the exact sweep, whose sums
+        // are lifted where the gaps are tiny.
+        _ => match sorted_threshold(batch, &scale, radius) {
             Some(eta) => (eta, MAX_PASSES + 1, None),
             None => return shrunk_into_the_ball(batch, &scale, radius, out),
         },
@@ -191,9 +192,20 @@ impl Michelot {
 /// the root below m of (v + (m - eta)^2) = c P (m - eta)^2, c = 1 + 2 rho. None when no root
 /// exists on this set.
 fn closed_form(radius: f64, mass: f64, outside: f64, mean: f64, variance: f64) -> Option<f64> {
-    let denominator = 2.0 * radius * mass - outside;
-    (denominator > 0.0).then(|| mean - (variance.max(0.0) / denominator).sqrt())
+    closed_form_spread(radius, mass, outside, mean, variance.max(0.0).sqrt())
 }
+
+/// `closed_form` from the standard deviation of the set, which may be far below the square
+/// root of the smallest float.
+fn closed_form_spread(radius: f64, mass: f64, outside: f64, mean: f64, spread: f64) -> Option<f64> {
+    let denominator = 2.0 * radius * mass - outside;
+    (denominator > 0.0).then(|| mean - spread / denominator.sqrt())
+}
+
+/// The sorted sweep's lift of the gaps: at most 2^1000 (gaps down to the smallest subnormal
+/// then square to normal numbers), lowered by 2^500 at a time as the gaps widen.
+const LIFT_MAX: f64 = 1.0715086071862673e301; // 2^1000
+const LIFT_STEP: f64 = 3.273390607896142e150; // 2^500
 
 /// The threshold, the passes, and whether a variance below 1e-290 went into it: the squares of
 /// losses closer than 1e-145 of their range are subnormal or zero, and such a threshold may put
@@ -252,23 +264,44 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Op
     for k in (0..points.len()).rev() {
         outside[k] = outside[k + 1] + points[k].1;
     }
-    let (mut mass, mut first, mut second) = (0.0, 0.0, 0.0);
+    // Sums of p d and p d^2 for d = (u - max) * lift, the lift a power of two that keeps the
+    // gaps of the segments so far near 1: the squares of losses closer than 1e-160 of their
+    // range underflowed unlifted, and no segment had a root (found by the scipy tests: V* -0.2
+    // for losses (-1, 1e-200, 0) at radius 0.7, where q puts 0.887 and 0.113 on the top two).
+    let max = points.first().map_or(0.0, |&(u, _)| u);
+    let (mut lift, mut mass, mut first, mut second) = (1.0_f64, 0.0, 0.0, 0.0);
     let mut at_a_boundary = None;
     let mut k = 0;
     while k < points.len() {
         let top = points[k].0;
+        let gap = max - top;
+        if gap > 0.0 && gap * lift < 0.5 && lift < LIFT_MAX {
+            // The first gap: lift it to [0.5, 1) (a power of two, so exactly).
+            let up = f64::powi(2.0, (-gap.log2().floor() as i32 - 1).clamp(0, 1000));
+            lift = (lift * up).min(LIFT_MAX);
+        }
+        while gap * lift > LIFT_STEP && lift > 1.0 {
+            // The segments have widened: lift less, so that no square overflows.
+            lift /= LIFT_STEP;
+            first /= LIFT_STEP;
+            second /= LIFT_STEP * LIFT_STEP;
+        }
         while k < points.len() && points[k].0 == top {
             let (u, p) = points[k];
+            let d = (u - max) * lift;
             mass += p;
-            first += p * u;
-            second += p * u * u;
+            first += p * d;
+            second += p * d * d;
             k += 1;
         }
         let next = points.get(k).map_or(f64::NEG_INFINITY, |&(u, _)| u);
-        let mean = first / mass;
-        if let Some(eta) = closed_form(radius, mass, outside[k], mean, second / mass - mean * mean) {
+        let lifted_mean = first / mass;
+        let spread = (second / mass - lifted_mean * lifted_mean).max(0.0).sqrt() / lift;
+        if let Some(eta) = closed_form_spread(radius, mass, outside[k], max + lifted_mean / lift, spread) {
             if eta >= next && eta < top {
-                return Some(eta);
+                // Checked: the sweep also answers for the active sets whose variance was too
+                // small to trust, where rounding can still decide.
+                return Some(eta).filter(|&eta| inside_the_ball(&points, eta, radius));
             }
             // The exact threshold may sit on a loss, the boundary of two segments, where
             // rounding puts each segment's root just outside it (found by hypothesis: losses
@@ -289,7 +322,7 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Op
         return Some(eta);
     }
     // For c P(argmax) < 1 the last segment always has a root, but not always after rounding:
-    // with losses closer than 1e-160 of their range the scaled ones differ by subnormals.
+    // where the gaps are subnormal (losses closer than 1e-308 of their range) even lifted.
     None
 }
 
@@ -383,6 +416,18 @@ mod tests {
             check_invariants(&losses, None, &q, &solution);
             assert!((solution.value - 1.0).abs() < 1e-12, "{top:?}: {solution:?}");
             assert!(divergence(&q, &[1.0 / 6.0; 6]) <= 1.0 + 1e-12, "{q:?}");
+        }
+    }
+
+    /// Found by the scipy tests: the top two losses 1e-200 apart, whose squares underflowed
+    /// in the sweep, so that no segment had a root (V* -0.2 from the fallback, not ~0).
+    #[test]
+    fn top_losses_closer_than_the_square_root_of_the_smallest_float_keep_their_threshold() {
+        for gap in [1e-17, 1e-160, 1e-200, 1e-300, 1e-307] {
+            let losses = [-1.0, gap, 0.0];
+            let (q, solution) = solve_f64(&losses, &options(Ambiguity::Chi2, Budget::Radius(0.7)));
+            check_invariants(&losses, None, &q, &solution);
+            assert!((q[1] - 0.8872983346207417).abs() < 1e-9 && q[0] == 0.0, "gap {gap}: {q:?}");
         }
     }
 

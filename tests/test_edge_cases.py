@@ -199,16 +199,12 @@ def test_value_and_dual_are_reported_per_row():
     assert worst_case(losses[0], "chi2", penalty=1.0).radius is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, reported: chi2's variance underflows when the top losses are closer than "
-    "~1e-160 of the spread; the active set and the sorted sweep both find no root and the "
-    "fallback threshold leaves V* = -0.2 instead of ~0",
-)
-def test_chi2_top_losses_closer_than_the_square_root_of_the_smallest_float():
-    # Found by tests/test_reference_solvers.py (thorough profile). The answer does not depend
-    # on the gap once it is small: [-1, 1e-17, 0] gives q = (0, 0.887, 0.113) too.
-    solution = worst_case(np.array([-1.0, 1e-200, 0.0]), "chi2", radius=0.7)
+@pytest.mark.parametrize("gap", [1e-17, 1e-200, 1e-300])
+def test_chi2_top_losses_closer_than_the_square_root_of_the_smallest_float(gap):
+    # Found by tests/test_reference_solvers.py (thorough profile): below a gap of ~1e-160 the
+    # squares underflowed, no segment had a root, and the fallback left V* = -0.2 instead of
+    # ~0. The answer does not depend on the gap once it is small.
+    solution = worst_case(np.array([-1.0, gap, 0.0]), "chi2", radius=0.7)
     np.testing.assert_allclose(solution.weights, [0.0, 0.8872983346207417, 0.1127016653792583], atol=1e-9)
     assert solution.value >= 0.0
 
