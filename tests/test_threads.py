@@ -4,6 +4,9 @@ overlap), including 2-D batches that the core itself splits over its own threads
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -55,3 +58,25 @@ def test_threads_sharing_one_input_array():
         results = list(pool.map(lambda _: robust_weights(losses, "chi2", radius=0.5), range(64)))
     for got in results:
         np.testing.assert_array_equal(got, expected)
+
+
+DIGESTS = """
+import hashlib, numpy as np
+from dro_rebel import robust_weights
+losses = np.random.default_rng(13).gamma(2.0, size=300_001)
+for ambiguity, size in {sets!r}:
+    print(hashlib.sha256(robust_weights(losses, ambiguity, **size).tobytes()).hexdigest())
+"""
+
+
+def test_answers_do_not_depend_on_the_number_of_threads():
+    # The core's passes split large batches into chunks fixed by their length alone, so the
+    # weights are the same to the last bit on a machine with any number of cores.
+    def digests(threads):
+        env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+        script = DIGESTS.format(sets=SETS)
+        return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+
+    one = digests(1)
+    assert len(one.split()) == len(SETS)
+    assert digests(3) == one
