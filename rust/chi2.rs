@@ -202,9 +202,8 @@ fn closed_form_spread(radius: f64, mass: f64, outside: f64, mean: f64, spread: f
     (denominator > 0.0).then(|| mean - spread / denominator.sqrt())
 }
 
-/// The sorted sweep's lift of the gaps: at most 2^1000 (gaps down to the smallest subnormal
-/// then square to normal numbers), lowered by 2^500 at a time as the gaps widen.
-const LIFT_MAX: f64 = 1.0715086071862673e301; // 2^1000
+/// How far the sorted sweep lowers its lift of the gaps at a time as they widen, so that no
+/// square overflows.
 const LIFT_STEP: f64 = 3.273390607896142e150; // 2^500
 
 /// The threshold, the passes, and whether a variance below 1e-290 went into it: the squares of
@@ -264,22 +263,20 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Op
     for k in (0..points.len()).rev() {
         outside[k] = outside[k + 1] + points[k].1;
     }
-    // Sums of p d and p d^2 for d = (u - max) * lift, the lift a power of two that keeps the
-    // gaps of the segments so far near 1: the squares of losses closer than 1e-160 of their
-    // range underflowed unlifted, and no segment had a root (found by the scipy tests: V* -0.2
-    // for losses (-1, 1e-200, 0) at radius 0.7, where q puts 0.887 and 0.113 on the top two).
+    // Sums of p d and p d^2 for d = (u - max) * lift, the lift a power of two (so exact) that
+    // takes the first gap below the max to [0.5, 1), at most 2^1000: the squares of losses
+    // closer than 1e-160 of their range underflowed unlifted, and no segment had a root (found
+    // by the scipy tests: V* -0.2 for losses (-1, 1e-200, 0) at radius 0.7, where q puts 0.887
+    // and 0.113 on the top two).
     let max = points.first().map_or(0.0, |&(u, _)| u);
-    let (mut lift, mut mass, mut first, mut second) = (1.0_f64, 0.0, 0.0, 0.0);
+    let first_gap = points.iter().map(|&(u, _)| max - u).find(|&gap| gap > 0.0).unwrap_or(1.0);
+    let mut lift = f64::powi(2.0, (-first_gap.log2().floor() as i32 - 1).clamp(0, 1000));
+    let (mut mass, mut first, mut second) = (0.0, 0.0, 0.0);
     let mut at_a_boundary = None;
     let mut k = 0;
     while k < points.len() {
         let top = points[k].0;
         let gap = max - top;
-        if gap > 0.0 && gap * lift < 0.5 && lift < LIFT_MAX {
-            // The first gap: lift it to [0.5, 1) (a power of two, so exactly).
-            let up = f64::powi(2.0, (-gap.log2().floor() as i32 - 1).clamp(0, 1000));
-            lift = (lift * up).min(LIFT_MAX);
-        }
         while gap * lift > LIFT_STEP && lift > 1.0 {
             // The segments have widened: lift less, so that no square overflows.
             lift /= LIFT_STEP;

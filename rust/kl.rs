@@ -214,7 +214,6 @@ struct Fold {
 /// |w| near 700 cost 1e-13 of the sum; fuzzing), in a few serial passes this rare case can
 /// afford.
 fn finish<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, z: f64, fold: Option<Fold>, out: &mut [T]) -> f64 {
-    let step = fold.as_ref().map_or(0.0, |f| f.step);
     if batch.mass_at_max >= TINY_MASS_AT_MAX {
         let Some(Fold { step, moments: [m1, m2, m3] }) = fold else {
             return passes::normalise(batch.losses, out, z);
@@ -226,7 +225,7 @@ fn finish<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, z: f64, fold: Opt
             1.0 + x * (1.0 + x / 2.0 * (1.0 + x / 3.0))
         });
     }
-    let beta = beta + step;
+    let beta = beta + fold.map_or(0.0, |f| f.step);
     let log_weight = |i: usize, l: T| {
         let p = batch.reference.at(i);
         if p > 0.0 { beta * scale.u(l.to_f64()) + p.ln() } else { f64::NEG_INFINITY }

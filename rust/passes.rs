@@ -22,17 +22,8 @@ pub fn sum<T: Real, const K: usize>(
     reference: &Reference,
     term: impl Fn(f64, f64) -> [f64; K] + Sync,
 ) -> [f64; K] {
-    let chunks = chunk_len(losses.len());
-    if chunks == losses.len() {
-        return sum_dispatch(losses, reference.slice(0, losses.len()), reference.scale(), &term);
-    }
-    in_order(
-        losses
-            .par_chunks(chunks)
-            .enumerate()
-            .map(|(c, part)| sum_dispatch(part, reference.slice(c * chunks, part.len()), reference.scale(), &term))
-            .collect(),
-    )
+    let scale = reference.scale();
+    fold_chunks(losses, reference, |part, weights| sum_dispatch(part, weights, scale, &term), add)
 }
 
 /// out_i = weight(l_i, p_i) for every i, and returns sum_i stats(l_i, out_i) (K sums in f64).
@@ -44,7 +35,9 @@ pub fn write<T: Real, const K: usize>(
     stats: impl Fn(f64, f64) -> [f64; K] + Sync,
 ) -> [f64; K] {
     let scale = reference.scale();
-    over_chunks(losses, reference, out, |part, weights, out| write_dispatch(part, weights, scale, out, &weight, &stats))
+    write_chunks(losses, out, |part, out, start| {
+        write_dispatch(part, reference.slice(start, part.len()), scale, out, &weight, &stats)
+    })
 }
 
 /// `write` for weights that are an exponential: out_i = weight(exp(exponent(l_i)), p_i) with
@@ -60,36 +53,35 @@ pub fn write_exp<T: Real, const K: usize>(
     stats: impl Fn(f64, f64) -> [f64; K] + Sync,
 ) -> [f64; K] {
     let scale = reference.scale();
-    over_chunks(losses, reference, out, |part, weights, out| {
-        write_exp_dispatch(part, weights, scale, out, &exponent, &weight, &stats)
+    write_chunks(losses, out, |part, out, start| {
+        write_exp_dispatch(part, reference.slice(start, part.len()), scale, out, &exponent, &weight, &stats)
     })
 }
 
-/// serial(losses, raw reference weights, out) over the chunks of the losses and of `out`, in
-/// parallel for large batches; the K sums added in chunk order.
-fn over_chunks<T: Real, const K: usize>(
+/// serial(losses, out, start) over the chunks of the losses and of `out` (start: the chunk's
+/// first index), in parallel for large batches; the K sums added in chunk order.
+fn write_chunks<T: Real, const K: usize>(
     losses: &[T],
-    reference: &Reference,
     out: &mut [T],
-    serial: impl Fn(&[T], Option<&[f64]>, &mut [T]) -> [f64; K] + Sync,
+    serial: impl Fn(&[T], &mut [T], usize) -> [f64; K] + Sync,
 ) -> [f64; K] {
     let chunks = chunk_len(losses.len());
     if chunks == losses.len() {
-        return serial(losses, reference.slice(0, losses.len()), out);
+        return serial(losses, out, 0);
     }
-    in_order(
-        losses
-            .par_chunks(chunks)
-            .zip(out.par_chunks_mut(chunks))
-            .enumerate()
-            .map(|(c, (part, o))| serial(part, reference.slice(c * chunks, part.len()), o))
-            .collect(),
-    )
+    let parts: Vec<[f64; K]> = losses
+        .par_chunks(chunks)
+        .zip(out.par_chunks_mut(chunks))
+        .enumerate()
+        .map(|(c, (part, o))| serial(part, o, c * chunks))
+        .collect();
+    parts.into_iter().reduce(add).expect("a non-empty batch has a chunk")
 }
 
 /// part(losses, raw reference weights) over the chunks of the losses, in parallel for large
-/// batches, merged in chunk order: the passes that are not sums (a histogram, the losses of one
-/// bin) split the work as the sums do.
+/// batches, merged in chunk order (rayon's `reduce` would merge in whatever order its splits
+/// take, and the sums' last bits would follow the number of threads): the sums, and the passes
+/// that are not sums (the extremes, a histogram, the losses of one bin).
 pub fn fold_chunks<T: Real, R: Send>(
     losses: &[T],
     reference: &Reference,
@@ -111,21 +103,16 @@ pub fn fold_chunks<T: Real, R: Send>(
 /// The extremes of the losses on the support of p, and the mass of p at the max, in one pass;
 /// None if any loss (also where p is zero) is NaN or infinite.
 pub fn extremes<T: Real>(losses: &[T], reference: &Reference) -> Option<Extremes> {
-    let chunks = chunk_len(losses.len());
-    let serial = |part: &[T], start: usize| {
-        let weights = reference.slice(start, part.len());
+    let scale = reference.scale();
+    let serial = |part: &[T], weights: Option<&[f64]>| {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: the processor supports AVX2.
-            return unsafe { extremes_serial_avx2(part, weights, reference.scale()) };
+            return unsafe { extremes_serial_avx2(part, weights, scale) };
         }
-        extremes_serial(part, weights, reference.scale())
+        extremes_serial(part, weights, scale)
     };
-    if chunks == losses.len() {
-        return serial(losses, 0);
-    }
-    let parts: Vec<Option<Extremes>> = losses.par_chunks(chunks).enumerate().map(|(c, part)| serial(part, c * chunks)).collect();
-    parts.into_iter().try_fold(Extremes::EMPTY, |a, b| Some(a.merge(b?)))
+    fold_chunks(losses, reference, serial, |a, b| Some(a?.merge(b?)))
 }
 
 #[inline(always)]
@@ -216,8 +203,7 @@ pub fn normalise_by<T: Real>(losses: &[T], out: &mut [T], total: f64, factor: im
         }
         normalise_serial(part, out, total, &factor)
     };
-    // No reference here: the uniform one only lends its chunking.
-    let [value] = over_chunks(losses, &Reference::uniform(losses.len()), out, |part, _, out| [serial(part, out)]);
+    let [value] = write_chunks(losses, out, |part, out, _| [serial(part, out)]);
     value
 }
 
@@ -303,12 +289,6 @@ fn chunk_len(n: usize) -> usize {
     }
     let chunks = (n >> 15).clamp(2, 16);
     n.div_ceil(chunks).next_multiple_of(LANES)
-}
-
-/// The chunks' sums added in chunk order (rayon's `reduce` adds them in whatever order its
-/// splits take).
-fn in_order<const K: usize>(parts: Vec<[f64; K]>) -> [f64; K] {
-    parts.into_iter().fold([0.0; K], add)
 }
 
 /// Elements per block: the block's terms stay in L1 between the map and the reduction.
