@@ -158,7 +158,7 @@ pub fn solve_temperature<T: Real>(batch: &Batch<T>, tau: f64, out: &mut [T]) -> 
 /// instead of four in the exp pass.
 fn write_tilt<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, out: &mut [T]) -> f64 {
     let lift = lift(batch);
-    let [z] = passes::write_exp(batch.losses, &batch.reference, out, |l| beta * scale.u(l), |e, p| tilted(e, p, lift), |_, w| [w]);
+    let [z] = passes::write_exp(batch.losses, &batch.reference, out, (|l| scale.u(l), beta), |e, p| tilted(e, p, lift), |_, w| [w]);
     finish(batch, scale, beta, z, None, out)
 }
 
@@ -259,12 +259,9 @@ impl Tilt {
             batch.losses,
             &batch.reference,
             out,
-            |l| beta * scale.u(l),
+            (|l| scale.u(l), beta),
             |e, p| tilted(e, p, lift),
-            |l, w| {
-                let u = scale.u(l);
-                [w, w * u, w * u * u, w * u * u * u]
-            },
+            |u, w| [w, w * u, w * u * u, w * u * u * u],
         );
         Tilt { z, log_lift: lift.ln(), mean: m1 / z, second: m2 / z, third: m3 / z }
     }
