@@ -135,10 +135,8 @@ fn dense_indices(labels: &[i64]) -> Result<Vec<usize>> {
         for &g in labels {
             table[g as usize] = 0;
         }
-        let mut next = 0;
-        for slot in table.iter_mut().filter(|s| **s == 0) {
+        for (next, slot) in table.iter_mut().filter(|s| **s == 0).enumerate() {
             *slot = next;
-            next += 1;
         }
         Ok(labels.iter().map(|&g| table[g as usize]).collect())
     } else {

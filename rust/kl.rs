@@ -441,7 +441,7 @@ mod tests {
     #[test]
     fn a_tiny_variance_does_not_overflow_the_first_guess() {
         let reference = [3.732135242e-314, 1.1754943508222875e-38, 0.0, 62.0, 0.0, 0.0];
-        let losses: [f32; 6] = [1.0, 0.0, 0.0, 0.0, 3.4028234663852886e38, 0.0];
+        let losses: [f32; 6] = [1.0, 0.0, 0.0, 0.0, f32::MAX, 0.0];
         let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Radius(48.7490234375)) };
         let mut q = [f32::NAN; 6];
         crate::solve(&losses[..], &opts, &mut q).unwrap();

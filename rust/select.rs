@@ -30,7 +30,7 @@ pub fn quantile<T: Real>(batch: &Batch<T>, target: f64, sign: f64) -> Quantile {
     let n = batch.len();
     let (low, high) = if sign > 0.0 { (batch.min, batch.max) } else { (-batch.max, -batch.min) };
     let mut beyond_bin = 0.0;
-    let mut items = if n < HISTOGRAM_MIN || !(high > low) {
+    let mut items = if n < HISTOGRAM_MIN || high <= low {
         collect(batch, sign, true, |_| true)
     } else {
         let bins = Bins::new(low, high, (n / 8).next_power_of_two().min(MAX_BINS));
