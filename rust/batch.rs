@@ -32,14 +32,10 @@ impl<'a> Reference<'a> {
         let mut total = 0.0;
         for (i, &w) in weights.iter().enumerate() {
             if !w.is_finite() {
-                return Err(CoreError::Reference(format!(
-                    "reference must be finite, got {w} at index {i}"
-                )));
+                return Err(CoreError::Reference(format!("reference must be finite, got {w} at index {i}")));
             }
             if w < 0.0 {
-                return Err(CoreError::Reference(format!(
-                    "reference must be non-negative, got {w} at index {i}"
-                )));
+                return Err(CoreError::Reference(format!("reference must be non-negative, got {w} at index {i}")));
             }
             total += w;
         }
@@ -102,7 +98,12 @@ impl<'a, T: Real> Batch<'a, T> {
             return Err(CoreError::Losses("losses are empty: a batch needs at least one sample".into()));
         }
         let Some(extremes) = passes::extremes(losses, &reference) else {
-            let (i, l) = losses.iter().enumerate().find(|(_, l)| !l.to_f64().is_finite()).map(|(i, l)| (i, l.to_f64())).unwrap_or((0, f64::NAN));
+            let (i, l) = losses
+                .iter()
+                .enumerate()
+                .find(|(_, l)| !l.to_f64().is_finite())
+                .map(|(i, l)| (i, l.to_f64()))
+                .unwrap_or((0, f64::NAN));
             return Err(CoreError::Losses(format!("losses must be finite, got {l} at index {i}")));
         };
         let Extremes { max, min, mass_at_max } = extremes;
@@ -157,7 +158,13 @@ impl<'a, T: Real> Batch<'a, T> {
     pub fn write_argmax(&self, out: &mut [T]) -> f64 {
         // p / mass, not p * (1 / mass): a subnormal mass has no finite reciprocal (fuzzing).
         let (max, mass) = (self.max, self.mass_at_max);
-        passes::write(self.losses, &self.reference, out, |l, p| if l == max && p > 0.0 { p / mass } else { 0.0 }, |_, _| []);
+        passes::write(
+            self.losses,
+            &self.reference,
+            out,
+            |l, p| if l == max && p > 0.0 { p / mass } else { 0.0 },
+            |_, _| [],
+        );
         max
     }
 

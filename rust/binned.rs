@@ -35,7 +35,11 @@ struct Moments([f64; 4]);
 
 /// The dual variable that `solve` finds on the binned problem (two points a bin, in the units
 /// of u), or None below BINNED_MIN or where the binned solve reports none.
-pub fn binned_dual<T: Real>(batch: &Batch<T>, scale: &Scale, solve: impl Fn(&Batch<f64>, &mut [f64]) -> Outcome) -> Option<f64> {
+pub fn binned_dual<T: Real>(
+    batch: &Batch<T>,
+    scale: &Scale,
+    solve: impl Fn(&Batch<f64>, &mut [f64]) -> Outcome,
+) -> Option<f64> {
     let n = batch.len();
     if n < BINNED_MIN {
         return None;
@@ -72,7 +76,14 @@ struct Scratch {
 /// loss first, in a loop that vectorises, then the scattered sums (compiled again for AVX2
 /// below).
 #[inline(always)]
-fn add_block<T: Real>(histogram: &mut [Moments], scratch: &mut Scratch, block: &[T], weights: Option<&[f64]>, reference_scale: f64, scale: &Scale) {
+fn add_block<T: Real>(
+    histogram: &mut [Moments],
+    scratch: &mut Scratch,
+    block: &[T],
+    weights: Option<&[f64]>,
+    reference_scale: f64,
+    scale: &Scale,
+) {
     let bins = histogram.len();
     let (per_unit, width, last) = (bins as f64, 1.0 / bins as f64, (bins - 1) as f64);
     let Scratch { index, offset } = scratch;
@@ -106,11 +117,25 @@ fn add_block<T: Real>(histogram: &mut [Moments], scratch: &mut Scratch, block: &
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn add_block_avx2<T: Real>(histogram: &mut [Moments], scratch: &mut Scratch, block: &[T], weights: Option<&[f64]>, reference_scale: f64, scale: &Scale) {
+unsafe fn add_block_avx2<T: Real>(
+    histogram: &mut [Moments],
+    scratch: &mut Scratch,
+    block: &[T],
+    weights: Option<&[f64]>,
+    reference_scale: f64,
+    scale: &Scale,
+) {
     add_block(histogram, scratch, block, weights, reference_scale, scale)
 }
 
-fn add_block_dispatch<T: Real>(histogram: &mut [Moments], scratch: &mut Scratch, block: &[T], weights: Option<&[f64]>, reference_scale: f64, scale: &Scale) {
+fn add_block_dispatch<T: Real>(
+    histogram: &mut [Moments],
+    scratch: &mut Scratch,
+    block: &[T],
+    weights: Option<&[f64]>,
+    reference_scale: f64,
+    scale: &Scale,
+) {
     #[cfg(target_arch = "x86_64")]
     if passes::has_avx2() {
         // SAFETY: the processor supports AVX2.
@@ -202,7 +227,8 @@ mod tests {
     #[test]
     fn a_bin_of_one_value_is_one_point_and_an_empty_bin_none() {
         let d = 1e-5_f64;
-        let points: Vec<(f64, f64)> = two_points(0.25, &Moments([0.5, 0.5 * d, 0.5 * d * d, 0.5 * d * d * d])).collect();
+        let points: Vec<(f64, f64)> =
+            two_points(0.25, &Moments([0.5, 0.5 * d, 0.5 * d * d, 0.5 * d * d * d])).collect();
         assert_eq!(points.len(), 1);
         assert!((points[0].0 - (0.25 + d)).abs() < 1e-15 && points[0].1 == 0.5);
         assert_eq!(two_points(0.25, &Moments::default()).count(), 0);

@@ -127,7 +127,8 @@ fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, total: Op
         // sum p f = S1 / -eta; p f and the sum are products of normal numbers here.
         let known = total.map(|s1| s1 * lift * inv).filter(|t| t.is_finite() && *t > 0.0);
         if let Some(inv_total) = known.map(|t| 1.0 / t).filter(|i| i.is_finite()) {
-            let [value] = passes::write(batch.losses, &batch.reference, out, |l, p| p * factor(l) * inv_total, |l, q| [q * l]);
+            let [value] =
+                passes::write(batch.losses, &batch.reference, out, |l, p| p * factor(l) * inv_total, |l, q| [q * l]);
             return value;
         }
         return batch.write_normalised(out, |l, p| p * factor(l));
@@ -137,7 +138,13 @@ fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, total: Op
     // 2^500 so that their product stays normal.
     let [total] = passes::sum(batch.losses, &batch.reference, |l, p| [p * factor(l)]);
     let (up, inv_total) = (f64::powi(2.0, 500), 1.0 / (total * f64::powi(2.0, 1000)));
-    let [value] = passes::write(batch.losses, &batch.reference, out, |l, p| (p * up) * (factor(l) * up) * inv_total, |l, q| [q * l]);
+    let [value] = passes::write(
+        batch.losses,
+        &batch.reference,
+        out,
+        |l, p| (p * up) * (factor(l) * up) * inv_total,
+        |l, q| [q * l],
+    );
     value
 }
 
@@ -209,7 +216,11 @@ const LIFT_STEP: f64 = 3.273390607896142e150; // 2^500
 /// The threshold, the passes, and whether a variance below 1e-290 went into it: the squares of
 /// losses closer than 1e-145 of their range are subnormal or zero, and such a threshold may put
 /// q outside the ball (found by fuzzing: chi2 1.095 for radius 0.703).
-fn active_set_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Option<(f64, u32, bool, Option<f64>)> {
+fn active_set_threshold<T: Real>(
+    batch: &Batch<T>,
+    scale: &Scale,
+    radius: f64,
+) -> Option<(f64, u32, bool, Option<f64>)> {
     let mut threshold = f64::NEG_INFINITY;
     let mut shift = 0.0;
     let mut previous = usize::MAX;
@@ -448,7 +459,15 @@ mod tests {
     #[test]
     fn a_threshold_on_a_loss_only_where_q_stays_in_the_ball() {
         let losses = [2.1250000000000002e-23, -1.0, 2.2250738585072014e-308, -8207.999999999998, 0.0, 0.0, 0.0];
-        let reference = [2.2250738585072014e-308, 9.999999999999994e-271, 3e38, 3.4028234663852886e38, 1.7976931348623157e308, 0.0, 0.0];
+        let reference = [
+            2.2250738585072014e-308,
+            9.999999999999994e-271,
+            3e38,
+            3.4028234663852886e38,
+            1.7976931348623157e308,
+            0.0,
+            0.0,
+        ];
         let radius = 0.7031204699778744;
         let opts = Options { reference: Some(&reference), ..options(Ambiguity::Chi2, Budget::Radius(radius)) };
         let (q, solution) = solve_f64(&losses, &opts);
@@ -476,7 +495,10 @@ mod tests {
             let support: Vec<f64> = losses.iter().zip(&p).filter(|(_, &b)| b > 0.0).map(|(l, _)| *l).collect();
             let flat = support.iter().all(|&l| l == support[0]);
             if !saturated && !flat {
-                assert!((chi2 - radius).abs() <= 1e-9 * radius, "chi2 {chi2} != radius {radius}: {losses:?} {reference:?} {solution:?}");
+                assert!(
+                    (chi2 - radius).abs() <= 1e-9 * radius,
+                    "chi2 {chi2} != radius {radius}: {losses:?} {reference:?} {solution:?}"
+                );
             }
         }
     }
@@ -586,8 +608,35 @@ mod tests {
     fn when_rounding_leaves_no_root_the_weights_stay_in_the_ball() {
         let (z, m) = (0.0, -1e300);
         let losses = [
-            z, z, z, z, z, z, m, m, m, z, z, 1.6000000000000002e-23, m, m, m, m, m, m, z, -6.6e-23, m, m, z, z, m, m,
-            -1.13e-22, 1.4305664062500002e-23, 1.8702e-319,
+            z,
+            z,
+            z,
+            z,
+            z,
+            z,
+            m,
+            m,
+            m,
+            z,
+            z,
+            1.6000000000000002e-23,
+            m,
+            m,
+            m,
+            m,
+            m,
+            m,
+            z,
+            -6.6e-23,
+            m,
+            m,
+            z,
+            z,
+            m,
+            m,
+            -1.13e-22,
+            1.4305664062500002e-23,
+            1.8702e-319,
         ];
         let radius = 0.7031204699778744;
         let (q, solution) = solve_f64(&losses, &options(Ambiguity::Chi2, Budget::Radius(radius)));

@@ -52,7 +52,11 @@ fn write_weights<T: Real>(
         |l, p| {
             let (top, tied) = (capped(p), (p / at * left).min(capped(p)));
             let q = if l > eta { top } else { 0.0 };
-            if l == eta { tied } else { q }
+            if l == eta {
+                tied
+            } else {
+                q
+            }
         },
         |l, q| [q * l],
     );
@@ -81,8 +85,8 @@ mod tests {
             }
             // The dual's value at eta equals V*.
             let eta = solution.dual.unwrap();
-            let dual: f64 = eta
-                + losses.iter().zip(&reference).map(|(l, p)| p / total * (l - eta).max(0.0)).sum::<f64>() / alpha;
+            let dual: f64 =
+                eta + losses.iter().zip(&reference).map(|(l, p)| p / total * (l - eta).max(0.0)).sum::<f64>() / alpha;
             assert!((dual - solution.value).abs() < 1e-9 * (1.0 + dual.abs()), "dual {dual} vs {}", solution.value);
         }
     }
@@ -127,7 +131,8 @@ mod tests {
     fn ties_at_the_quantile_share_in_proportion_to_p() {
         let losses = [0.0, 0.0, 4.6e-91, 0.0, 0.0, -1.0];
         let reference = [101.0, 21.0, 45.0, 1.673387709521195e131, 1.0000000000000007e281, 21.0];
-        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Cvar, Budget::Alpha(1.1754943508222875e-38)) };
+        let opts =
+            Options { reference: Some(&reference), ..options(Ambiguity::Cvar, Budget::Alpha(1.1754943508222875e-38)) };
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
         let ratio = |i: usize| q[i] / reference[i];

@@ -23,10 +23,7 @@ impl Grouped {
     pub fn new<T: Real>(losses: &[T], reference: &Reference, labels: &[i64]) -> Result<Self> {
         let n = losses.len();
         if labels.len() != n {
-            return Err(CoreError::Groups(format!(
-                "groups has length {} but there are {n} losses",
-                labels.len()
-            )));
+            return Err(CoreError::Groups(format!("groups has length {} but there are {n} losses", labels.len())));
         }
         let group_of = dense_indices(labels)?;
         let count = group_of.iter().max().map_or(0, |&g| g + 1);
@@ -73,10 +70,7 @@ impl Grouped {
             }
             Geometry::Cost(costs) => {
                 if costs.len() != n * n {
-                    return Err(CoreError::Geometry(format!(
-                        "cost has {} entries; it needs {n} x {n}",
-                        costs.len()
-                    )));
+                    return Err(CoreError::Geometry(format!("cost has {} entries; it needs {n} x {n}", costs.len())));
                 }
                 let mut between = vec![0.0; count * count];
                 for (i, row) in costs.chunks_exact(n).enumerate() {
@@ -123,9 +117,7 @@ fn dense_indices(labels: &[i64]) -> Result<Vec<usize>> {
     let mut max = 0_i64;
     for (i, &g) in labels.iter().enumerate() {
         if g < 0 {
-            return Err(CoreError::Groups(format!(
-                "group labels must be non-negative, got {g} at index {i}"
-            )));
+            return Err(CoreError::Groups(format!("group labels must be non-negative, got {g} at index {i}")));
         }
         max = max.max(g);
     }
@@ -168,7 +160,11 @@ mod tests {
         let losses = [-1.2199999999999996e-222, -9.999999999999993e-290];
         let reference = [60.0, 1.0000000000000002e105];
         let groups = [5332262138243363469, 0];
-        let opts = Options { reference: Some(&reference), groups: Some(&groups), ..options(Ambiguity::Tv, Budget::Radius(1e67)) };
+        let opts = Options {
+            reference: Some(&reference),
+            groups: Some(&groups),
+            ..options(Ambiguity::Tv, Budget::Radius(1e67))
+        };
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
         assert_eq!(q, vec![0.0, 1.0]);
@@ -181,7 +177,11 @@ mod tests {
         let losses = [1.0, 1.0000000000000002e104, 1.0000000000000002e104];
         let reference = [0.0, 1.0000000000000002e104, 9.999999999999997e-211];
         let groups = [8091279706313963190, 2021167143483240, 0];
-        let opts = Options { reference: Some(&reference), groups: Some(&groups), ..options(Ambiguity::Kl, Budget::Radius(0.822265625)) };
+        let opts = Options {
+            reference: Some(&reference),
+            groups: Some(&groups),
+            ..options(Ambiguity::Kl, Budget::Radius(0.822265625))
+        };
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
         assert!((q.iter().sum::<f64>() - 1.0).abs() < 1e-15, "{q:?}");
@@ -194,7 +194,11 @@ mod tests {
         let losses = [-1e23, -1.0000000000000005e288, 2.599999999999999e-160];
         let reference = [1.0, 1.0000000000000005e288, 0.0];
         let groups = [1903265726780051, 3, 0];
-        let opts = Options { reference: Some(&reference), groups: Some(&groups), ..options(Ambiguity::Tv, Budget::Radius(0.0)) };
+        let opts = Options {
+            reference: Some(&reference),
+            groups: Some(&groups),
+            ..options(Ambiguity::Tv, Budget::Radius(0.0))
+        };
         let (q, solution) = solve_f64(&losses, &opts);
         check_invariants(&losses, Some(&reference), &q, &solution);
         assert!((q[0] / 1e-288 - 1.0).abs() < 1e-12, "{q:?}");

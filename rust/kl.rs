@@ -81,7 +81,13 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         } else if hi.is_finite() {
             // sqrt(lo) sqrt(hi): lo * hi overflows once both pass 1e154.
             // With no lower bound yet, come down from a huge hi by square roots, not halvings.
-            if lo > 0.0 { lo.sqrt() * hi.sqrt() } else if hi > 4.0 { hi.sqrt() } else { 0.5 * hi }
+            if lo > 0.0 {
+                lo.sqrt() * hi.sqrt()
+            } else if hi > 4.0 {
+                hi.sqrt()
+            } else {
+                0.5 * hi
+            }
         } else {
             // No slope: Var_q(u) underflowed (losses tied to within 1e-154 of the range near
             // the max), and beta may have to reach 1e300. Square it to get there in a dozen
@@ -146,11 +152,7 @@ pub fn solve_temperature<T: Real>(batch: &Batch<T>, tau: f64, out: &mut [T]) -> 
     }
     let scale = batch.scale();
     let beta = 1.0 / scale.to_u_units(tau);
-    let value = if beta.is_infinite() {
-        batch.write_argmax(out)
-    } else {
-        write_tilt(batch, &scale, beta, out)
-    };
+    let value = if beta.is_infinite() { batch.write_argmax(out) } else { write_tilt(batch, &scale, beta, out) };
     Outcome { value, dual: Some(tau), iterations: 1 }
 }
 
@@ -158,7 +160,14 @@ pub fn solve_temperature<T: Real>(batch: &Batch<T>, tau: f64, out: &mut [T]) -> 
 /// instead of four in the exp pass.
 fn write_tilt<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, out: &mut [T]) -> f64 {
     let lift = lift(batch);
-    let [z] = passes::write_exp(batch.losses, &batch.reference, out, (|l| scale.u(l), beta), move |e, p| tilted(e, p, lift), |_, w| [w]);
+    let [z] = passes::write_exp(
+        batch.losses,
+        &batch.reference,
+        out,
+        (|l| scale.u(l), beta),
+        move |e, p| tilted(e, p, lift),
+        |_, w| [w],
+    );
     finish(batch, scale, beta, z, None, out)
 }
 
@@ -181,7 +190,11 @@ const TINY_MASS_AT_MAX: f64 = 1e-8;
 /// mean lost five digits and the solve ended 6% outside the ball (found by fuzzing). Only there
 /// (float64 then, see `widened`), so that the common path and float32 stay as they were.
 fn lift<T: Real>(batch: &Batch<T>) -> f64 {
-    if batch.mass_at_max < TINY_MASS_AT_MAX { (1.0 / batch.mass_at_max).min(1e300) } else { 1.0 }
+    if batch.mass_at_max < TINY_MASS_AT_MAX {
+        (1.0 / batch.mass_at_max).min(1e300)
+    } else {
+        1.0
+    }
 }
 
 /// Solves a float32 problem in float64 and narrows the answer: with a tiny mass at the max the
@@ -189,7 +202,13 @@ fn lift<T: Real>(batch: &Batch<T>) -> f64 {
 /// float32 (found by fuzzing: NaN weights, or all mass on the wrong point). Rare: one copy.
 fn widened<T: Real>(batch: &Batch<T>, out: &mut [T], solve: impl Fn(&Batch<f64>, &mut [f64]) -> Outcome) -> Outcome {
     let losses: Vec<f64> = batch.losses.iter().map(|l| l.to_f64()).collect();
-    let wide = Batch { losses: &losses, reference: batch.reference, max: batch.max, min: batch.min, mass_at_max: batch.mass_at_max };
+    let wide = Batch {
+        losses: &losses,
+        reference: batch.reference,
+        max: batch.max,
+        min: batch.min,
+        mass_at_max: batch.mass_at_max,
+    };
     let mut q = vec![0.0; losses.len()];
     let outcome = solve(&wide, &mut q);
     for (o, &x) in out.iter_mut().zip(&q) {
@@ -229,7 +248,11 @@ fn finish<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, z: f64, fold: Opt
     let beta = beta + fold.map_or(0.0, |f| f.step);
     let log_weight = |i: usize, l: T| {
         let p = batch.reference.at(i);
-        if p > 0.0 { beta * scale.u(l.to_f64()) + p.ln() } else { f64::NEG_INFINITY }
+        if p > 0.0 {
+            beta * scale.u(l.to_f64()) + p.ln()
+        } else {
+            f64::NEG_INFINITY
+        }
     };
     let top = batch.losses.iter().enumerate().map(|(i, &l)| log_weight(i, l)).fold(f64::NEG_INFINITY, f64::max);
     let sum: f64 = batch.losses.iter().enumerate().map(|(i, &l)| (log_weight(i, l) - top).exp()).sum();
@@ -423,7 +446,8 @@ mod tests {
     fn a_tiny_mass_at_the_max_keeps_every_weight() {
         let reference = [1.7976931348623157e308, 197.0];
         let losses: [f32; 2] = [-1.0, 0.0];
-        let opts = Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Penalty(1.1754943508222875e-38)) };
+        let opts =
+            Options { reference: Some(&reference), ..options(Ambiguity::Kl, Budget::Penalty(1.1754943508222875e-38)) };
         let mut q = [f32::NAN; 2];
         crate::solve(&losses[..], &opts, &mut q).unwrap();
         assert_eq!(q, [0.0, 1.0]);
@@ -486,7 +510,12 @@ mod tests {
         let mut q = [f32::NAN; 4];
         let solution = crate::solve(&losses[..], &opts, &mut q).unwrap();
         let total: f64 = reference.iter().sum();
-        let kl: f64 = q.iter().zip(&reference).filter(|(&a, _)| a > 0.0).map(|(&a, &w)| a as f64 * (a as f64 / (w / total)).ln()).sum();
+        let kl: f64 = q
+            .iter()
+            .zip(&reference)
+            .filter(|(&a, _)| a > 0.0)
+            .map(|(&a, &w)| a as f64 * (a as f64 / (w / total)).ln())
+            .sum();
         assert!((kl - radius).abs() <= 1e-5 * radius, "KL {kl} for radius {radius}: {q:?} {solution:?}");
         assert!(solution.iterations < 100, "{solution:?}");
     }

@@ -77,12 +77,7 @@ pub enum Budget {
 
 impl Budget {
     /// Checks that exactly the arguments the set takes are given, and that they are in range.
-    pub fn new(
-        set: Ambiguity,
-        radius: Option<f64>,
-        penalty: Option<f64>,
-        alpha: Option<f64>,
-    ) -> Result<Self> {
+    pub fn new(set: Ambiguity, radius: Option<f64>, penalty: Option<f64>, alpha: Option<f64>) -> Result<Self> {
         let name = match set {
             Ambiguity::Kl => "kl",
             Ambiguity::Chi2 => "chi2",
@@ -92,9 +87,7 @@ impl Budget {
         };
         let budget = match (set, radius, penalty, alpha) {
             (Ambiguity::Cvar, None, None, Some(a)) => Budget::Alpha(a),
-            (Ambiguity::Cvar, _, _, None) => {
-                return Err(CoreError::Budget("cvar needs alpha in (0, 1]".into()))
-            }
+            (Ambiguity::Cvar, _, _, None) => return Err(CoreError::Budget("cvar needs alpha in (0, 1]".into())),
             (Ambiguity::Cvar, _, _, Some(_)) => {
                 return Err(CoreError::Budget("cvar takes alpha only, not radius or penalty".into()))
             }
@@ -149,15 +142,7 @@ pub struct Options<'a> {
 
 impl<'a> Options<'a> {
     pub fn new(ambiguity: Ambiguity, budget: Budget) -> Self {
-        Options {
-            ambiguity,
-            budget,
-            reference: None,
-            groups: None,
-            tol: DEFAULT_TOL,
-            geometry: None,
-            order: 1.0,
-        }
+        Options { ambiguity, budget, reference: None, groups: None, tol: DEFAULT_TOL, geometry: None, order: 1.0 }
     }
 }
 
@@ -215,7 +200,8 @@ pub fn solve<T: Real>(losses: &[T], options: &Options, out: &mut [T]) -> Result<
         (Ambiguity::Wasserstein, Some(geometry)) => Some(grouped.geometry(geometry, &reference)?),
         _ => None,
     };
-    let group_options = Options { geometry: group_geometry.as_ref().map(|g| g.view()).or(options.geometry), ..*options };
+    let group_options =
+        Options { geometry: group_geometry.as_ref().map(|g| g.view()).or(options.geometry), ..*options };
     let (outcome, _) = solve_set(&group_batch, &group_options, &mut group_weights)?;
     grouped.expand(&group_weights, &reference, out);
     Ok(Solution {
@@ -236,15 +222,13 @@ fn solve_set<T: Real>(batch: &Batch<T>, options: &Options, out: &mut [T]) -> Res
         (Ambiguity::Cvar, Budget::Alpha(alpha)) => cvar::solve(batch, alpha, out),
         (Ambiguity::Tv, Budget::Radius(r)) => tv::solve(batch, r, out),
         (Ambiguity::Wasserstein, budget) => {
-            let geometry = options.geometry.ok_or_else(|| {
-                CoreError::Geometry("wasserstein needs features= (n x d) or cost= (n x n)".into())
-            })?;
+            let geometry = options
+                .geometry
+                .ok_or_else(|| CoreError::Geometry("wasserstein needs features= (n x d) or cost= (n x n)".into()))?;
             let (outcome, plan) = wasserstein::solve(batch, &geometry, options.order, budget, options.tol, out)?;
             return Ok((outcome, Some(plan)));
         }
-        (set, budget) => {
-            return Err(CoreError::Budget(format!("{budget:?} does not apply to {set:?}")))
-        }
+        (set, budget) => return Err(CoreError::Budget(format!("{budget:?} does not apply to {set:?}"))),
     };
     Ok((outcome, None))
 }
@@ -257,10 +241,7 @@ pub fn solve_rows<T: Real>(losses: &[T], columns: usize, options: &Options, out:
         return Err(CoreError::Losses("losses are empty: a batch needs at least one sample".into()));
     }
     if losses.len() % columns != 0 || out.len() != losses.len() {
-        return Err(CoreError::Shape(format!(
-            "{} losses do not split into rows of {columns}",
-            losses.len()
-        )));
+        return Err(CoreError::Shape(format!("{} losses do not split into rows of {columns}", losses.len())));
     }
     let rows = losses.len() / columns;
     if rows == 1 {
@@ -282,7 +263,8 @@ pub fn solve_rows<T: Real>(losses: &[T], columns: usize, options: &Options, out:
     let reference_per_row = options.reference.map(|r| per_row("reference", r.len())).transpose()?;
     let groups_per_row = options.groups.map(|g| per_row("groups", g.len())).transpose()?;
     let solve_row = |(row, (l, o)): (usize, (&[T], &mut [T]))| -> Result<Solution> {
-        let slice = |per_row: Option<bool>| if per_row == Some(true) { row * columns..(row + 1) * columns } else { 0..columns };
+        let slice =
+            |per_row: Option<bool>| if per_row == Some(true) { row * columns..(row + 1) * columns } else { 0..columns };
         let row_options = Options {
             reference: options.reference.map(|r| &r[slice(reference_per_row)]),
             groups: options.groups.map(|g| &g[slice(groups_per_row)]),
@@ -292,12 +274,7 @@ pub fn solve_rows<T: Real>(losses: &[T], columns: usize, options: &Options, out:
     };
     let pairs = losses.chunks(columns).zip(out.chunks_mut(columns));
     if rows > 1 && losses.len() >= PARALLEL_MIN_ELEMENTS {
-        losses
-            .par_chunks(columns)
-            .zip(out.par_chunks_mut(columns))
-            .enumerate()
-            .map(solve_row)
-            .collect()
+        losses.par_chunks(columns).zip(out.par_chunks_mut(columns)).enumerate().map(solve_row).collect()
     } else {
         pairs.enumerate().map(solve_row).collect()
     }

@@ -94,11 +94,8 @@ pub fn fold_chunks<T: Real, R: Send>(
     if chunks == losses.len() {
         return part(losses, reference.slice(0, losses.len()));
     }
-    let parts: Vec<R> = losses
-        .par_chunks(chunks)
-        .enumerate()
-        .map(|(c, ls)| part(ls, reference.slice(c * chunks, ls.len())))
-        .collect();
+    let parts: Vec<R> =
+        losses.par_chunks(chunks).enumerate().map(|(c, ls)| part(ls, reference.slice(c * chunks, ls.len()))).collect();
     parts.into_iter().reduce(merge).expect("a non-empty batch has a chunk")
 }
 
@@ -172,7 +169,13 @@ impl Extremes {
         let on = p > 0.0;
         let above = on & (l > self.max);
         let tied = on & (l == self.max);
-        self.mass_at_max = if above { p } else if tied { self.mass_at_max + p } else { self.mass_at_max };
+        self.mass_at_max = if above {
+            p
+        } else if tied {
+            self.mass_at_max + p
+        } else {
+            self.mass_at_max
+        };
         self.max = if above { l } else { self.max };
         self.min = if on & (l < self.min) { l } else { self.min };
     }
@@ -217,7 +220,11 @@ fn normalise_serial<T: Real>(part: &[T], out: &mut [T], total: f64, factor: &imp
     let whole = part.len() - part.len() % LANES;
     let scaled = |w: f64, l: f64| {
         let w = w * factor(l);
-        if divide { w / total } else { w * inverse }
+        if divide {
+            w / total
+        } else {
+            w * inverse
+        }
     };
     for (ls, os) in part[..whole].chunks_exact(LANES).zip(out[..whole].chunks_exact_mut(LANES)) {
         for j in 0..LANES {
@@ -333,7 +340,9 @@ impl<const K: usize> Columns<K> {
         term: &impl Fn(usize, f64, f64) -> (f64, [f64; K]),
     ) {
         let len = losses.len();
-        assert!(len <= BLOCK && weights.map_or(true, |w| w.len() == len) && out.as_ref().map_or(true, |o| o.len() == len));
+        assert!(
+            len <= BLOCK && weights.map_or(true, |w| w.len() == len) && out.as_ref().map_or(true, |o| o.len() == len)
+        );
         let columns = &mut self.0;
         let mut put = |i: usize, l: T, p: f64, out: &mut Option<&mut [T]>| {
             let (w, terms) = term(i, l.to_f64(), p);
@@ -553,7 +562,11 @@ fn add<const K: usize>(mut a: [f64; K], b: [f64; K]) -> [f64; K] {
 /// outside an FMA-enabled function is a call into libm's software fma.
 #[inline(always)]
 fn mul_add<const FUSED: bool>(a: f64, b: f64, c: f64) -> f64 {
-    if FUSED { a.mul_add(b, c) } else { a * b + c }
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// exp(x) for x <= 0, branch-free so it vectorises (libm's exp does not): x = k ln2 + r with
@@ -601,7 +614,11 @@ pub fn exp_nonpositive<const FUSED: bool>(x: f64) -> f64 {
     let poly = C[0] + fma(high, r8, fma(middle, r4, low));
     // The low mantissa bits of t hold k; shifted into the exponent field they give 2^k.
     let two_k = f64::from_bits((t.to_bits() << 52).wrapping_add(1023 << 52));
-    if x < -708.0 { 0.0 } else { poly * two_k }
+    if x < -708.0 {
+        0.0
+    } else {
+        poly * two_k
+    }
 }
 
 #[cfg(test)]

@@ -133,7 +133,10 @@ fn collect<T: Real>(batch: &Batch<T>, sign: f64, all: bool, keep: impl Fn(f64) -
             match ws {
                 None => kept.extend(ls.iter().map(|&l| (sign * l.to_f64(), scale)).filter(|&(v, _)| keep(v))),
                 Some(ws) => kept.extend(
-                    ls.iter().zip(ws).map(|(&l, &w)| (sign * l.to_f64(), w * scale)).filter(|&(v, p)| p > 0.0 && keep(v)),
+                    ls.iter()
+                        .zip(ws)
+                        .map(|(&l, &w)| (sign * l.to_f64(), w * scale))
+                        .filter(|&(v, p)| p > 0.0 && keep(v)),
                 ),
             }
             kept
@@ -211,8 +214,7 @@ mod tests {
         };
         for trial in 0..300 {
             let n = 1 + trial % 157;
-            let items: Vec<(f64, f64)> =
-                (0..n).map(|_| ((next() * 10.0).floor(), next())).collect();
+            let items: Vec<(f64, f64)> = (0..n).map(|_| ((next() * 10.0).floor(), next())).collect();
             let total: f64 = items.iter().map(|x| x.1).sum();
             let target = total * next().max(1e-3);
             let mut work = items.clone();

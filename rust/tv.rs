@@ -38,7 +38,11 @@ pub fn solve<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Outcome {
             let (gained, cut_share) = (p + radius * (p / mass_at_max), p * kept);
             let q = if l < cut { 0.0 } else { p };
             let q = if l == cut { cut_share } else { q };
-            if l == max { gained } else { q }
+            if l == max {
+                gained
+            } else {
+                q
+            }
         },
         |l, q| [q * l],
     );

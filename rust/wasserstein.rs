@@ -89,9 +89,7 @@ pub fn solve<T: Real>(
             let (plan, passes) = dual.penalised(lam);
             (plan, lam, passes)
         }
-        Budget::Alpha(_) => {
-            return Err(CoreError::Budget("wasserstein takes a radius or a penalty, not alpha".into()))
-        }
+        Budget::Alpha(_) => return Err(CoreError::Budget("wasserstein takes a radius or a penalty, not alpha".into())),
     };
     let mut weights = vec![0.0; batch.len()];
     for (&j, &m) in plan.target.iter().zip(&plan.mass) {
@@ -345,7 +343,8 @@ impl<'a> Dual<'a> {
                     continue;
                 }
                 let row = self.cost.row(i, &mut buffer);
-                let j = if lam.is_finite() { best_target(&self.u, row, lam, i) } else { best_free_target(&self.u, row, i) };
+                let j =
+                    if lam.is_finite() { best_target(&self.u, row, lam, i) } else { best_free_target(&self.u, row, i) };
                 (*target, *cost) = (j, row[j]);
                 if let Scope::Collect(bracket) = &scope {
                     if !too_long.load(Ordering::Relaxed) && !bracket.collect(&self.u, row, i, list) {
@@ -535,7 +534,11 @@ fn best_target_portable(u: &[f64], costs: &[f64], lam: f64, source: usize) -> us
 fn best_among(u: &[f64], list: &[(usize, f64)], lam: f64, source: usize) -> (usize, f64) {
     let best = list.iter().fold(f64::NEG_INFINITY, |m, &(j, c)| {
         let v = u[j] - lam * c;
-        if v > m { v } else { m }
+        if v > m {
+            v
+        } else {
+            m
+        }
     });
     if best == f64::NEG_INFINITY {
         return (source, 0.0);
@@ -569,7 +572,13 @@ mod tests {
     use crate::testing::Rng;
     use crate::{Ambiguity, Options, Solution};
 
-    fn solve_with<T: Real>(losses: &[T], geometry: Geometry, order: f64, budget: Budget, reference: Option<&[f64]>) -> (Vec<T>, Solution) {
+    fn solve_with<T: Real>(
+        losses: &[T],
+        geometry: Geometry,
+        order: f64,
+        budget: Budget,
+        reference: Option<&[f64]>,
+    ) -> (Vec<T>, Solution) {
         let mut options = Options::new(Ambiguity::Wasserstein, budget);
         options.geometry = Some(geometry);
         options.order = order;
@@ -593,7 +602,13 @@ mod tests {
         // point 1 (gain 2 per unit) wholly to point 2 (cost 1/3), then 1/12 of point 0 there
         // (gain 3 for cost 2): q = (1/4, 0, 3/4), V* = 9/4 at lam* = 3/2.
         let features = [0.0, 1.0, 2.0];
-        let (q, s) = solve_with(&[0.0, 1.0, 3.0], Geometry::Features { data: &features, dim: 1 }, 1.0, Budget::Radius(0.5), None);
+        let (q, s) = solve_with(
+            &[0.0, 1.0, 3.0],
+            Geometry::Features { data: &features, dim: 1 },
+            1.0,
+            Budget::Radius(0.5),
+            None,
+        );
         for (a, b) in q.iter().zip([0.25, 0.0, 0.75]) {
             assert!(close(*a, b, 1e-14), "{q:?}");
         }
@@ -610,7 +625,8 @@ mod tests {
     #[test]
     fn penalised_form_moves_only_where_it_pays() {
         // lam = 3/2: point 0 is tied between staying and moving to 2, and stays; point 1 moves.
-        let (q, s) = solve_with(&[0.0, 1.0, 3.0], Geometry::Cost(&line(&[0.0, 1.0, 2.0])), 1.0, Budget::Penalty(1.5), None);
+        let (q, s) =
+            solve_with(&[0.0, 1.0, 3.0], Geometry::Cost(&line(&[0.0, 1.0, 2.0])), 1.0, Budget::Penalty(1.5), None);
         assert_eq!(q, vec![1.0 / 3.0, 0.0, 2.0 / 3.0]);
         assert!(close(s.value, 2.0, 1e-15));
         assert_eq!(s.dual, Some(1.5));
@@ -621,12 +637,14 @@ mod tests {
     fn radius_zero_gives_the_reference_unless_points_coincide() {
         let losses = [0.3, -1.0, 2.0, 0.5];
         let features = [0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
-        let (q, s) = solve_with(&losses, Geometry::Features { data: &features, dim: 2 }, 2.0, Budget::Radius(0.0), None);
+        let (q, s) =
+            solve_with(&losses, Geometry::Features { data: &features, dim: 2 }, 2.0, Budget::Radius(0.0), None);
         assert_eq!(q, vec![0.25; 4]);
         assert_eq!(s.dual, Some(f64::INFINITY));
         // Points 1 and 2 coincide: moving between them is free, so mass goes to the larger loss.
         let features = [0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0];
-        let (q, s) = solve_with(&losses, Geometry::Features { data: &features, dim: 2 }, 1.0, Budget::Radius(0.0), None);
+        let (q, s) =
+            solve_with(&losses, Geometry::Features { data: &features, dim: 2 }, 1.0, Budget::Radius(0.0), None);
         assert_eq!(q, vec![0.25, 0.0, 0.5, 0.25]);
         assert!(close(s.value, (0.3 + 4.0 + 0.5) / 4.0, 1e-15));
     }
@@ -651,7 +669,8 @@ mod tests {
         assert_eq!(s.value, 2.0);
         let (q, _) = solve_with(&[2.0; 3], Geometry::Cost(&distances), 2.0, Budget::Penalty(1e-300), None);
         assert_eq!(q, vec![1.0 / 3.0; 3]);
-        let (q, s) = solve_with(&[-7.0], Geometry::Features { data: &[1.0, 2.0], dim: 2 }, 1.0, Budget::Radius(3.0), None);
+        let (q, s) =
+            solve_with(&[-7.0], Geometry::Features { data: &[1.0, 2.0], dim: 2 }, 1.0, Budget::Radius(3.0), None);
         assert_eq!(q, vec![1.0]);
         assert_eq!(s.value, -7.0);
     }
@@ -716,7 +735,15 @@ mod tests {
         let n = losses.len();
         let mut total = if lam.is_finite() { lam * budget } else { 0.0 };
         for i in (0..n).filter(|&i| p[i] > 0.0) {
-            let value = |j: usize| if lam.is_finite() { losses[j] - lam * c[i * n + j] } else if c[i * n + j] == 0.0 { losses[j] } else { f64::NEG_INFINITY };
+            let value = |j: usize| {
+                if lam.is_finite() {
+                    losses[j] - lam * c[i * n + j]
+                } else if c[i * n + j] == 0.0 {
+                    losses[j]
+                } else {
+                    f64::NEG_INFINITY
+                }
+            };
             total += p[i] * (0..n).filter(|&j| p[j] > 0.0).map(value).fold(f64::NEG_INFINITY, f64::max);
         }
         total
@@ -752,7 +779,8 @@ mod tests {
             assert!((rows[i] - p[i]).abs() < 1e-15 && (columns[i] - q[i]).abs() < 1e-15);
         }
         assert!(spent <= budget * (1.0 + 1e-12) + 1e-300, "{spent} > {budget}");
-        let range = losses.iter().cloned().fold(f64::NEG_INFINITY, f64::max) - losses.iter().cloned().fold(f64::INFINITY, f64::min);
+        let range = losses.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+            - losses.iter().cloned().fold(f64::INFINITY, f64::min);
         let lam = s.dual.expect("a dual variable");
         let dual = dual_value(losses, p, c, budget, lam);
         assert!((s.value - dual).abs() <= 1e-11 * (1.0 + range), "value {} dual {dual} lam {lam}", s.value);
@@ -774,7 +802,16 @@ mod tests {
             let p: Vec<f64> = raw.iter().map(|&w| w / total).collect();
             // Rounded features give duplicate points.
             let coarse = rng.uniform() < 0.3;
-            let features: Vec<f64> = (0..n * dim).map(|_| { let x = rng.uniform() * 4.0; if coarse { x.round() } else { x } }).collect();
+            let features: Vec<f64> = (0..n * dim)
+                .map(|_| {
+                    let x = rng.uniform() * 4.0;
+                    if coarse {
+                        x.round()
+                    } else {
+                        x
+                    }
+                })
+                .collect();
             let c = costs_of(&features, dim, order);
             let diameter = c.iter().cloned().fold(0.0, f64::max).powf(1.0 / order);
             let radius = diameter * [0.0, 0.01, 0.1, 0.3, 0.7, 1.2][case % 6] * rng.uniform();
@@ -785,7 +822,8 @@ mod tests {
             // The same value from the distance matrix, and the same costs, bit for bit, from the
             // cache, from rows computed on the fly and one by one.
             let distances: Vec<f64> = c.iter().map(|&x| x.powf(1.0 / order)).collect();
-            let (_, from_matrix) = solve_with(&losses, Geometry::Cost(&distances), order, Budget::Radius(radius), Some(&raw));
+            let (_, from_matrix) =
+                solve_with(&losses, Geometry::Cost(&distances), order, Budget::Radius(radius), Some(&raw));
             assert!((from_matrix.value - s.value).abs() <= 1e-11 * (1.0 + (s.value.abs())), "case {case}");
             let mut cached = GroundCost::new(&geometry, n, order).unwrap();
             cached.cache();
@@ -817,7 +855,8 @@ mod tests {
         let p = vec![1.0 / n as f64; n];
         for (order, radius) in [(1.0, 0.05), (2.0, 0.3), (1.0, 0.5), (3.0, 1.0)] {
             let c = costs_of(&features, dim, order);
-            let (q, s) = solve_with(&losses, Geometry::Features { data: &features, dim }, order, Budget::Radius(radius), None);
+            let (q, s) =
+                solve_with(&losses, Geometry::Features { data: &features, dim }, order, Budget::Radius(radius), None);
             certify(&losses, &p, &c, radius.powf(order), &q, &s);
             assert!(s.iterations <= 24, "{} passes", s.iterations);
         }

@@ -178,7 +178,9 @@ impl<'a> GroundCost<'a> {
         let n = self.n;
         match &self.rows {
             Rows::Stored(costs) => costs[i * n + j],
-            Rows::Computed(Recipe::Distances { distances, inv_scale, power }) => power.of_distance(distances[i * n + j] * inv_scale),
+            Rows::Computed(Recipe::Distances { distances, inv_scale, power }) => {
+                power.of_distance(distances[i * n + j] * inv_scale)
+            }
             Rows::Computed(Recipe::Features { blocks, dim, power }) => {
                 let at = |s: usize, k: usize| blocks[((s / BLOCK) * dim + k) * BLOCK + s % BLOCK];
                 let mut sum = 0.0;
@@ -305,11 +307,7 @@ fn validate_features(data: &[f64], dim: usize, n: usize) -> Result<f64> {
     let mut largest = 0.0_f64;
     for (k, &x) in data.iter().enumerate() {
         if !x.is_finite() {
-            return Err(CoreError::Geometry(format!(
-                "features must be finite, got {x} at ({}, {})",
-                k / dim,
-                k % dim
-            )));
+            return Err(CoreError::Geometry(format!("features must be finite, got {x} at ({}, {})", k / dim, k % dim)));
         }
         largest = largest.max(x.abs());
     }
