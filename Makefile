@@ -13,7 +13,7 @@ DEPS_STAMP := $(VENV)/.deps-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup develop test test-rust test-python bench demo wheel wheel-check fuzz stubtest clean
+.PHONY: setup develop test test-rust test-python lint bench demo wheel wheel-check fuzz stubtest clean
 
 setup: $(DEPS_STAMP) $(EXTENSION_STAMP)
 
@@ -59,6 +59,12 @@ wheel: $(DEPS_STAMP)
 # Installs the wheel into a fresh venv that has only numpy and calls robust_weights there.
 wheel-check: wheel
 	bash tests/wheel_check.sh dist
+
+# rustfmt (rustfmt.toml: 120 columns) and clippy with warnings as errors, on every target and
+# with the python feature (the bindings) on.
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --all-features --quiet -- -D warnings
 
 fuzz:
 	bash fuzz/run.sh

@@ -3,13 +3,10 @@
 //! (`dro_rebel._api`) hands in contiguous float64/float32 arrays; anything else is a
 //! `TypeError` here.
 
-use numpy::{
-    Element, IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
-    PyUntypedArrayMethods,
-};
+use numpy::{Element, IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
-use pyo3::prelude::*;
 use pyo3::intern;
+use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 
 use crate::{Ambiguity, Budget, CoreError, Geometry, Options, Real, Solution};
@@ -108,9 +105,7 @@ impl<'py> Arguments<'py> {
 
     fn options(&self) -> PyResult<Options<'_>> {
         let geometry = match (&self.features, &self.cost) {
-            (Some(_), Some(_)) => {
-                return Err(PyValueError::new_err("give one of features= and cost=, not both"))
-            }
+            (Some(_), Some(_)) => return Err(PyValueError::new_err("give one of features= and cost=, not both")),
             (Some(f), None) => {
                 let shape = f.shape();
                 if shape.len() != 2 {
@@ -137,16 +132,14 @@ impl<'py> Arguments<'py> {
 }
 
 fn readonly<'py, T: Element>(value: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
-    let array = value.cast::<PyArrayDyn<T>>().map_err(|_| {
-        PyTypeError::new_err(format!("{name} must be a numpy array of {}", std::any::type_name::<T>()))
-    })?;
-    Ok(array.try_readonly().map_err(|e| PyValueError::new_err(format!("{name}: {e}")))?)
+    let array = value
+        .cast::<PyArrayDyn<T>>()
+        .map_err(|_| PyTypeError::new_err(format!("{name} must be a numpy array of {}", std::any::type_name::<T>())))?;
+    array.try_readonly().map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
 }
 
 fn contiguous<'a, T: Element>(array: &'a PyReadonlyArrayDyn<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    array
-        .as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
+    array.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
 }
 
 /// The weights of every row, and one solution per row.
@@ -243,8 +236,7 @@ mod _core {
         features: Option<&Bound<'py, PyAny>>,
         cost: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let arguments =
-            Arguments::new(ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost)?;
+        let arguments = Arguments::new(ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost)?;
         dispatch(losses, &arguments, |w, _, _| Ok(w))
     }
 
@@ -265,8 +257,7 @@ mod _core {
         features: Option<&Bound<'py, PyAny>>,
         cost: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let arguments =
-            Arguments::new(ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost)?;
+        let arguments = Arguments::new(ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost)?;
         let py = losses.py();
         dispatch(losses, &arguments, |w, solutions, rows| {
             let radius = solutions.first().and_then(|s| s.radius);
@@ -278,8 +269,7 @@ mod _core {
                     let duals: Vec<f64> = solutions.iter().map(|s| s.dual.unwrap_or(f64::NAN)).collect();
                     duals.into_pyarray(py).into_any()
                 };
-                let iterations =
-                    solutions.iter().map(|s| s.iterations as i64).collect::<Vec<_>>().into_pyarray(py);
+                let iterations = solutions.iter().map(|s| s.iterations as i64).collect::<Vec<_>>().into_pyarray(py);
                 let plans: Vec<Bound<'py, PyAny>> =
                     solutions.iter().map(|s| plan_tuple(py, s)).collect::<PyResult<_>>()?;
                 let plan = if solutions.iter().all(|s| s.plan.is_none()) {
