@@ -72,16 +72,34 @@ struct Scratch {
     offset: [f64; BLOCK],
 }
 
+/// The histogram of one chunk of losses (ws: their weights, p_scale: the reference's scale),
+/// block by block (compiled again for AVX2 below).
+#[inline(always)]
+fn chunk<T: Real>(ls: &[T], ws: Option<&[f64]>, p_scale: f64, scale: &Scale, bins: usize) -> Vec<Moments> {
+    let mut histogram = vec![Moments::default(); bins];
+    let mut scratch = Scratch { index: [0; BLOCK], offset: [0.0; BLOCK] };
+    for (k, block) in ls.chunks(BLOCK).enumerate() {
+        let ws = ws.map(|w| &w[k * BLOCK..k * BLOCK + block.len()]);
+        add_block(&mut histogram, &mut scratch, block, ws, p_scale, scale);
+    }
+    histogram
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn chunk_avx2<T: Real>(ls: &[T], ws: Option<&[f64]>, p_scale: f64, scale: &Scale, bins: usize) -> Vec<Moments> {
+    chunk(ls, ws, p_scale, scale, bins)
+}
+
 /// Adds one block of losses to the histogram: the bin and the offset from its centre of every
-/// loss first, in a loop that vectorises, then the scattered sums (compiled again for AVX2
-/// below).
+/// loss first, in a loop that vectorises, then the scattered sums.
 #[inline(always)]
 fn add_block<T: Real>(
     histogram: &mut [Moments],
     scratch: &mut Scratch,
     block: &[T],
-    weights: Option<&[f64]>,
-    reference_scale: f64,
+    ws: Option<&[f64]>,
+    p_scale: f64,
     scale: &Scale,
 ) {
     let bins = histogram.len();
@@ -108,56 +126,26 @@ fn add_block<T: Real>(
         }
     };
     let len = block.len();
-    match weights {
-        None => index.iter().zip(offset.iter()).take(len).for_each(|(&i, &d)| add(i, d, reference_scale)),
+    match ws {
+        None => index.iter().zip(offset.iter()).take(len).for_each(|(&i, &d)| add(i, d, p_scale)),
         // p = 0 adds nothing, wherever its (clamped) bin is.
-        Some(ws) => index.iter().zip(offset.iter()).zip(ws).for_each(|((&i, &d), &w)| add(i, d, w * reference_scale)),
+        Some(ws) => index.iter().zip(offset.iter()).zip(ws).for_each(|((&i, &d), &w)| add(i, d, w * p_scale)),
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn add_block_avx2<T: Real>(
-    histogram: &mut [Moments],
-    scratch: &mut Scratch,
-    block: &[T],
-    weights: Option<&[f64]>,
-    reference_scale: f64,
-    scale: &Scale,
-) {
-    add_block(histogram, scratch, block, weights, reference_scale, scale)
-}
-
-fn add_block_dispatch<T: Real>(
-    histogram: &mut [Moments],
-    scratch: &mut Scratch,
-    block: &[T],
-    weights: Option<&[f64]>,
-    reference_scale: f64,
-    scale: &Scale,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if passes::has_avx2() {
-        // SAFETY: the processor supports AVX2.
-        return unsafe { add_block_avx2(histogram, scratch, block, weights, reference_scale, scale) };
-    }
-    add_block(histogram, scratch, block, weights, reference_scale, scale)
 }
 
 /// The moments of every bin, one histogram per chunk, added up.
 fn histogram<T: Real>(batch: &Batch<T>, scale: &Scale, bins: usize) -> Vec<Moments> {
-    let reference_scale = batch.reference.scale();
+    let p_scale = batch.reference.scale();
     passes::fold_chunks(
         batch.losses,
         &batch.reference,
         |ls, ws| {
-            let mut histogram = vec![Moments::default(); bins];
-            let mut scratch = Scratch { index: [0; BLOCK], offset: [0.0; BLOCK] };
-            for (k, block) in ls.chunks(BLOCK).enumerate() {
-                let ws = ws.map(|w| &w[k * BLOCK..k * BLOCK + block.len()]);
-                add_block_dispatch(&mut histogram, &mut scratch, block, ws, reference_scale, scale);
+            #[cfg(target_arch = "x86_64")]
+            if passes::has_avx2() {
+                // SAFETY: the processor supports AVX2.
+                return unsafe { chunk_avx2(ls, ws, p_scale, scale, bins) };
             }
-            histogram
+            chunk(ls, ws, p_scale, scale, bins)
         },
         |mut a, b| {
             for (x, y) in a.iter_mut().zip(&b) {
