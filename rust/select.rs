@@ -156,6 +156,7 @@ const SORT_BELOW: usize = 32;
 /// least one item. A target beyond the total mass (rounding) gives the smallest value.
 fn upper_quantile(items: &mut [(f64, f64)], mut target: f64) -> f64 {
     let mut items = items;
+    let mut first = true;
     loop {
         if items.len() <= SORT_BELOW {
             items.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
@@ -168,7 +169,11 @@ fn upper_quantile(items: &mut [(f64, f64)], mut target: f64) -> f64 {
             }
             return items.last().map_or(f64::NEG_INFINITY, |&(v, _)| v);
         }
-        let mid = items.len() / 2;
+        // The first selection is at the count the target takes at the items' mean mass, plus
+        // one: a small target (CVaR's alpha, TV's radius) then leaves a few items to sort, not
+        // half of them. Later ones halve, so skewed masses cost at most one selection more.
+        let mid = if first { count_guess(items, target) } else { items.len() / 2 };
+        first = false;
         let (upper, pivot, lower) = items.select_nth_unstable_by(mid, |a, b| b.0.total_cmp(&a.0));
         let upper_mass: f64 = upper.iter().map(|&(_, m)| m).sum();
         if upper_mass >= target {
@@ -183,6 +188,18 @@ fn upper_quantile(items: &mut [(f64, f64)], mut target: f64) -> f64 {
             }
             items = lower;
         }
+    }
+}
+
+/// How many items the target's mass takes at their mean mass, plus one, capped at the middle.
+fn count_guess(items: &[(f64, f64)], target: f64) -> usize {
+    let total: f64 = items.iter().map(|&(_, m)| m).sum();
+    let count = (target / total * items.len() as f64).ceil();
+    // A NaN count (a total of 0) also takes the middle.
+    if count < (items.len() / 2) as f64 {
+        count as usize + 1
+    } else {
+        items.len() / 2
     }
 }
 
@@ -214,7 +231,15 @@ mod tests {
         };
         for trial in 0..300 {
             let n = 1 + trial % 157;
-            let items: Vec<(f64, f64)> = (0..n).map(|_| ((next() * 10.0).floor(), next())).collect();
+            // Every other trial puts nearly all the mass on the smallest values, so that the
+            // first selection's guess (at the mean mass) falls short.
+            let skewed = trial % 2 == 1;
+            let items: Vec<(f64, f64)> = (0..n)
+                .map(|_| {
+                    let value = (next() * 10.0).floor();
+                    (value, if skewed && value >= 3.0 { 1e-9 * next() } else { next() })
+                })
+                .collect();
             let total: f64 = items.iter().map(|x| x.1).sum();
             let target = total * next().max(1e-3);
             let mut work = items.clone();
