@@ -159,7 +159,7 @@ fn upper_quantile(items: &mut [(f64, f64)], mut target: f64) -> f64 {
     let mut first = true;
     loop {
         if items.len() <= SORT_BELOW {
-            items.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+            items.sort_unstable_by(descending);
             let mut above = 0.0;
             for &(value, mass) in items.iter() {
                 above += mass;
@@ -174,7 +174,7 @@ fn upper_quantile(items: &mut [(f64, f64)], mut target: f64) -> f64 {
         // half of them. Later ones halve, so skewed masses cost at most one selection more.
         let mid = if first { count_guess(items, target) } else { items.len() / 2 };
         first = false;
-        let (upper, pivot, lower) = items.select_nth_unstable_by(mid, |a, b| b.0.total_cmp(&a.0));
+        let (upper, pivot, lower) = items.select_nth_unstable_by(mid, descending);
         let upper_mass: f64 = upper.iter().map(|&(_, m)| m).sum();
         if upper_mass >= target {
             // Items equal to the pivot may sit in `upper`: they are searched there.
@@ -188,6 +188,19 @@ fn upper_quantile(items: &mut [(f64, f64)], mut target: f64) -> f64 {
             }
             items = lower;
         }
+    }
+}
+
+/// Larger values first. The values are finite (validated losses), so two compares order them
+/// (with total_cmp's bit twiddling a TV solve at n = 64 took 6,140 instructions, against
+/// 5,451); -0 and +0 tie, as they do in the == that counts the mass at the quantile.
+fn descending(a: &(f64, f64), b: &(f64, f64)) -> std::cmp::Ordering {
+    if a.0 > b.0 {
+        std::cmp::Ordering::Less
+    } else if a.0 < b.0 {
+        std::cmp::Ordering::Greater
+    } else {
+        std::cmp::Ordering::Equal
     }
 }
 
