@@ -1,12 +1,16 @@
 //! The only module that knows Python: argument conversion, dtype dispatch, releasing the GIL
-//! for large solves, and mapping the core's errors to `ValueError`. The Python package
-//! (`dro_rebel._api`) hands in contiguous float64/float32 arrays; anything else is a
-//! `TypeError` here.
+//! for large solves, and mapping the core's errors to `ValueError`.
+//!
+//! `robust_weights` is the public entry point itself, so that the hot path of a training loop
+//! (a contiguous float64/float32 numpy array and no extras) runs no Python frame. Everything
+//! else it hands to `dro_rebel._api`, which converts the input and calls `weights`; `weights`
+//! and `worst_case` take contiguous float64/float32 arrays only.
 
 use numpy::{Element, IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 
 use crate::{Ambiguity, Budget, CoreError, Geometry, Options, Real, Solution};
@@ -16,14 +20,6 @@ impl From<CoreError> for PyErr {
         PyValueError::new_err(error.to_string())
     }
 }
-
-pyo3::create_exception!(
-    _core,
-    NotNative,
-    PyTypeError,
-    "The losses are not a C-contiguous float64/float32 numpy array: dro_rebel.robust_weights \
-     then converts them and calls again (never raised to its callers)."
-);
 
 /// Python's repr of a shape: (2, 3), (5,), ().
 fn shape_repr(shape: &[usize]) -> String {
@@ -38,22 +34,28 @@ fn shape_repr(shape: &[usize]) -> String {
 /// of Python 3.9 does by way of a new bytes object (300 of the 5,200 instructions a call on one
 /// loss took).
 fn ambiguity_named(name: &Bound<'_, PyAny>) -> PyResult<Ambiguity> {
-    let py = name.py();
-    let interned = [
-        (intern!(py, "kl"), Ambiguity::Kl),
-        (intern!(py, "chi2"), Ambiguity::Chi2),
-        (intern!(py, "cvar"), Ambiguity::Cvar),
-        (intern!(py, "tv"), Ambiguity::Tv),
-        (intern!(py, "wasserstein"), Ambiguity::Wasserstein),
-    ];
-    if let Some((_, ambiguity)) = interned.iter().find(|(n, _)| name.is(n)) {
-        return Ok(*ambiguity);
+    if let Some(ambiguity) = AMBIGUITIES.into_iter().find(|&a| name.is(ambiguity_name(name.py(), a))) {
+        return Ok(ambiguity);
     }
     let name = name.cast::<PyString>().map_err(|_| {
         let type_name = name.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string());
         PyTypeError::new_err(format!("ambiguity must be a str such as \"kl\", got {type_name}"))
     })?;
     Ok(name.to_cow()?.parse()?)
+}
+
+const AMBIGUITIES: [Ambiguity; 5] =
+    [Ambiguity::Kl, Ambiguity::Chi2, Ambiguity::Cvar, Ambiguity::Tv, Ambiguity::Wasserstein];
+
+/// The interned name of a set (also how it is handed back to Python).
+fn ambiguity_name(py: Python<'_>, ambiguity: Ambiguity) -> &Bound<'_, PyString> {
+    match ambiguity {
+        Ambiguity::Kl => intern!(py, "kl"),
+        Ambiguity::Chi2 => intern!(py, "chi2"),
+        Ambiguity::Cvar => intern!(py, "cvar"),
+        Ambiguity::Tv => intern!(py, "tv"),
+        Ambiguity::Wasserstein => intern!(py, "wasserstein"),
+    }
 }
 
 /// Above this many losses the solve runs with the GIL released; below, releasing costs more
@@ -75,7 +77,7 @@ struct Arguments<'py> {
 impl<'py> Arguments<'py> {
     #[allow(clippy::too_many_arguments)]
     fn new(
-        ambiguity: &Bound<'py, PyAny>,
+        ambiguity: Ambiguity,
         radius: Option<f64>,
         penalty: Option<f64>,
         alpha: Option<f64>,
@@ -86,7 +88,6 @@ impl<'py> Arguments<'py> {
         features: Option<&Bound<'py, PyAny>>,
         cost: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Self> {
-        let ambiguity = ambiguity_named(ambiguity)?;
         let budget = Budget::new(ambiguity, radius, penalty, alpha)?;
         if ambiguity == Ambiguity::Wasserstein && !(order >= 1.0 && order.is_finite()) {
             return Err(PyValueError::new_err(format!("p must be a finite number >= 1, got {order}")));
@@ -142,12 +143,62 @@ fn contiguous<'a, T: Element>(array: &'a PyReadonlyArrayDyn<'_, T>, name: &str) 
     array.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
 }
 
+/// Losses the core takes as they are: a numpy array (not a subclass) of float64 or float32,
+/// C-contiguous. Anything else `dro_rebel._api` converts first.
+enum NativeLosses<'py> {
+    F64(Bound<'py, PyArrayDyn<f64>>),
+    F32(Bound<'py, PyArrayDyn<f32>>),
+}
+
+impl<'py> NativeLosses<'py> {
+    fn of(losses: &Bound<'py, PyAny>) -> Option<Self> {
+        // SAFETY: `losses` is a live object and we hold the GIL.
+        if unsafe { numpy::npyffi::PyArray_CheckExact(losses.py(), losses.as_ptr()) } == 0 {
+            return None;
+        }
+        let native = if let Ok(array) = losses.cast::<PyArrayDyn<f64>>() {
+            NativeLosses::F64(array.clone())
+        } else {
+            NativeLosses::F32(losses.cast::<PyArrayDyn<f32>>().ok()?.clone())
+        };
+        let contiguous = match &native {
+            NativeLosses::F64(array) => array.is_c_contiguous(),
+            NativeLosses::F32(array) => array.is_c_contiguous(),
+        };
+        contiguous.then_some(native)
+    }
+
+    /// For the entry points that take converted input only.
+    fn required(losses: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Self::of(losses).ok_or_else(|| {
+            PyTypeError::new_err(
+                "losses must be a C-contiguous numpy array of float64 or float32 (dro_rebel.robust_weights \
+                 converts anything else)",
+            )
+        })
+    }
+
+    /// The weights (same shape and dtype), and one solution per row.
+    fn solve(&self, arguments: &Arguments<'py>) -> PyResult<(Bound<'py, PyAny>, Vec<Solution>)> {
+        Ok(match self {
+            NativeLosses::F64(array) => {
+                let (weights, solutions) = solve_rows(array, arguments)?;
+                (weights.into_any(), solutions)
+            }
+            NativeLosses::F32(array) => {
+                let (weights, solutions) = solve_rows(array, arguments)?;
+                (weights.into_any(), solutions)
+            }
+        })
+    }
+}
+
 /// The weights of every row, and one solution per row.
-fn solve_any<'py, T: Real + Element>(
-    py: Python<'py>,
+fn solve_rows<'py, T: Real + Element>(
     losses: &Bound<'py, PyArrayDyn<T>>,
     arguments: &Arguments<'py>,
 ) -> PyResult<(Bound<'py, PyArrayDyn<T>>, Vec<Solution>)> {
+    let py = losses.py();
     let shape = losses.shape();
     if shape.is_empty() || shape.len() > 2 {
         return Err(PyValueError::new_err(format!(
@@ -155,13 +206,11 @@ fn solve_any<'py, T: Real + Element>(
             shape_repr(shape)
         )));
     }
-    if !losses.is_c_contiguous() {
-        return Err(NotNative::new_err("losses must be C-contiguous"));
-    }
     let columns = *shape.last().unwrap_or(&0);
-    // SAFETY: C-contiguous (checked), and nothing in this module writes to the losses or holds
-    // a mutable view of them. A readonly borrow (rust-numpy's tracking through its global table
-    // of borrows) would guard against no more than that, and cost 150 ns of a 1 us call at n = 64.
+    // SAFETY: C-contiguous (checked in `NativeLosses::of`), and nothing in this module writes to
+    // the losses or holds a mutable view of them. A readonly borrow (rust-numpy's tracking
+    // through its global table of borrows) would guard against no more than that, and cost
+    // 150 ns of a 1 us call at n = 64.
     let values = unsafe { losses.as_slice() }.map_err(|e| PyValueError::new_err(format!("losses: {e}")))?;
     let options = arguments.options()?;
     // SAFETY: a fresh array of the same shape; every element is written by the solver before
@@ -182,26 +231,6 @@ fn solve_any<'py, T: Real + Element>(
     Ok((out, solutions))
 }
 
-fn dispatch<'py, R>(
-    losses: &Bound<'py, PyAny>,
-    arguments: &Arguments<'py>,
-    finish: impl FnOnce(Bound<'py, PyAny>, Vec<Solution>, bool) -> PyResult<R>,
-) -> PyResult<R> {
-    let py = losses.py();
-    let two_d = |s: &[usize]| s.len() == 2;
-    if let Ok(array) = losses.cast::<PyArrayDyn<f64>>() {
-        let (w, s) = solve_any(py, array, arguments)?;
-        let rows = two_d(w.shape());
-        finish(w.into_any(), s, rows)
-    } else if let Ok(array) = losses.cast::<PyArrayDyn<f32>>() {
-        let (w, s) = solve_any(py, array, arguments)?;
-        let rows = two_d(w.shape());
-        finish(w.into_any(), s, rows)
-    } else {
-        Err(NotNative::new_err("losses must be a numpy array of float64 or float32"))
-    }
-}
-
 // No global state and the solves only read their inputs: safe without the GIL, so the
 // module does not ask free-threaded Python to re-enable it (for builds that are not abi3).
 #[pymodule(gil_used = false)]
@@ -216,16 +245,74 @@ mod _core {
     #[pymodule_export]
     const build_profile: &str = crate::BUILD_PROFILE;
 
-    #[pymodule_export]
-    use super::NotNative;
+    /// Worst-case weights q* of the samples, in the type, dtype and device of ``losses``.
+    ///
+    /// Args:
+    ///     losses: per-sample losses, shape (n,) for one problem or (m, n) for m problems (one
+    ///         per row). numpy array, torch tensor (any device; it is detached), or a sequence.
+    ///     ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``.
+    ///     radius: size of the ambiguity set (constrained form). rho = 0 gives q = reference.
+    ///     penalty: a fixed dual variable instead of a radius (penalised form: temperature tau
+    ///         for ``kl``, lam for ``chi2`` and ``wasserstein``).
+    ///     alpha: the CVaR level in (0, 1] (``cvar`` only): q_i <= p_i / alpha.
+    ///     reference: the nominal distribution p (non-negative, normalised to sum 1); uniform by
+    ///         default. Shape (n,) shared by all rows, or the shape of ``losses``.
+    ///     groups: integer group labels, shape (n,) or the shape of ``losses``: the set then
+    ///         applies to the mixture over groups (SPEC.md section 2, Groups).
+    ///     tol: tolerance of the iterative solves (default 1e-12, relative).
+    ///     p: the Wasserstein type (cost d_ij ** p), p >= 1.
+    ///     features: ``wasserstein``: (n, d) features; the cost is their Euclidean distance.
+    ///     cost: ``wasserstein``: an (n, n) matrix of distances d_ij.
+    ///
+    /// Returns:
+    ///     q*, same shape as ``losses``: float32 for float32 numpy input, float64 otherwise; for a
+    ///     torch tensor, a tensor of the same dtype on the same device.
+    ///
+    /// Raises:
+    ///     ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
+    ///         reference or group labels, an empty batch, a wrong shape, an unknown set.
+    #[pyfunction]
+    #[pyo3(
+        signature = (losses, ambiguity = Ambiguity::Chi2, *, radius = None, penalty = None, alpha = None,
+                     reference = None, groups = None, tol = None, p = 1.0, features = None, cost = None),
+        text_signature = "(losses, ambiguity='chi2', *, radius=None, penalty=None, alpha=None, reference=None, \
+                          groups=None, tol=None, p=1.0, features=None, cost=None)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn robust_weights<'py>(
+        losses: &Bound<'py, PyAny>,
+        #[pyo3(from_py_with = ambiguity_named)] ambiguity: Ambiguity,
+        radius: Option<f64>,
+        penalty: Option<f64>,
+        alpha: Option<f64>,
+        reference: Option<&Bound<'py, PyAny>>,
+        groups: Option<&Bound<'py, PyAny>>,
+        tol: Option<f64>,
+        p: f64,
+        features: Option<&Bound<'py, PyAny>>,
+        cost: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let extras = reference.is_some() || groups.is_some() || features.is_some() || cost.is_some();
+        if !extras {
+            if let Some(native) = NativeLosses::of(losses) {
+                let arguments = Arguments::new(ambiguity, radius, penalty, alpha, None, None, tol, p, None, None)?;
+                return Ok(native.solve(&arguments)?.0);
+            }
+        }
+        let py = losses.py();
+        static CONVERT_AND_SOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let convert_and_solve = CONVERT_AND_SOLVE.import(py, "dro_rebel._api", "_convert_and_solve")?;
+        let name = ambiguity_name(py, ambiguity);
+        convert_and_solve.call1((losses, name, radius, penalty, alpha, reference, groups, tol, p, features, cost))
+    }
 
-    /// The worst-case weights only (the hot path of a training step).
+    /// The worst-case weights of converted input, same shape and dtype as the losses.
     #[pyfunction]
     #[pyo3(signature = (losses, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost))]
     #[allow(clippy::too_many_arguments)]
     fn weights<'py>(
         losses: &Bound<'py, PyAny>,
-        ambiguity: &Bound<'py, PyAny>,
+        #[pyo3(from_py_with = ambiguity_named)] ambiguity: Ambiguity,
         radius: Option<f64>,
         penalty: Option<f64>,
         alpha: Option<f64>,
@@ -237,7 +324,7 @@ mod _core {
         cost: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let arguments = Arguments::new(ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost)?;
-        dispatch(losses, &arguments, |w, _, _| Ok(w))
+        Ok(NativeLosses::required(losses)?.solve(&arguments)?.0)
     }
 
     /// Weights, value, dual variable, iterations, radius as used and (wasserstein) the plan.
@@ -246,7 +333,7 @@ mod _core {
     #[allow(clippy::too_many_arguments)]
     fn worst_case<'py>(
         losses: &Bound<'py, PyAny>,
-        ambiguity: &Bound<'py, PyAny>,
+        #[pyo3(from_py_with = ambiguity_named)] ambiguity: Ambiguity,
         radius: Option<f64>,
         penalty: Option<f64>,
         alpha: Option<f64>,
@@ -259,31 +346,29 @@ mod _core {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let arguments = Arguments::new(ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost)?;
         let py = losses.py();
-        dispatch(losses, &arguments, |w, solutions, rows| {
-            let radius = solutions.first().and_then(|s| s.radius);
-            if rows {
-                let value = solutions.iter().map(|s| s.value).collect::<Vec<_>>().into_pyarray(py);
-                let dual = if solutions.iter().all(|s| s.dual.is_none()) {
-                    py.None().into_bound(py)
-                } else {
-                    let duals: Vec<f64> = solutions.iter().map(|s| s.dual.unwrap_or(f64::NAN)).collect();
-                    duals.into_pyarray(py).into_any()
-                };
-                let iterations = solutions.iter().map(|s| s.iterations as i64).collect::<Vec<_>>().into_pyarray(py);
-                let plans: Vec<Bound<'py, PyAny>> =
-                    solutions.iter().map(|s| plan_tuple(py, s)).collect::<PyResult<_>>()?;
-                let plan = if solutions.iter().all(|s| s.plan.is_none()) {
-                    py.None().into_bound(py)
-                } else {
-                    plans.into_pyobject(py)?.into_any()
-                };
-                (w, value, dual, iterations, radius, plan).into_pyobject(py)
+        let (w, solutions) = NativeLosses::required(losses)?.solve(&arguments)?;
+        let radius = solutions.first().and_then(|s| s.radius);
+        if w.cast::<numpy::PyUntypedArray>()?.ndim() == 2 {
+            let value = solutions.iter().map(|s| s.value).collect::<Vec<_>>().into_pyarray(py);
+            let dual = if solutions.iter().all(|s| s.dual.is_none()) {
+                py.None().into_bound(py)
             } else {
-                let s = &solutions[0];
-                let plan = plan_tuple(py, s)?;
-                (w, s.value, s.dual, s.iterations, radius, plan).into_pyobject(py)
-            }
-        })
+                let duals: Vec<f64> = solutions.iter().map(|s| s.dual.unwrap_or(f64::NAN)).collect();
+                duals.into_pyarray(py).into_any()
+            };
+            let iterations = solutions.iter().map(|s| s.iterations as i64).collect::<Vec<_>>().into_pyarray(py);
+            let plans: Vec<Bound<'py, PyAny>> = solutions.iter().map(|s| plan_tuple(py, s)).collect::<PyResult<_>>()?;
+            let plan = if solutions.iter().all(|s| s.plan.is_none()) {
+                py.None().into_bound(py)
+            } else {
+                plans.into_pyobject(py)?.into_any()
+            };
+            (w, value, dual, iterations, radius, plan).into_pyobject(py)
+        } else {
+            let s = &solutions[0];
+            let plan = plan_tuple(py, s)?;
+            (w, s.value, s.dual, s.iterations, radius, plan).into_pyobject(py)
+        }
     }
 }
 

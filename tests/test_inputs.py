@@ -5,6 +5,7 @@ input is a ValueError that names the problem."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 
 import numpy as np
 import pytest
@@ -25,6 +26,10 @@ def fingerprint(array) -> tuple:
     return array.shape, array.dtype.str, array.strides, hashlib.sha256(array.tobytes()).hexdigest()
 
 
+class _Subclass(np.ndarray):
+    """An ndarray subclass: not taken by the native fast path, converted like any array-like."""
+
+
 @pytest.mark.parametrize("ambiguity,size", SETS)
 def test_layouts_and_dtypes_give_the_same_weights(ambiguity, size):
     expected = robust_weights(LOSSES, ambiguity, **size)
@@ -40,10 +45,11 @@ def test_layouts_and_dtypes_give_the_same_weights(ambiguity, size):
         "read-only": read_only,
         "big-endian": LOSSES.astype(">f8"),
         "longdouble": LOSSES.astype(np.longdouble),
+        "subclass": LOSSES.view(_Subclass),
     }
     for name, losses in same.items():
         q = robust_weights(losses, ambiguity, **size)
-        assert q.dtype == np.float64, name
+        assert type(q) is np.ndarray and q.dtype == np.float64, name
         np.testing.assert_array_equal(q, expected, err_msg=name)
     q = robust_weights(fortran, ambiguity, **size)
     np.testing.assert_array_equal(q[0], expected)
@@ -229,3 +235,19 @@ def test_a_set_named_by_a_string_built_at_run_time_is_the_same_set():
     for name in ["kl", "chi2", "tv"]:
         built = "".join(list(name))
         np.testing.assert_array_equal(robust_weights(L, built, radius=0.1), robust_weights(L, name, radius=0.1))
+
+
+def test_robust_weights_has_the_documented_signature():
+    # robust_weights is native (rust/python.rs); worst_case is Python: the same parameters.
+    native = inspect.signature(robust_weights).parameters
+    python = inspect.signature(worst_case).parameters
+    assert [(p.name, p.kind, p.default) for p in native.values()] == [
+        (p.name, p.kind, p.default) for p in python.values()
+    ]
+    assert "Worst-case weights" in (robust_weights.__doc__ or "")
+    np.testing.assert_array_equal(robust_weights(L, radius=0.1), robust_weights(L, "chi2", radius=0.1))
+    np.testing.assert_array_equal(robust_weights(losses=L, ambiguity="tv", radius=0.1), robust_weights(L, "tv", radius=0.1))
+    with pytest.raises(TypeError):
+        robust_weights(L, "kl", 0.1)  # the size of the set is keyword-only
+    with pytest.raises(TypeError, match="radiu"):
+        robust_weights(L, "kl", radiu=0.1)

@@ -5,6 +5,10 @@ Everything numeric (validation of values, the solves) happens in ``dro_rebel._co
 module only turns numpy arrays, torch tensors (any device) and Python sequences into the
 contiguous float32/float64 host arrays the core takes, and turns the weights back into what
 the caller passed. It never writes into the caller's arrays.
+
+:func:`robust_weights` is native (``rust/python.rs``): a contiguous float64/float32 numpy
+array without extras, the hot path of a training loop, runs no Python frame; everything else
+it hands to :func:`_convert_and_solve` here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from dro_rebel import _core
+from dro_rebel._core import robust_weights
 
 __all__ = ["robust_weights", "worst_case", "WorstCase", "AMBIGUITY_SETS"]
 
@@ -46,55 +51,21 @@ class WorstCase:
     entries, row sums the reference and column sums the weights."""
 
 
-def robust_weights(
+def _convert_and_solve(
     losses: Any,
-    ambiguity: str = "chi2",
-    *,
-    radius: Optional[float] = None,
-    penalty: Optional[float] = None,
-    alpha: Optional[float] = None,
-    reference: Any = None,
-    groups: Any = None,
-    tol: Optional[float] = None,
-    p: float = 1.0,
-    features: Any = None,
-    cost: Any = None,
+    ambiguity: str,
+    radius: Optional[float],
+    penalty: Optional[float],
+    alpha: Optional[float],
+    reference: Any,
+    groups: Any,
+    tol: Optional[float],
+    p: float,
+    features: Any,
+    cost: Any,
 ) -> Any:
-    """Worst-case weights q* of the samples, in the type, dtype and device of ``losses``.
-
-    Args:
-        losses: per-sample losses, shape (n,) for one problem or (m, n) for m problems (one
-            per row). numpy array, torch tensor (any device; it is detached), or a sequence.
-        ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``.
-        radius: size of the ambiguity set (constrained form). rho = 0 gives q = reference.
-        penalty: a fixed dual variable instead of a radius (penalised form: temperature tau
-            for ``kl``, lam for ``chi2`` and ``wasserstein``).
-        alpha: the CVaR level in (0, 1] (``cvar`` only): q_i <= p_i / alpha.
-        reference: the nominal distribution p (non-negative, normalised to sum 1); uniform by
-            default. Shape (n,) shared by all rows, or the shape of ``losses``.
-        groups: integer group labels, shape (n,) or the shape of ``losses``: the set then
-            applies to the mixture over groups (SPEC.md section 2, Groups).
-        tol: tolerance of the iterative solves (default 1e-12, relative).
-        p: the Wasserstein type (cost d_ij ** p), p >= 1.
-        features: ``wasserstein``: (n, d) features; the cost is their Euclidean distance.
-        cost: ``wasserstein``: an (n, n) matrix of distances d_ij.
-
-    Returns:
-        q*, same shape as ``losses``: float32 for float32 numpy input, float64 otherwise; for a
-        torch tensor, a tensor of the same dtype on the same device.
-
-    Raises:
-        ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
-            reference or group labels, an empty batch, a wrong shape, an unknown set.
-    """
-    no_extras = reference is None and groups is None and features is None and cost is None
-    if type(losses) is np.ndarray and no_extras:
-        # The hot path of a training loop: a contiguous float64/float32 array goes straight to
-        # the core, which checks everything else (half the cost of a call at n = 64).
-        try:
-            return _core.weights(losses, ambiguity, radius, penalty, alpha, None, None, tol, p, None, None)
-        except _core.NotNative:
-            pass  # another dtype or not contiguous: converted below
+    """:func:`robust_weights` for what its native fast path does not take: torch tensors,
+    sequences, other dtypes or layouts, and any reference, groups or geometry."""
     host, restore = _host_losses(losses)
     reference, groups, features, cost = _host_extras(host, reference, groups, features, cost)
     weights = _core.weights(

@@ -1,6 +1,6 @@
-"""The native core (rust/python.rs). Private: use :func:`dro_rebel.robust_weights`, which
-normalises the input (any array-like, torch tensors, non-contiguous arrays) before calling
-these with contiguous float64/float32 numpy arrays."""
+"""The native core (rust/python.rs). ``robust_weights`` is public, as
+:func:`dro_rebel.robust_weights`; ``weights`` and ``worst_case`` are private: they take
+contiguous float64/float32 numpy arrays, which ``dro_rebel._api`` makes of any other input."""
 
 from typing import Any, Optional, Union
 
@@ -10,15 +10,53 @@ import numpy.typing as npt
 _Losses = Union[npt.NDArray[np.float64], npt.NDArray[np.float32]]
 _Plan = Optional[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]]
 
-__all__ = ["NotNative", "__version__", "build_profile", "weights", "worst_case"]
+__all__ = ["__version__", "build_profile", "robust_weights", "weights", "worst_case"]
 
 __version__: str
 # "release" or "debug": benchmarks refuse a debug build.
 build_profile: str
 
-class NotNative(TypeError):
-    """The losses are not a C-contiguous float64/float32 numpy array: robust_weights then
-    converts them and calls again (never raised to its callers)."""
+def robust_weights(
+    losses: Any,
+    ambiguity: str = "chi2",
+    *,
+    radius: Optional[float] = None,
+    penalty: Optional[float] = None,
+    alpha: Optional[float] = None,
+    reference: Any = None,
+    groups: Any = None,
+    tol: Optional[float] = None,
+    p: float = 1.0,
+    features: Any = None,
+    cost: Any = None,
+) -> Any:
+    """Worst-case weights q* of the samples, in the type, dtype and device of ``losses``.
+
+    Args:
+        losses: per-sample losses, shape (n,) for one problem or (m, n) for m problems (one
+            per row). numpy array, torch tensor (any device; it is detached), or a sequence.
+        ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``.
+        radius: size of the ambiguity set (constrained form). rho = 0 gives q = reference.
+        penalty: a fixed dual variable instead of a radius (penalised form: temperature tau
+            for ``kl``, lam for ``chi2`` and ``wasserstein``).
+        alpha: the CVaR level in (0, 1] (``cvar`` only): q_i <= p_i / alpha.
+        reference: the nominal distribution p (non-negative, normalised to sum 1); uniform by
+            default. Shape (n,) shared by all rows, or the shape of ``losses``.
+        groups: integer group labels, shape (n,) or the shape of ``losses``: the set then
+            applies to the mixture over groups (SPEC.md section 2, Groups).
+        tol: tolerance of the iterative solves (default 1e-12, relative).
+        p: the Wasserstein type (cost d_ij ** p), p >= 1.
+        features: ``wasserstein``: (n, d) features; the cost is their Euclidean distance.
+        cost: ``wasserstein``: an (n, n) matrix of distances d_ij.
+
+    Returns:
+        q*, same shape as ``losses``: float32 for float32 numpy input, float64 otherwise; for a
+        torch tensor, a tensor of the same dtype on the same device.
+
+    Raises:
+        ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
+            reference or group labels, an empty batch, a wrong shape, an unknown set.
+    """
 
 def weights(
     losses: _Losses,
