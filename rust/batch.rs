@@ -71,6 +71,10 @@ impl<'a> Reference<'a> {
         self.weights.map(|w| &w[start..start + len])
     }
 
+    pub fn is_uniform(&self) -> bool {
+        self.weights.is_none()
+    }
+
     /// The factor that normalises the raw weights (1/n for the uniform reference).
     #[inline(always)]
     pub fn scale(&self) -> f64 {
