@@ -41,6 +41,10 @@ for ambiguity, size in [
     q = robust_weights(losses, ambiguity, **size)
     assert q.shape == losses.shape and abs(q.sum() - 1.0) < 1e-12 and q.min() >= 0, (ambiguity, q)
     assert q[3] == q.max(), (ambiguity, q)
+# A list and a reference go through the Python conversion that the native entry point calls.
+q = robust_weights(losses, "kl", radius=0.2)
+assert np.array_equal(robust_weights(losses.tolist(), "kl", radius=0.2), q)
+assert np.array_equal(robust_weights(losses, "kl", radius=0.2, reference=np.ones(5)), q)
 rows = robust_weights(np.vstack([losses, losses[::-1]]).astype(np.float32), "chi2", radius=0.2)
 assert rows.dtype == np.float32 and rows.shape == (2, 5)
 assert worst_case(losses, "chi2", radius=0.2).value > losses.mean()
