@@ -3,8 +3,8 @@
 //!
 //! `robust_weights` is the public entry point itself, so that the hot path of a training loop
 //! (a contiguous float64/float32 numpy array and no extras) runs no Python frame. Everything
-//! else it hands to `dro_rebel._api`, which converts the input and calls `weights`; `weights`
-//! and `worst_case` take contiguous float64/float32 arrays only.
+//! else it hands to `dro_rebel._api`, which converts the input and calls `worst_case`; that
+//! takes contiguous float64/float32 arrays only.
 
 use numpy::{Element, IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -306,28 +306,8 @@ mod _core {
         convert_and_solve.call1((losses, name, radius, penalty, alpha, reference, groups, tol, p, features, cost))
     }
 
-    /// The worst-case weights of converted input, same shape and dtype as the losses.
-    #[pyfunction]
-    #[pyo3(signature = (losses, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost))]
-    #[allow(clippy::too_many_arguments)]
-    fn weights<'py>(
-        losses: &Bound<'py, PyAny>,
-        #[pyo3(from_py_with = ambiguity_named)] ambiguity: Ambiguity,
-        radius: Option<f64>,
-        penalty: Option<f64>,
-        alpha: Option<f64>,
-        reference: Option<&Bound<'py, PyAny>>,
-        groups: Option<&Bound<'py, PyAny>>,
-        tol: Option<f64>,
-        p: f64,
-        features: Option<&Bound<'py, PyAny>>,
-        cost: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let arguments = Arguments::new(ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost)?;
-        Ok(NativeLosses::required(losses)?.solve(&arguments)?.0)
-    }
-
-    /// Weights, value, dual variable, iterations, radius as used and (wasserstein) the plan.
+    /// Weights, value, dual variable, iterations, radius as used and (wasserstein) the plan, of
+    /// converted input.
     #[pyfunction]
     #[pyo3(signature = (losses, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost))]
     #[allow(clippy::too_many_arguments)]

@@ -293,13 +293,8 @@ mod tests {
     #[test]
     fn the_uniform_shortcut_matches_the_weighted_selection() {
         use crate::batch::Reference;
-        let mut state = 777_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rng = crate::testing::Rng::new(777);
+        let mut next = || rng.uniform();
         for n in 1..90 {
             let losses: Vec<f64> = (0..n).map(|_| (next() * 8.0).floor() - 3.0).collect();
             let ones = vec![1.0; n];

@@ -68,9 +68,9 @@ def _convert_and_solve(
     sequences, other dtypes or layouts, and any reference, groups or geometry."""
     host, restore = _host_losses(losses)
     reference, groups, features, cost = _host_extras(host, reference, groups, features, cost)
-    weights = _core.weights(
+    weights = _core.worst_case(
         host, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost
-    )
+    )[0]
     return restore(weights)
 
 

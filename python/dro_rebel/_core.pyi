@@ -1,6 +1,6 @@
 """The native core (rust/python.rs). ``robust_weights`` is public, as
-:func:`dro_rebel.robust_weights`; ``weights`` and ``worst_case`` are private: they take
-contiguous float64/float32 numpy arrays, which ``dro_rebel._api`` makes of any other input."""
+:func:`dro_rebel.robust_weights`; ``worst_case`` is private: it takes contiguous
+float64/float32 numpy arrays, which ``dro_rebel._api`` makes of any other input."""
 
 from typing import Any, Optional, Union
 
@@ -10,7 +10,7 @@ import numpy.typing as npt
 _Losses = Union[npt.NDArray[np.float64], npt.NDArray[np.float32]]
 _Plan = Optional[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]]
 
-__all__ = ["__version__", "build_profile", "robust_weights", "weights", "worst_case"]
+__all__ = ["__version__", "build_profile", "robust_weights", "worst_case"]
 
 __version__: str
 # "release" or "debug": benchmarks refuse a debug build.
@@ -57,21 +57,6 @@ def robust_weights(
         ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
             reference or group labels, an empty batch, a wrong shape, an unknown set.
     """
-
-def weights(
-    losses: _Losses,
-    ambiguity: str,
-    radius: Optional[float],
-    penalty: Optional[float],
-    alpha: Optional[float],
-    reference: Optional[npt.NDArray[np.float64]],
-    groups: Optional[npt.NDArray[np.int64]],
-    tol: Optional[float],
-    p: float,
-    features: Optional[npt.NDArray[np.float64]],
-    cost: Optional[npt.NDArray[np.float64]],
-) -> _Losses:
-    """The worst-case weights only, same shape and dtype as ``losses`` (1-D or 2-D)."""
 
 def worst_case(
     losses: _Losses,
