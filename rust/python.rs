@@ -6,7 +6,10 @@
 //! else it hands to `dro_rebel._api`, which converts the input and calls `worst_case`; that
 //! takes contiguous float64/float32 arrays only.
 
-use numpy::{Element, IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{
+    Element, IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -156,16 +159,15 @@ impl<'py> NativeLosses<'py> {
         if unsafe { numpy::npyffi::PyArray_CheckExact(losses.py(), losses.as_ptr()) } == 0 {
             return None;
         }
-        let native = if let Ok(array) = losses.cast::<PyArrayDyn<f64>>() {
-            NativeLosses::F64(array.clone())
+        // SAFETY: an ndarray, checked just above.
+        if !unsafe { losses.cast_unchecked::<PyUntypedArray>() }.is_c_contiguous() {
+            return None;
+        }
+        if let Ok(array) = losses.cast::<PyArrayDyn<f64>>() {
+            Some(NativeLosses::F64(array.clone()))
         } else {
-            NativeLosses::F32(losses.cast::<PyArrayDyn<f32>>().ok()?.clone())
-        };
-        let contiguous = match &native {
-            NativeLosses::F64(array) => array.is_c_contiguous(),
-            NativeLosses::F32(array) => array.is_c_contiguous(),
-        };
-        contiguous.then_some(native)
+            losses.cast::<PyArrayDyn<f32>>().ok().map(|array| NativeLosses::F32(array.clone()))
+        }
     }
 
     /// For the entry points that take converted input only.
@@ -328,7 +330,7 @@ mod _core {
         let py = losses.py();
         let (w, solutions) = NativeLosses::required(losses)?.solve(&arguments)?;
         let radius = solutions.first().and_then(|s| s.radius);
-        if w.cast::<numpy::PyUntypedArray>()?.ndim() == 2 {
+        if w.cast::<PyUntypedArray>()?.ndim() == 2 {
             let value = solutions.iter().map(|s| s.value).collect::<Vec<_>>().into_pyarray(py);
             let dual = if solutions.iter().all(|s| s.dual.is_none()) {
                 py.None().into_bound(py)

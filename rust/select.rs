@@ -30,10 +30,10 @@ pub struct Quantile {
 
 pub fn quantile<T: Real>(batch: &Batch<T>, target: f64, sign: f64) -> Quantile {
     let n = batch.len();
-    let (low, high) = if sign > 0.0 { (batch.min, batch.max) } else { (-batch.max, -batch.min) };
     if n < HISTOGRAM_MIN && batch.reference.is_uniform() {
         return uniform_quantile(batch, target, sign);
     }
+    let (low, high) = if sign > 0.0 { (batch.min, batch.max) } else { (-batch.max, -batch.min) };
     let mut beyond_bin = 0.0;
     let mut items = if n < HISTOGRAM_MIN || high <= low {
         collect(batch, sign, true, |_| true)
