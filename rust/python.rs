@@ -2,21 +2,28 @@
 //! for large solves, and mapping the core's errors to `ValueError`.
 //!
 //! `robust_weights` is the public entry point itself, so that the hot path of a training loop
-//! (a contiguous float64/float32 numpy array and no extras) runs no Python frame. Everything
-//! else it hands to `dro_rebel._api`, which converts the input and calls `worst_case`; that
-//! takes contiguous float64/float32 arrays only.
+//! (a contiguous float64/float32 numpy array and no extras) runs no Python frame; it is called
+//! as METH_FASTCALL (`python/fastcall.rs`). Everything else it hands to `dro_rebel._api`, which
+//! converts the input and calls `worst_case`; that takes contiguous float64/float32 arrays only.
 
 use numpy::{
     Element, IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
     PyUntypedArrayMethods,
 };
+use std::ffi::CStr;
+
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 
 use crate::{Ambiguity, Budget, CoreError, Geometry, Options, Real, Solution};
+
+mod fastcall;
+
+use fastcall::{MethodDef, Signature};
 
 impl From<CoreError> for PyErr {
     fn from(error: CoreError) -> PyErr {
@@ -34,8 +41,7 @@ fn shape_repr(shape: &[usize]) -> String {
 
 /// The set named `name`. Names written in Python source are interned, so comparing the object
 /// with the interned names usually settles it; other strings are decoded, which the abi3 API
-/// of Python 3.9 does by way of a new bytes object (300 of the 5,200 instructions a call on one
-/// loss took).
+/// of Python 3.9 does by way of a new bytes object (about 300 instructions).
 fn ambiguity_named(name: &Bound<'_, PyAny>) -> PyResult<Ambiguity> {
     if let Some(ambiguity) = AMBIGUITIES.into_iter().find(|&a| name.is(ambiguity_name(name.py(), a))) {
         return Ok(ambiguity);
@@ -247,65 +253,9 @@ mod _core {
     #[pymodule_export]
     const build_profile: &str = crate::BUILD_PROFILE;
 
-    /// Worst-case weights q* of the samples, in the type, dtype and device of ``losses``.
-    ///
-    /// Args:
-    ///     losses: per-sample losses, shape (n,) for one problem or (m, n) for m problems (one
-    ///         per row). numpy array, torch tensor (any device; it is detached), or a sequence.
-    ///     ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``.
-    ///     radius: size of the ambiguity set (constrained form). rho = 0 gives q = reference.
-    ///     penalty: a fixed dual variable instead of a radius (penalised form: temperature tau
-    ///         for ``kl``, lam for ``chi2`` and ``wasserstein``).
-    ///     alpha: the CVaR level in (0, 1] (``cvar`` only): q_i <= p_i / alpha.
-    ///     reference: the nominal distribution p (non-negative, normalised to sum 1); uniform by
-    ///         default. Shape (n,) shared by all rows, or the shape of ``losses``.
-    ///     groups: integer group labels, shape (n,) or the shape of ``losses``: the set then
-    ///         applies to the mixture over groups (SPEC.md section 2, Groups).
-    ///     tol: tolerance of the iterative solves (default 1e-12, relative).
-    ///     p: the Wasserstein type (cost d_ij ** p), p >= 1.
-    ///     features: ``wasserstein``: (n, d) features; the cost is their Euclidean distance.
-    ///     cost: ``wasserstein``: an (n, n) matrix of distances d_ij.
-    ///
-    /// Returns:
-    ///     q*, same shape as ``losses``: float32 for float32 numpy input, float64 otherwise; for a
-    ///     torch tensor, a tensor of the same dtype on the same device.
-    ///
-    /// Raises:
-    ///     ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
-    ///         reference or group labels, an empty batch, a wrong shape, an unknown set.
-    #[pyfunction]
-    #[pyo3(
-        signature = (losses, ambiguity = Ambiguity::Chi2, *, radius = None, penalty = None, alpha = None,
-                     reference = None, groups = None, tol = None, p = 1.0, features = None, cost = None),
-        text_signature = "(losses, ambiguity='chi2', *, radius=None, penalty=None, alpha=None, reference=None, \
-                          groups=None, tol=None, p=1.0, features=None, cost=None)"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    fn robust_weights<'py>(
-        losses: &Bound<'py, PyAny>,
-        #[pyo3(from_py_with = ambiguity_named)] ambiguity: Ambiguity,
-        radius: Option<f64>,
-        penalty: Option<f64>,
-        alpha: Option<f64>,
-        reference: Option<&Bound<'py, PyAny>>,
-        groups: Option<&Bound<'py, PyAny>>,
-        tol: Option<f64>,
-        p: f64,
-        features: Option<&Bound<'py, PyAny>>,
-        cost: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let extras = reference.is_some() || groups.is_some() || features.is_some() || cost.is_some();
-        if !extras {
-            if let Some(native) = NativeLosses::of(losses) {
-                let arguments = Arguments::new(ambiguity, radius, penalty, alpha, None, None, tol, p, None, None)?;
-                return Ok(native.solve(&arguments)?.0);
-            }
-        }
-        let py = losses.py();
-        static CONVERT_AND_SOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let convert_and_solve = CONVERT_AND_SOLVE.import(py, "dro_rebel._api", "_convert_and_solve")?;
-        let name = ambiguity_name(py, ambiguity);
-        convert_and_solve.call1((losses, name, radius, penalty, alpha, reference, groups, tol, p, features, cost))
+    #[pymodule_init]
+    fn init(module: &Bound<'_, PyModule>) -> PyResult<()> {
+        ROBUST_WEIGHTS.add_to(module)
     }
 
     /// Weights, value, dual variable, iterations, radius as used and (wasserstein) the plan, of
@@ -352,6 +302,120 @@ mod _core {
             (w, s.value, s.dual, s.iterations, radius, plan).into_pyobject(py)
         }
     }
+}
+
+/// `robust_weights`, registered by hand as a METH_FASTCALL function: `fastcall.rs` says why.
+static ROBUST_WEIGHTS: MethodDef = MethodDef::new(c"robust_weights", robust_weights_fastcall, ROBUST_WEIGHTS_DOC);
+
+static ROBUST_WEIGHTS_SIGNATURE: Signature<11> = Signature {
+    function: "robust_weights",
+    parameters: [
+        "losses",
+        "ambiguity",
+        "radius",
+        "penalty",
+        "alpha",
+        "reference",
+        "groups",
+        "tol",
+        "p",
+        "features",
+        "cost",
+    ],
+    positional: 2,
+    required: 1,
+    interned: PyOnceLock::new(),
+};
+
+/// The signature line (for `inspect`) and the docstring.
+const ROBUST_WEIGHTS_DOC: &CStr = cr#"robust_weights(losses, ambiguity='chi2', *, radius=None, penalty=None, alpha=None, reference=None, groups=None, tol=None, p=1.0, features=None, cost=None)
+--
+
+Worst-case weights q* of the samples, in the type, dtype and device of ``losses``.
+
+Args:
+    losses: per-sample losses, shape (n,) for one problem or (m, n) for m problems (one
+        per row). numpy array, torch tensor (any device; it is detached), or a sequence.
+    ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``.
+    radius: size of the ambiguity set (constrained form). rho = 0 gives q = reference.
+    penalty: a fixed dual variable instead of a radius (penalised form: temperature tau
+        for ``kl``, lam for ``chi2`` and ``wasserstein``).
+    alpha: the CVaR level in (0, 1] (``cvar`` only): q_i <= p_i / alpha.
+    reference: the nominal distribution p (non-negative, normalised to sum 1); uniform by
+        default. Shape (n,) shared by all rows, or the shape of ``losses``.
+    groups: integer group labels, shape (n,) or the shape of ``losses``: the set then
+        applies to the mixture over groups (SPEC.md section 2, Groups).
+    tol: tolerance of the iterative solves (default 1e-12, relative).
+    p: the Wasserstein type (cost d_ij ** p), p >= 1.
+    features: ``wasserstein``: (n, d) features; the cost is their Euclidean distance.
+    cost: ``wasserstein``: an (n, n) matrix of distances d_ij.
+
+Returns:
+    q*, same shape as ``losses``: float32 for float32 numpy input, float64 otherwise; for a
+    torch tensor, a tensor of the same dtype on the same device.
+
+Raises:
+    ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
+        reference or group labels, an empty batch, a wrong shape, an unknown set."#;
+
+unsafe extern "C" fn robust_weights_fastcall(
+    _module: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython's call of a METH_FASTCALL | METH_KEYWORDS function, with the GIL held;
+    // the borrowed arguments do not outlive it.
+    unsafe {
+        fastcall::trampoline(|py| {
+            let [losses, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost] =
+                ROBUST_WEIGHTS_SIGNATURE.bind(py, args, nargs, kwnames)?;
+            let ambiguity = ambiguity.map(|name| ambiguity_named(&name)).transpose()?;
+            robust_weights(
+                &losses.expect("bind checks that losses is given"),
+                ambiguity.unwrap_or(Ambiguity::Chi2),
+                fastcall::optional_float(radius, "radius")?,
+                fastcall::optional_float(penalty, "penalty")?,
+                fastcall::optional_float(alpha, "alpha")?,
+                fastcall::optional(reference).as_deref(),
+                fastcall::optional(groups).as_deref(),
+                fastcall::optional_float(tol, "tol")?,
+                p.map(|p| fastcall::float(p, "p")).transpose()?.unwrap_or(1.0),
+                fastcall::optional(features).as_deref(),
+                fastcall::optional(cost).as_deref(),
+            )
+        })
+    }
+}
+
+/// The weights of `losses`: solved here for a contiguous float64/float32 ndarray without
+/// extras, else by `dro_rebel._api._convert_and_solve`.
+#[allow(clippy::too_many_arguments)]
+fn robust_weights<'py>(
+    losses: &Bound<'py, PyAny>,
+    ambiguity: Ambiguity,
+    radius: Option<f64>,
+    penalty: Option<f64>,
+    alpha: Option<f64>,
+    reference: Option<&Bound<'py, PyAny>>,
+    groups: Option<&Bound<'py, PyAny>>,
+    tol: Option<f64>,
+    p: f64,
+    features: Option<&Bound<'py, PyAny>>,
+    cost: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let extras = reference.is_some() || groups.is_some() || features.is_some() || cost.is_some();
+    if !extras {
+        if let Some(native) = NativeLosses::of(losses) {
+            let arguments = Arguments::new(ambiguity, radius, penalty, alpha, None, None, tol, p, None, None)?;
+            return Ok(native.solve(&arguments)?.0);
+        }
+    }
+    let py = losses.py();
+    static CONVERT_AND_SOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let convert_and_solve = CONVERT_AND_SOLVE.import(py, "dro_rebel._api", "_convert_and_solve")?;
+    let name = ambiguity_name(py, ambiguity);
+    convert_and_solve.call1((losses, name, radius, penalty, alpha, reference, groups, tol, p, features, cost))
 }
 
 /// A plan as (source, target, mass) numpy arrays, or None.

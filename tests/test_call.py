@@ -1,0 +1,86 @@
+"""How robust_weights binds its arguments. It is a native METH_FASTCALL function whose binding is
+written by hand (rust/python/fastcall.rs), so it is checked against Python's own: worst_case is
+a Python function with the same signature, and every call either binds in both or raises the
+same TypeError in both."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dro_rebel import robust_weights, worst_case
+
+L = np.array([0.5, 2.0, -1.0, 3.0])
+
+# A value for each parameter that binds and solves; "radiu" and "weights" are unknown names.
+VALUES = {
+    "losses": L, "ambiguity": "kl", "radius": 0.1, "penalty": 1.0, "alpha": 0.5, "reference": None,
+    "groups": None, "tol": 1e-10, "p": 1.0, "features": None, "cost": None, "radiu": 0.1, "weights": L,
+}
+POSITIONAL = [L, "kl", 0.1]
+
+
+def outcome(function, args, kwargs):
+    """The weights, or the error's type and message with the function's name taken out."""
+    try:
+        result = function(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        return type(error), str(error).replace(function.__name__ + "()", "f()")
+    return np.asarray(getattr(result, "weights", result)).tolist()
+
+
+@given(
+    positional=st.integers(0, len(POSITIONAL)),
+    keywords=st.lists(st.sampled_from(sorted(VALUES)), unique=True, max_size=5),
+)
+def test_every_call_binds_as_a_python_function_with_the_signature_would(positional, keywords):
+    args = POSITIONAL[:positional]
+    kwargs = {name: VALUES[name] for name in keywords}
+    assert outcome(robust_weights, args, kwargs) == outcome(worst_case, args, kwargs)
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,message",
+    [
+        ((L, "kl", 0.1), {}, "takes from 1 to 2 positional arguments but 3 were given"),
+        ((L,), {"radiu": 0.1}, "got an unexpected keyword argument 'radiu'"),
+        ((L,), {"losses": L, "radius": 0.1}, "got multiple values for argument 'losses'"),
+        ((L, "kl"), {"ambiguity": "tv", "radius": 0.1}, "got multiple values for argument 'ambiguity'"),
+        ((), {"radius": 0.1}, "missing 1 required positional argument: 'losses'"),
+        ((L, "kl"), {"radius": "0.1"}, "argument 'radius': must be real number, not str"),
+        ((L, "wasserstein"), {"radius": 0.1, "p": None}, "argument 'p': must be real number, not NoneType"),
+    ],
+)
+def test_a_call_that_does_not_bind_is_a_type_error_as_in_python(args, kwargs, message):
+    with pytest.raises(TypeError, match=f"^robust_weights\\(\\) {message}$|^{message}$"):
+        robust_weights(*args, **kwargs)
+
+
+def test_keywords_not_interned_are_found_by_their_text():
+    # Keywords written in source are interned and found by identity; these are built at run time.
+    penalty, ambiguity = "".join(["pen", "alty"]), "".join(["ambi", "guity"])
+    assert sys.intern(penalty) is not penalty
+    built = robust_weights(L, **{ambiguity: "kl", penalty: 1.0})
+    np.testing.assert_array_equal(built, robust_weights(L, "kl", penalty=1.0))
+
+
+def test_numbers_of_any_kind_are_taken_as_floats():
+    expected = robust_weights(L, "kl", radius=0.5)
+    for radius in [np.float64(0.5), np.float32(0.5), 0.5, True and 0.5]:
+        np.testing.assert_array_equal(robust_weights(L, "kl", radius=radius), expected)
+    np.testing.assert_array_equal(robust_weights(L, "kl", radius=1), robust_weights(L, "kl", radius=1.0))
+
+
+def test_calls_hold_no_references_to_their_arguments():
+    # The arguments are borrowed from CPython's call: no reference may be kept or lost.
+    losses, name, radius = np.array([0.5, 2.0, -1.0]), "".join(["k", "l"]), 0.12345
+    before = [sys.getrefcount(x) for x in (losses, name, radius)]
+    for _ in range(1000):
+        robust_weights(losses, name, radius=radius)
+        with pytest.raises(TypeError):
+            robust_weights(losses, name, radius=radius, radiu=radius)
+    assert [sys.getrefcount(x) for x in (losses, name, radius)] == before
