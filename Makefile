@@ -45,6 +45,7 @@ test-python: setup
 bench: setup
 	mkdir -p runs
 	$(PY) -m pytest benches -m benchmark --benchmark-only --benchmark-min-rounds=3 --benchmark-max-time=0.5 \
+		--benchmark-min-time=0.0001 --benchmark-warmup=on \
 		--benchmark-columns=min,median,mean,rounds -q --benchmark-json=runs/bench.json
 	$(PY) -m dro_rebel.bench_table runs/bench.json
 	cargo bench --bench core -- --quick
@@ -57,8 +58,13 @@ wheel: $(DEPS_STAMP)
 	$(VENV)/bin/maturin build --profile dist --out dist
 
 # Installs the wheel into a fresh venv that has only numpy and calls robust_weights there.
+# Also under the oldest Python the abi3 wheel serves, 3.9, where the machine has one (pyenv's
+# or on the PATH).
+PYTHON39 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.9*/bin/python3.9) python3.9)
 wheel-check: wheel
 	bash tests/wheel_check.sh dist
+	if $(PYTHON39) -c '' 2>/dev/null; then PYTHON=$(PYTHON39) bash tests/wheel_check.sh dist; \
+	else echo "wheel-check: no Python 3.9 here, checked under $$($(PYTHON) -V) only"; fi
 
 # rustfmt (rustfmt.toml: 120 columns) and clippy with warnings as errors, on every target and
 # with the python feature (the bindings) on.

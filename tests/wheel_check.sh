@@ -45,6 +45,14 @@ for ambiguity, size in [
 q = robust_weights(losses, "kl", radius=0.2)
 assert np.array_equal(robust_weights(losses.tolist(), "kl", radius=0.2), q)
 assert np.array_equal(robust_weights(losses, "kl", radius=0.2, reference=np.ones(5)), q)
+# Arguments bind as in Python (rust/python/fastcall.rs) on every version the wheel serves.
+assert np.array_equal(robust_weights(losses=losses, ambiguity="kl", **{"".join(["rad", "ius"]): 0.2}), q)
+try:
+    robust_weights(losses, "kl", radiu=0.2)
+except TypeError as error:
+    assert "unexpected keyword argument 'radiu'" in str(error), error
+else:
+    raise AssertionError("an unknown keyword was accepted")
 rows = robust_weights(np.vstack([losses, losses[::-1]]).astype(np.float32), "chi2", radius=0.2)
 assert rows.dtype == np.float32 and rows.shape == (2, 5)
 assert worst_case(losses, "chi2", radius=0.2).value > losses.mean()
@@ -55,5 +63,8 @@ except ValueError as error:
 else:
     raise AssertionError("NaN losses were accepted")
 assert "torch" not in sys.modules and "scipy" not in sys.modules
-print(f"wheel check passed: {sys.argv[1].rsplit('/', 1)[-1]} (dro_rebel {dro_rebel.__version__}, {dro_rebel.build_profile})")
+print(
+    f"wheel check passed: {sys.argv[1].rsplit('/', 1)[-1]} (dro_rebel {dro_rebel.__version__}, "
+    f"{dro_rebel.build_profile}) under Python {sys.version.split()[0]}"
+)
 PY
