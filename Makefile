@@ -41,13 +41,15 @@ test-rust:
 test-python: setup
 	$(PY) -m pytest -q
 
-# Rust core vs the numpy baseline, with the floors, in one run; then the table of ratios.
+# Rust core vs the numpy baseline, with the floors, in one run; then the table of ratios, the
+# speed-ups at n = 64 timed in pairs (benches/paired.py), and criterion.
 bench: setup
 	mkdir -p runs
 	$(PY) -m pytest benches -m benchmark --benchmark-only --benchmark-min-rounds=3 --benchmark-max-time=0.5 \
 		--benchmark-min-time=0.0001 --benchmark-warmup=on \
 		--benchmark-columns=min,median,mean,rounds -q --benchmark-json=runs/bench.json
 	$(PY) -m dro_rebel.bench_table runs/bench.json
+	$(PY) benches/paired.py
 	cargo bench --bench core -- --quick
 
 demo: setup

@@ -22,46 +22,25 @@ from functools import lru_cache
 
 import numpy as np
 import pytest
+from problems import CALLS, SIZES, call, losses
 
 from dro_rebel import baseline, robust_weights
-
-SIZES = [64, 1024, 16384, 1048576]
-
-# name -> the call of an implementation on the losses, written as a training loop writes it:
-# with its keywords in the source. (A call through `**size` builds and unpacks a dict first:
-# 0.2 us more of robust_weights, a METH_FASTCALL function; see the README.)
-SETS = {
-    "kl radius": lambda solve, values: solve(values, "kl", radius=0.1),
-    "chi2 radius": lambda solve, values: solve(values, "chi2", radius=0.5),
-    "cvar alpha": lambda solve, values: solve(values, "cvar", alpha=0.1),
-    "tv radius": lambda solve, values: solve(values, "tv", radius=0.1),
-    "chi2 penalty": lambda solve, values: solve(values, "chi2", penalty=1.0),
-    "kl penalty": lambda solve, values: solve(values, "kl", penalty=1.0),
-}
 
 IMPLEMENTATIONS = {"rust": robust_weights, "baseline": baseline.robust_weights}
 
 
 @lru_cache(maxsize=None)
-def losses(n: int) -> np.ndarray:
-    """Squared residuals, as REBEL's regression losses are: non-negative, right-skewed."""
-    values = np.random.default_rng(0).standard_normal(n) ** 2
-    values.flags.writeable = False
-    return values
-
-
-@lru_cache(maxsize=None)
 def answers(name: str, n: int) -> tuple:
     """Both implementations' weights, once per problem, and whether they agree."""
-    rust = SETS[name](robust_weights, losses(n))
-    base = SETS[name](baseline.robust_weights, losses(n))
+    rust = call(name)(robust_weights, losses(n))
+    base = call(name)(baseline.robust_weights, losses(n))
     difference = float(np.max(np.abs(rust - base)))
     return difference <= 1e-9 * float(np.max(base)), difference
 
 
 @pytest.mark.benchmark
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("name", list(SETS))
+@pytest.mark.parametrize("name", list(CALLS))
 @pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
 def test_weights(benchmark, implementation, name, n):
     solve = IMPLEMENTATIONS[implementation]
@@ -71,7 +50,7 @@ def test_weights(benchmark, implementation, name, n):
     benchmark.extra_info.update(
         implementation=implementation, set=name, n=n, matched=matched, max_abs_difference=difference
     )
-    weights = benchmark(SETS[name], solve, values)
+    weights = benchmark(call(name), solve, values)
     assert weights.shape == values.shape
     assert matched, f"rust and baseline differ by {difference} on {name} n={n}"
 

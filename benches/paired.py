@@ -1,0 +1,115 @@
+"""The core's speed-ups over the numpy baseline at small n, timed in pairs.
+
+    .venv/bin/python benches/paired.py [--seconds 1.0] [--sizes 64 1024]
+
+On a shared machine whose speed drifts by 2x within minutes, the medians of pytest-benchmark
+(benches/test_bench_core.py) time the core and the baseline at different moments: in five runs
+of it between 19:17 and 19:35 UTC on 2026-12-01, penalised KL at n = 64 came out at 24, 45,
+84, 45 and 49 times the baseline. Here every round times the core and then its comparison
+straight after, so a drift that slows both cancels in that round's ratio, and the table gives
+the median and quartiles of the ratios over the rounds, with the targets at n = 64.
+
+For small batches only: a round there is hundreds of calls of each. At n = 2^20 it would be a
+single call of the core, which the baseline's allocations in between leave cold (page faults
+on the 8 MB output: 4.1 ms where a loop of calls takes 2.3), so the large sizes are timed by
+pytest-benchmark's loops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import timeit
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from problems import CALLS, losses
+
+from dro_rebel import baseline, robust_weights
+from dro_rebel.bench_table import SMALL_MICROSECONDS, SMALL_N, SMALL_SPEEDUP, verdict
+
+# Each side of a round runs for about this long (at least one call).
+ROUND_SECONDS = 2e-3
+MIN_ROUNDS = 5
+
+# Seconds that `count` calls take: timeit's loop around the statement, as a training loop
+# would write the call (no function of the harness between the loop and the call).
+Run = Callable[[int], float]
+
+
+def run_of(statement: str, **names: object) -> Run:
+    return timeit.Timer(statement, globals=names).timeit
+
+
+def calls_per_round(run: Run) -> int:
+    """How many calls take about ROUND_SECONDS (after a few to warm up)."""
+    run(3)
+    count = 1
+    while (seconds := run(count)) < ROUND_SECONDS / 10:
+        count *= 10
+    return max(1, round(count * ROUND_SECONDS / seconds))
+
+
+def paired(first: Run, second: Run, *, seconds: float) -> List[Tuple[float, float]]:
+    """(time of one call of first, time of one call of second) in each round; rounds go on
+    for about `seconds` and number at least MIN_ROUNDS."""
+    loops = (calls_per_round(first), calls_per_round(second))
+    rounds: List[Tuple[float, float]] = []
+    elapsed = 0.0
+    while len(rounds) < MIN_ROUNDS or elapsed < seconds:
+        times = (first(loops[0]), second(loops[1]))
+        elapsed += sum(times)
+        rounds.append((times[0] / loops[0], times[1] / loops[1]))
+    return rounds
+
+
+def ratios(rounds: List[Tuple[float, float]]) -> List[float]:
+    """Per round, the second's time over the first's."""
+    return [second / first for first, second in rounds]
+
+
+def spread(values: List[float]) -> str:
+    """median [first quartile, third quartile]."""
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{median:.1f} [{q1:.1f}, {q3:.1f}]"
+
+
+def row(name: str, n: int, seconds: float) -> str:
+    values = losses(n)
+    core = run_of(CALLS[name], solve=robust_weights, values=values)
+    numpy_baseline = run_of(CALLS[name], solve=baseline.robust_weights, values=values)
+    against_baseline = paired(core, numpy_baseline, seconds=seconds)
+    speedups = ratios(against_baseline)
+    time_of_call = statistics.median(first for first, _ in against_baseline)
+    speedup = statistics.median(speedups)
+    target = ""
+    if n == SMALL_N:
+        us = time_of_call * 1e6
+        target = (
+            f"{SMALL_SPEEDUP:.0f}x: {verdict(speedup >= SMALL_SPEEDUP, f'{speedup:.0f}x')}; "
+            f"<{SMALL_MICROSECONDS:.0f} us: {verdict(us < SMALL_MICROSECONDS, f'{us:.2f} us')}"
+        )
+    return f"{name:<14}{n:>9}{_time(time_of_call):>12}  {spread(speedups):<24}{len(against_baseline):>7}  {target}"
+
+
+def _time(seconds: float) -> str:
+    return f"{seconds * 1e6:.2f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="benches/paired.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=1.0, help="rounds per set and size, in seconds")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[SMALL_N])
+    args = parser.parse_args(argv)
+    print("paired rounds: the core, then its comparison straight after; median [quartiles] over rounds")
+    header = f"{'set':<14}{'n':>9}{'core':>12}  {'speed-up':<24}{'rounds':>7}  target"
+    print(header)
+    print("-" * len(header))
+    for n in args.sizes:
+        for name in CALLS:
+            print(row(name, n, args.seconds), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
