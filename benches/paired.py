@@ -4,7 +4,7 @@
 
 On a shared machine whose speed drifts by 2x within minutes, the medians of pytest-benchmark
 (benches/test_bench_core.py) time the core and the baseline at different moments: in five runs
-of it between 19:17 and 19:35 UTC on 2026-12-01, penalised KL at n = 64 came out at 24, 45,
+of it between 19:17 and 19:28 UTC on 2026-12-01, penalised KL at n = 64 came out at 24, 45,
 84, 45 and 49 times the baseline. Here every round times the core and then its comparison
 straight after, so a drift that slows both cancels in that round's ratio, and the table gives
 the median and quartiles of the ratios over the rounds, with the targets at n = 64.

@@ -5,6 +5,7 @@ same TypeError in both."""
 
 from __future__ import annotations
 
+import pickle
 import sys
 
 import numpy as np
@@ -84,3 +85,10 @@ def test_calls_hold_no_references_to_their_arguments():
         with pytest.raises(TypeError):
             robust_weights(losses, name, radius=radius, radiu=radius)
     assert [sys.getrefcount(x) for x in (losses, name, radius)] == before
+
+
+def test_it_is_a_module_function_that_pickles_by_name():
+    # As PyO3's functions are: bound to dro_rebel._core, so pickle (and multiprocessing) finds it.
+    assert robust_weights.__module__ == "dro_rebel._core"
+    assert robust_weights.__name__ == robust_weights.__qualname__ == "robust_weights"
+    assert pickle.loads(pickle.dumps(robust_weights)) is robust_weights
