@@ -71,6 +71,27 @@ fn ambiguity_name(py: Python<'_>, ambiguity: Ambiguity) -> &Bound<'_, PyString> 
 /// than it frees.
 const DETACH_MIN_ELEMENTS: usize = 4096;
 
+/// What a call passed besides the losses, as Python passed it (None where it left one out).
+struct Given<'a, 'py> {
+    ambiguity: Ambiguity,
+    radius: Option<f64>,
+    penalty: Option<f64>,
+    alpha: Option<f64>,
+    reference: Option<&'a Bound<'py, PyAny>>,
+    groups: Option<&'a Bound<'py, PyAny>>,
+    tol: Option<f64>,
+    p: f64,
+    features: Option<&'a Bound<'py, PyAny>>,
+    cost: Option<&'a Bound<'py, PyAny>>,
+}
+
+impl Given<'_, '_> {
+    /// Whether anything but the set and its size was given: a reference, groups or geometry.
+    fn has_extras(&self) -> bool {
+        self.reference.is_some() || self.groups.is_some() || self.features.is_some() || self.cost.is_some()
+    }
+}
+
 /// The arguments every entry point shares, borrowed from Python for the length of one call.
 struct Arguments<'py> {
     ambiguity: Ambiguity,
@@ -84,19 +105,8 @@ struct Arguments<'py> {
 }
 
 impl<'py> Arguments<'py> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        ambiguity: Ambiguity,
-        radius: Option<f64>,
-        penalty: Option<f64>,
-        alpha: Option<f64>,
-        reference: Option<&Bound<'py, PyAny>>,
-        groups: Option<&Bound<'py, PyAny>>,
-        tol: Option<f64>,
-        order: f64,
-        features: Option<&Bound<'py, PyAny>>,
-        cost: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Self> {
+    fn new(given: &Given<'_, 'py>) -> PyResult<Self> {
+        let Given { ambiguity, radius, penalty, alpha, tol, p: order, .. } = *given;
         let budget = Budget::new(ambiguity, radius, penalty, alpha)?;
         if ambiguity == Ambiguity::Wasserstein && !(order >= 1.0 && order.is_finite()) {
             return Err(PyValueError::new_err(format!("p must be a finite number >= 1, got {order}")));
@@ -106,10 +116,10 @@ impl<'py> Arguments<'py> {
             budget,
             tol: tol.unwrap_or(crate::DEFAULT_TOL),
             order,
-            reference: reference.map(|r| readonly::<f64>(r, "reference")).transpose()?,
-            groups: groups.map(|g| readonly::<i64>(g, "groups")).transpose()?,
-            features: features.map(|f| readonly::<f64>(f, "features")).transpose()?,
-            cost: cost.map(|c| readonly::<f64>(c, "cost")).transpose()?,
+            reference: given.reference.map(|r| readonly::<f64>(r, "reference")).transpose()?,
+            groups: given.groups.map(|g| readonly::<i64>(g, "groups")).transpose()?,
+            features: given.features.map(|f| readonly::<f64>(f, "features")).transpose()?,
+            cost: given.cost.map(|c| readonly::<f64>(c, "cost")).transpose()?,
         })
     }
 
@@ -276,7 +286,8 @@ mod _core {
         features: Option<&Bound<'py, PyAny>>,
         cost: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let arguments = Arguments::new(ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost)?;
+        let given = Given { ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost };
+        let arguments = Arguments::new(&given)?;
         let py = losses.py();
         let (w, solutions) = NativeLosses::required(losses)?.solve(&arguments)?;
         let radius = solutions.first().and_then(|s| s.radius);
@@ -371,49 +382,37 @@ unsafe extern "C" fn robust_weights_fastcall(
             let [losses, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost] =
                 ROBUST_WEIGHTS_SIGNATURE.bind(py, args, nargs, kwnames)?;
             let ambiguity = ambiguity.map(|name| ambiguity_named(&name)).transpose()?;
-            robust_weights(
-                &losses.expect("bind checks that losses is given"),
-                ambiguity.unwrap_or(Ambiguity::Chi2),
-                fastcall::optional_float(radius, "radius")?,
-                fastcall::optional_float(penalty, "penalty")?,
-                fastcall::optional_float(alpha, "alpha")?,
-                fastcall::optional(reference).as_deref(),
-                fastcall::optional(groups).as_deref(),
-                fastcall::optional_float(tol, "tol")?,
-                p.map(|p| fastcall::float(p, "p")).transpose()?.unwrap_or(1.0),
-                fastcall::optional(features).as_deref(),
-                fastcall::optional(cost).as_deref(),
-            )
+            let (reference, groups) = (fastcall::optional(reference), fastcall::optional(groups));
+            let (features, cost) = (fastcall::optional(features), fastcall::optional(cost));
+            let given = Given {
+                ambiguity: ambiguity.unwrap_or(Ambiguity::Chi2),
+                radius: fastcall::optional_float(radius, "radius")?,
+                penalty: fastcall::optional_float(penalty, "penalty")?,
+                alpha: fastcall::optional_float(alpha, "alpha")?,
+                reference: reference.as_deref(),
+                groups: groups.as_deref(),
+                tol: fastcall::optional_float(tol, "tol")?,
+                p: p.map(|p| fastcall::float(p, "p")).transpose()?.unwrap_or(1.0),
+                features: features.as_deref(),
+                cost: cost.as_deref(),
+            };
+            robust_weights(&losses.expect("bind checks that losses is given"), &given)
         })
     }
 }
 
 /// The weights of `losses`: solved here for a contiguous float64/float32 ndarray without
 /// extras, else by `dro_rebel._api._convert_and_solve`.
-#[allow(clippy::too_many_arguments)]
-fn robust_weights<'py>(
-    losses: &Bound<'py, PyAny>,
-    ambiguity: Ambiguity,
-    radius: Option<f64>,
-    penalty: Option<f64>,
-    alpha: Option<f64>,
-    reference: Option<&Bound<'py, PyAny>>,
-    groups: Option<&Bound<'py, PyAny>>,
-    tol: Option<f64>,
-    p: f64,
-    features: Option<&Bound<'py, PyAny>>,
-    cost: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let extras = reference.is_some() || groups.is_some() || features.is_some() || cost.is_some();
-    if !extras {
+fn robust_weights<'py>(losses: &Bound<'py, PyAny>, given: &Given<'_, 'py>) -> PyResult<Bound<'py, PyAny>> {
+    if !given.has_extras() {
         if let Some(native) = NativeLosses::of(losses) {
-            let arguments = Arguments::new(ambiguity, radius, penalty, alpha, None, None, tol, p, None, None)?;
-            return Ok(native.solve(&arguments)?.0);
+            return Ok(native.solve(&Arguments::new(given)?)?.0);
         }
     }
     let py = losses.py();
     static CONVERT_AND_SOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let convert_and_solve = CONVERT_AND_SOLVE.import(py, "dro_rebel._api", "_convert_and_solve")?;
+    let Given { ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost } = *given;
     let name = ambiguity_name(py, ambiguity);
     convert_and_solve.call1((losses, name, radius, penalty, alpha, reference, groups, tol, p, features, cost))
 }
