@@ -15,7 +15,8 @@
 //! Tolerances (honest for any magnitude, because they are relative to max|l| or stated on q,
 //! which is scale-free): the solvers accumulate in f64, so a sum of n terms carries at most
 //! about n * 2^-52 of relative rounding; `ROUNDING` below is that bound with room. Float32
-//! output adds one rounding of each weight, 2^-24 relative, and weights below the float32
+//! output adds two roundings of each weight, 2^-23 relative in all (the unnormalised weight is
+//! stored in the output, then the normalised one over it), and weights below the float32
 //! normal range lose their relative precision entirely (they are excluded from the ratio
 //! checks and bounded in absolute terms elsewhere). Constraint checks allow the solver's own
 //! relative tolerance (1e-6, or `tol` if the caller asked for a looser one) on top.
@@ -445,7 +446,7 @@ struct Checker<'a> {
     p: Vec<f64>,
     /// Relative rounding allowed in a sum of n terms computed in f64.
     rounding: f64,
-    /// Relative rounding of one output weight: 0 in f64 (inside `rounding`), 2^-24 in f32.
+    /// Relative rounding of one output weight: 0 in f64 (inside `rounding`), 2^-23 in f32.
     output: f64,
     /// The smallest weight whose relative precision the solvers keep: they store unnormalised
     /// weights q * total in the output type, with total >= 1e-8 (below that they write q
