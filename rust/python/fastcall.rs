@@ -113,8 +113,10 @@ impl<const N: usize> Signature<N> {
         if !kwnames.is_null() {
             // SAFETY: a tuple of strings, owned by the caller for the length of the call.
             let kwnames = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
+            let interned =
+                self.interned.get_or_init(py, || self.parameters.map(|name| PyString::intern(py, name).unbind()));
             for (k, keyword) in kwnames.iter_borrowed().enumerate() {
-                let i = self.parameter_of(py, &keyword)?;
+                let i = self.parameter_of(interned, &keyword)?;
                 if bound[i].is_some() {
                     return Err(PyTypeError::new_err(format!(
                         "{}() got multiple values for argument '{}'",
@@ -153,9 +155,7 @@ impl<const N: usize> Signature<N> {
 
     /// Which parameter a keyword names: by identity with the interned names (every name in
     /// Python source), else by its text.
-    fn parameter_of(&self, py: Python<'_>, keyword: &Borrowed<'_, '_, PyAny>) -> PyResult<usize> {
-        let interned =
-            self.interned.get_or_init(py, || self.parameters.map(|name| PyString::intern(py, name).unbind()));
+    fn parameter_of(&self, interned: &[Py<PyString>; N], keyword: &Borrowed<'_, '_, PyAny>) -> PyResult<usize> {
         if let Some(i) = interned.iter().position(|name| name.as_ptr() == keyword.as_ptr()) {
             return Ok(i);
         }
