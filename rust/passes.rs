@@ -114,37 +114,97 @@ pub fn extremes<T: Real>(losses: &[T], reference: &Reference) -> Option<Extremes
     fold_chunks(losses, reference, serial, |a, b| Some(a?.merge(b?)))
 }
 
+/// Block by block: the range of a block in a loop that vectorises, then the mass at the block's
+/// max in a second loop over the block (still in L1), only where that max reaches the running
+/// one: rarely, past the first blocks. One loop doing all three with selects compiled to
+/// scalar code with branches: 8.3 instructions a loss against 2.6 (callgrind, 2^20 losses).
 #[inline(always)]
 fn extremes_serial<T: Real>(part: &[T], weights: Option<&[f64]>, scale: f64) -> Option<Extremes> {
-    let mut lanes = [Extremes::EMPTY; LANES];
-    let mut finite = [true; LANES];
-    let whole = part.len() - part.len() % LANES;
-    match weights {
+    let mut extremes = Extremes::EMPTY;
+    for (b, ls) in part.chunks(BLOCK).enumerate() {
+        let ps = weights.map(|w| &w[b * BLOCK..b * BLOCK + ls.len()]);
+        let (max, min) = block_range(ls, ps, scale)?;
+        extremes.min = extremes.min.min(min);
+        if max >= extremes.max {
+            let mass = mass_at(ls, ps, scale, max);
+            extremes.mass_at_max = if max > extremes.max { mass } else { extremes.mass_at_max + mass };
+            extremes.max = max;
+        }
+    }
+    Some(extremes)
+}
+
+/// The largest and smallest loss of a block on the support of p (-inf and inf where the block
+/// has none), or None if a loss of the block (also where p is zero) is NaN or infinite.
+/// Compared as integers (`order_key`): LLVM vectorises integer max and min reductions, and no
+/// float form of them (as selects, the lanes went through a shuffle of masks every step, and
+/// f64::max stayed scalar: 5 to 8 instructions a loss, against 1.7 this way).
+#[inline(always)]
+fn block_range<T: Real>(ls: &[T], ps: Option<&[f64]>, scale: f64) -> Option<(f64, f64)> {
+    let (neg_infinity, infinity) = (order_key(f64::NEG_INFINITY), order_key(f64::INFINITY));
+    let (mut max, mut min) = (neg_infinity, infinity);
+    match ps {
+        // Every loss is on the support: a NaN or an infinity is itself beyond the range
+        // [-inf, inf] of the keys (a NaN's key lies past the infinity of its sign).
         None => {
-            for ls in part[..whole].chunks_exact(LANES) {
-                for j in 0..LANES {
-                    let l = ls[j].to_f64();
-                    finite[j] &= l.is_finite();
-                    lanes[j].push(l, scale);
-                }
+            let (mut top, mut bottom) = (i64::MIN, i64::MAX);
+            for &l in ls {
+                let key = order_key(l.to_f64());
+                top = top.max(key);
+                bottom = bottom.min(key);
             }
+            if top >= infinity || bottom <= neg_infinity {
+                return None;
+            }
+            (max, min) = (top, bottom);
         }
-        Some(ws) => {
-            for (ls, ps) in part[..whole].chunks_exact(LANES).zip(ws.chunks_exact(LANES)) {
-                for j in 0..LANES {
-                    let l = ls[j].to_f64();
-                    finite[j] &= l.is_finite();
-                    lanes[j].push(l, ps[j] * scale);
-                }
+        Some(ps) => {
+            let mut magnitude = 0;
+            for (&l, &w) in ls.iter().zip(ps) {
+                let l = l.to_f64();
+                magnitude = magnitude.max((l.to_bits() & !SIGN) as i64);
+                let (key, on) = (order_key(l), w * scale > 0.0);
+                max = max.max(if on { key } else { neg_infinity });
+                min = min.min(if on { key } else { infinity });
+            }
+            if magnitude >= infinity {
+                return None;
             }
         }
     }
-    for k in whole..part.len() {
-        let l = part[k].to_f64();
-        finite[0] &= l.is_finite();
-        lanes[0].push(l, weights.map_or(scale, |w| w[k] * scale));
+    Some((from_order_key(max), from_order_key(min)))
+}
+
+const SIGN: u64 = 1 << 63;
+
+/// An integer that orders as the float does: the bits themselves for x >= +0, all bits but the
+/// sign flipped below (so -0 comes just below +0).
+#[inline(always)]
+fn order_key(x: f64) -> i64 {
+    let bits = x.to_bits() as i64;
+    bits ^ (((bits >> 63) as u64 >> 1) as i64)
+}
+
+#[inline(always)]
+fn from_order_key(key: i64) -> f64 {
+    // The map is its own inverse.
+    f64::from_bits(order_key(f64::from_bits(key as u64)) as u64)
+}
+
+/// The mass of p at the loss `max` within a block: the number of ties times 1/n for the
+/// uniform reference (exact), their weights summed in order otherwise.
+#[inline(always)]
+fn mass_at<T: Real>(ls: &[T], ps: Option<&[f64]>, scale: f64, max: f64) -> f64 {
+    match ps {
+        None => ls.iter().filter(|l| l.to_f64() == max).count() as f64 * scale,
+        Some(ps) => ls
+            .iter()
+            .zip(ps)
+            .map(|(l, &w)| (l.to_f64(), w * scale))
+            .filter(|&(l, p)| p > 0.0 && l == max)
+            .map(|(_, p)| p)
+            .sum(),
     }
-    finite.iter().all(|&f| f).then(|| lanes.into_iter().fold(Extremes::EMPTY, Extremes::merge))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -162,23 +222,6 @@ pub struct Extremes {
 
 impl Extremes {
     const EMPTY: Extremes = Extremes { max: f64::NEG_INFINITY, min: f64::INFINITY, mass_at_max: 0.0 };
-
-    /// Branch-free on purpose: selects vectorise, branches on the data do not.
-    #[inline(always)]
-    fn push(&mut self, l: f64, p: f64) {
-        let on = p > 0.0;
-        let above = on & (l > self.max);
-        let tied = on & (l == self.max);
-        self.mass_at_max = if above {
-            p
-        } else if tied {
-            self.mass_at_max + p
-        } else {
-            self.mass_at_max
-        };
-        self.max = if above { l } else { self.max };
-        self.min = if on & (l < self.min) { l } else { self.min };
-    }
 
     fn merge(self, other: Extremes) -> Extremes {
         let mass_at_max = if self.max > other.max {
@@ -644,6 +687,51 @@ mod tests {
         }
         check(exp_nonpositive::<true>);
         check(exp_nonpositive::<false>);
+    }
+
+    /// The extremes of one plain loop, on losses with ties at the max across blocks and chunks,
+    /// signed zeros, a reference with zeros over the largest losses, and NaN or inf on or off
+    /// the support.
+    #[test]
+    fn extremes_match_a_plain_loop() {
+        use crate::testing::Rng;
+        fn plain(losses: &[f64], reference: &Reference) -> Option<(f64, f64, f64)> {
+            if losses.iter().any(|l| !l.is_finite()) {
+                return None;
+            }
+            let on = |i: usize| reference.at(i) > 0.0;
+            let max = (0..losses.len()).filter(|&i| on(i)).map(|i| losses[i]).fold(f64::NEG_INFINITY, f64::max);
+            let min = (0..losses.len()).filter(|&i| on(i)).map(|i| losses[i]).fold(f64::INFINITY, f64::min);
+            let mass = (0..losses.len()).filter(|&i| on(i) && losses[i] == max).map(|i| reference.at(i)).sum();
+            Some((max, min, mass))
+        }
+        let mut rng = Rng::new(31);
+        for n in [1, 3, 255, 257, 1000, 70_001, 200_003] {
+            let weights: Vec<f64> = (0..n).map(|i| if i % 5 == 0 { 0.0 } else { rng.uniform() }).collect();
+            let mut losses: Vec<f64> = (0..n).map(|_| (rng.uniform() * 8.0).floor() - 4.0).collect();
+            losses[n / 2] = 0.0;
+            losses[n - 1] = -0.0;
+            for (i, l) in losses.iter_mut().enumerate() {
+                if i % 5 == 0 {
+                    *l = 1e300; // off the support of the weighted reference
+                }
+            }
+            let weighted = Reference::weighted(&weights, n).ok(); // None where all are zero (n = 1)
+            for reference in [Some(Reference::uniform(n)), weighted].into_iter().flatten() {
+                let got = extremes(&losses, &reference).map(|e| (e.max, e.min, e.mass_at_max));
+                let (max, min, mass) = plain(&losses, &reference).unwrap();
+                let (gmax, gmin, gmass) = got.unwrap();
+                assert!(gmax == max && gmin == min, "n {n}: {got:?} vs {max}, {min}");
+                assert!((gmass - mass).abs() <= 1e-12 * mass, "n {n}: mass {gmass} vs {mass}");
+                for bad in [f64::NAN, -f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                    for at in [0, n / 2, n - 1] {
+                        let mut broken = losses.clone();
+                        broken[at] = bad;
+                        assert!(extremes(&broken, &reference).is_none(), "n {n}: {bad} at {at} not caught");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
