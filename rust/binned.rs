@@ -117,20 +117,70 @@ fn add_block<T: Real>(
         *i = x;
         *d = u - (-1.0 + (x as f64 + 0.5) * width);
     }
-    let mut add = |i: u32, d: f64, p: f64| {
+    let (index, offset) = (&index[..block.len()], &offset[..block.len()]);
+    #[cfg(target_arch = "x86_64")]
+    if passes::has_avx2() {
+        // SAFETY: the processor supports AVX2, and every index is below histogram.len().
+        return unsafe { scatter_avx2(histogram, index, offset, ws, p_scale) };
+    }
+    scatter(histogram, index, offset, ws, p_scale);
+}
+
+/// Adds each loss's four terms p, p d, p d^2, p d^3 to its bin (d: the offset from the bin's
+/// centre; p: the loss's weight w times p_scale, or p_scale for the uniform reference).
+#[inline(always)]
+fn scatter(histogram: &mut [Moments], index: &[u32], offset: &[f64], ws: Option<&[f64]>, p_scale: f64) {
+    for (k, (&i, &d)) in index.iter().zip(offset).enumerate() {
+        // p = 0 adds nothing, wherever its (clamped) bin is.
+        let p = ws.map_or(p_scale, |w| w[k] * p_scale);
         let pd = p * d;
         let h = &mut histogram[i as usize].0;
         let terms = [p, pd, pd * d, pd * d * d];
         for j in 0..4 {
             h[j] += terms[j];
         }
-    };
-    let len = block.len();
-    match ws {
-        None => index.iter().zip(offset.iter()).take(len).for_each(|(&i, &d)| add(i, d, p_scale)),
-        // p = 0 adds nothing, wherever its (clamped) bin is.
-        Some(ws) => index.iter().zip(offset.iter()).zip(ws).for_each(|((&i, &d), &w)| add(i, d, w * p_scale)),
     }
+}
+
+/// `scatter` four losses at a time: their terms computed across the four (one vector a term),
+/// transposed into one vector a loss, and each added to its bin with one load-add-store. The
+/// same products and the same sums in the same order as `scatter`, so the same bits. Left to
+/// the compiler, every loss's vector was assembled from scalars: the histogram pass took 24.7
+/// instructions a loss, against 15.0 with this (callgrind, 2^20 losses).
+///
+/// # Safety
+/// The processor supports AVX2, and every index is below histogram.len().
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scatter_avx2(histogram: &mut [Moments], index: &[u32], offset: &[f64], ws: Option<&[f64]>, p_scale: f64) {
+    use std::arch::x86_64::*;
+    let whole = offset.len() - offset.len() % 4;
+    let bins = histogram.as_mut_ptr() as *mut f64;
+    for k in (0..whole).step_by(4) {
+        let d = _mm256_loadu_pd(offset.as_ptr().add(k));
+        let p = match ws {
+            None => _mm256_set1_pd(p_scale),
+            Some(w) => _mm256_mul_pd(_mm256_loadu_pd(w.as_ptr().add(k)), _mm256_set1_pd(p_scale)),
+        };
+        let pd = _mm256_mul_pd(p, d);
+        let pd2 = _mm256_mul_pd(pd, d);
+        let pd3 = _mm256_mul_pd(pd2, d);
+        // Rows (p, pd, pd2, pd3) of four losses a, b, c, e into one vector a loss.
+        let (low, high) = (_mm256_unpacklo_pd(p, pd), _mm256_unpackhi_pd(p, pd)); // [pa pda pc pdc], [pb pdb pe pde]
+        let (low2, high2) = (_mm256_unpacklo_pd(pd2, pd3), _mm256_unpackhi_pd(pd2, pd3));
+        let losses = [
+            _mm256_permute2f128_pd(low, low2, 0x20),
+            _mm256_permute2f128_pd(high, high2, 0x20),
+            _mm256_permute2f128_pd(low, low2, 0x31),
+            _mm256_permute2f128_pd(high, high2, 0x31),
+        ];
+        for (j, terms) in losses.into_iter().enumerate() {
+            // SAFETY: the caller's index is in bounds, and Moments is 32-byte aligned.
+            let bin = bins.add(4 * *index.get_unchecked(k + j) as usize);
+            _mm256_store_pd(bin, _mm256_add_pd(_mm256_load_pd(bin), terms));
+        }
+    }
+    scatter(histogram, &index[whole..], &offset[whole..], ws.map(|w| &w[whole..]), p_scale);
 }
 
 /// The moments of every bin, one histogram per chunk, added up.
@@ -209,6 +259,31 @@ mod tests {
             // rounding in each, times the k-th power's slope over offsets of 4e-4.
             let tol = 4.0 * f64::EPSILON * (k.max(1) as f64) * 4e-4_f64.powi(k - 1).min(1.0);
             assert!((exact - binned).abs() <= tol, "moment {k}: {exact} vs {binned}");
+        }
+    }
+
+    /// The AVX2 scatter gives every bit of the plain one, with and without weights, on lengths
+    /// that are not multiples of four and with runs of one bin (a chain of adds to one place).
+    #[test]
+    fn the_vectorised_scatter_matches_the_plain_one() {
+        #[cfg(target_arch = "x86_64")]
+        if passes::has_avx2() {
+            let mut rng = crate::testing::Rng::new(13);
+            let bins = 64;
+            for len in [1, 4, 7, 256] {
+                let index: Vec<u32> =
+                    (0..len).map(|k| if k % 9 < 3 { 5 } else { (rng.uniform() * bins as f64) as u32 }).collect();
+                let offset: Vec<f64> = (0..len).map(|_| (rng.uniform() - 0.5) / bins as f64).collect();
+                let weights: Vec<f64> = (0..len).map(|k| if k % 4 == 1 { 0.0 } else { rng.uniform() }).collect();
+                for ws in [None, Some(&weights[..])] {
+                    let (mut plain, mut wide) = (vec![Moments::default(); bins], vec![Moments::default(); bins]);
+                    scatter(&mut plain, &index, &offset, ws, 0.37);
+                    // SAFETY: AVX2 is there, and every index is below bins.
+                    unsafe { scatter_avx2(&mut wide, &index, &offset, ws, 0.37) };
+                    let bits = |h: &[Moments]| h.iter().flat_map(|m| m.0.map(f64::to_bits)).collect::<Vec<_>>();
+                    assert_eq!(bits(&plain), bits(&wide), "len {len}, weighted {}", ws.is_some());
+                }
+            }
         }
     }
 
