@@ -27,8 +27,8 @@ fn bin_count(n: usize) -> usize {
     (n / 16).next_power_of_two().min(1 << 10)
 }
 
-/// The moments of one bin about its centre c: sum p, sum p (u - c), sum p (u - c)^2, and
-/// sum p (u - c)^3. Aligned so that adding a loss's four terms is one AVX2 load-add-store.
+/// The moments of one bin about its centre c, with the offsets d = (u - c) / width in units
+/// of the bin's width (`add_block`): sum p, sum p d, sum p d^2 and sum p d^3. Aligned so that adding a loss's four terms is one AVX2 load-add-store.
 #[derive(Clone, Copy, Default)]
 #[repr(align(32))]
 struct Moments([f64; 4]);
@@ -47,8 +47,10 @@ pub fn binned_dual<T: Real>(
     let bins = bin_count(n);
     let histogram = histogram(batch, scale, bins);
     let (mut points, mut masses) = (Vec::with_capacity(2 * bins), Vec::with_capacity(2 * bins));
-    for (b, moments) in histogram.iter().enumerate() {
-        for (u, mass) in two_points(centre(b, bins), moments) {
+    let width = 1.0 / bins as f64; // a power of two: the rescaled moments are exact
+    for (b, &Moments([mass, first, second, third])) in histogram.iter().enumerate() {
+        let moments = Moments([mass, first * width, second * width * width, third * width * width * width]);
+        for (u, mass) in two_points(centre(b, bins), &moments) {
             points.push(u);
             masses.push(mass);
         }
@@ -103,19 +105,22 @@ fn add_block<T: Real>(
     scale: &Scale,
 ) {
     let bins = histogram.len();
-    let (per_unit, width, last) = (bins as f64, 1.0 / bins as f64, (bins - 1) as f64);
+    let (per_unit, last) = (bins as f64, (bins - 1) as f64);
     let Scratch { index, offset } = scratch;
     for ((i, d), &l) in index.iter_mut().zip(offset.iter_mut()).zip(block) {
-        let u = scale.u(l.to_f64());
-        // Truncation is the floor here (u + 1 >= 0); f64::floor is a call into libm on
-        // baseline x86-64, and it took a fifth of the pass. max/min (not clamp) return the
-        // bound for a NaN too, which validated losses cannot give.
-        let bin = ((u + 1.0) * per_unit).max(0.0).min(last);
+        // The position in units of the bin width, 0 at u = -1 and `bins` at the max.
+        let t = (scale.u(l.to_f64()) + 1.0) * per_unit;
+        // Truncation is the floor here (t >= 0); f64::floor is a call into libm on baseline
+        // x86-64, and it took a fifth of the pass. max/min (not clamp) return the bound for a
+        // NaN too, which validated losses cannot give.
+        let bin = t.max(0.0).min(last);
         // SAFETY: bin is finite and in [0, bins - 1]. The saturating `as` cast compiled to
-        // scalar code and cost a third of the pass.
-        let x = unsafe { bin.to_int_unchecked::<i32>() } as u32;
-        *i = x;
-        *d = u - (-1.0 + (x as f64 + 0.5) * width);
+        // scalar code and cost a third of the pass; converting back from i32, not u32, is one
+        // instruction, not three.
+        let x = unsafe { bin.to_int_unchecked::<i32>() };
+        *i = x as u32;
+        // From the unclamped t: the max, at t = bins, lies half a width above the last centre.
+        *d = t - (x as f64 + 0.5);
     }
     let (index, offset) = (&index[..block.len()], &offset[..block.len()]);
     #[cfg(target_arch = "x86_64")]
@@ -127,7 +132,7 @@ fn add_block<T: Real>(
 }
 
 /// Adds each loss's four terms p, p d, p d^2, p d^3 to its bin (d: the offset from the bin's
-/// centre; p: the loss's weight w times p_scale, or p_scale for the uniform reference).
+/// centre in bin widths; p: the loss's weight w times p_scale, or p_scale for the uniform reference).
 #[inline(always)]
 fn scatter(histogram: &mut [Moments], index: &[u32], offset: &[f64], ws: Option<&[f64]>, p_scale: f64) {
     for (k, (&i, &d)) in index.iter().zip(offset).enumerate() {
