@@ -1,6 +1,7 @@
-"""The core's speed-ups over the numpy baseline at small n, timed in pairs.
+"""The core's speed-ups over the numpy baseline at small n, and its time in copies of the input
+at n = 2^20, timed in pairs.
 
-    .venv/bin/python benches/paired.py [--seconds 1.0] [--sizes 64 1024]
+    .venv/bin/python benches/paired.py [--seconds 1.0] [--sizes 64 1024] [--large-sizes 1048576]
 
 On a shared machine whose speed drifts by 2x within minutes, the medians of pytest-benchmark
 (benches/test_bench_core.py) time the core and the baseline at different moments: in five runs
@@ -9,10 +10,13 @@ of it between 19:17 and 19:28 UTC on 2026-12-01, penalised KL at n = 64 came out
 straight after, so a drift that slows both cancels in that round's ratio, and the table gives
 the median and quartiles of the ratios over the rounds, with the targets at n = 64.
 
-For small batches only: a round there is hundreds of calls of each. At n = 2^20 it would be a
-single call of the core, which the baseline's allocations in between leave cold (page faults
-on the 8 MB output: 4.1 ms where a loop of calls takes 2.3), so the large sizes are timed by
-pytest-benchmark's loops.
+The speed-ups are timed for small batches only: a round there is hundreds of calls of each.
+At n = 2^20 it would be a single call of the core, which the baseline's allocations in between
+leave cold (page faults on the 8 MB output: 4.1 ms where a loop of calls takes 2.3), so the
+large speed-ups are pytest-benchmark's. The copies at n = 2^20 are paired here, a round being
+one call of the core and then 2 ms of `np.copy` of the same losses: two passes over memory of
+the same size, neither of which leaves the other cold, where pytest-benchmark times the copy
+once and the sets minutes later (its np.copy at 2^20 took 0.54 to 1.14 ms over eight runs).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import sys
 import timeit
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 from problems import CALLS, losses
 
 from dro_rebel import baseline, robust_weights
-from dro_rebel.bench_table import SMALL_MICROSECONDS, SMALL_N, SMALL_SPEEDUP, verdict
+from dro_rebel.bench_table import LARGE_COPIES, LARGE_N, SMALL_MICROSECONDS, SMALL_N, SMALL_SPEEDUP, verdict
 
 # Each side of a round runs for about this long (at least one call).
 ROUND_SECONDS = 2e-3
@@ -92,6 +97,24 @@ def row(name: str, n: int, seconds: float) -> str:
     return f"{name:<14}{n:>9}{_time(time_of_call):>12}  {spread(speedups):<24}{len(against_baseline):>7}  {target}"
 
 
+def copies_row(name: str, n: int, seconds: float) -> str:
+    values = losses(n)
+    core = run_of(CALLS[name], solve=robust_weights, values=values)
+    copy = run_of("copy(values)", copy=np.copy, values=values)
+    rounds = paired(core, copy, seconds=seconds)
+    copies = [1.0 / ratio for ratio in ratios(rounds)]
+    time_of_call = statistics.median(first for first, _ in rounds)
+    time_of_copy = statistics.median(second for _, second in rounds)
+    target = ""
+    if n == LARGE_N:
+        median = statistics.median(copies)
+        target = f"<={LARGE_COPIES:.0f} copies: {verdict(median <= LARGE_COPIES, f'{median:.1f}')}"
+    return (
+        f"{name:<14}{n:>9}{_time(time_of_call):>12}{_time(time_of_copy):>12}  {spread(copies):<24}"
+        f"{len(rounds):>7}  {target}"
+    )
+
+
 def _time(seconds: float) -> str:
     return f"{seconds * 1e6:.2f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
 
@@ -99,7 +122,8 @@ def _time(seconds: float) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="benches/paired.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="rounds per set and size, in seconds")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[SMALL_N])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[SMALL_N], help="sizes of the speed-ups")
+    parser.add_argument("--large-sizes", type=int, nargs="*", default=[LARGE_N], help="sizes of the copies")
     args = parser.parse_args(argv)
     print("paired rounds: the core, then its comparison straight after; median [quartiles] over rounds")
     header = f"{'set':<14}{'n':>9}{'core':>12}  {'speed-up':<24}{'rounds':>7}  target"
@@ -108,6 +132,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for n in args.sizes:
         for name in CALLS:
             print(row(name, n, args.seconds), flush=True)
+    if args.large_sizes:
+        print()
+        print("paired rounds: one call of the core, then 2 ms of np.copy; the core's time in copies")
+        header = f"{'set':<14}{'n':>9}{'core':>12}{'np.copy':>12}  {'copies':<24}{'rounds':>7}  target"
+        print(header)
+        print("-" * len(header))
+        for n in args.large_sizes:
+            for name in CALLS:
+                print(copies_row(name, n, args.seconds), flush=True)
     return 0
 
 

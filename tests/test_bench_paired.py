@@ -54,8 +54,20 @@ def test_spread_is_the_median_and_quartiles(paired):
 
 
 def test_the_table_has_a_row_and_a_verdict_per_set(paired, capsys):
-    assert paired.main(["--seconds", "0.01"]) == 0
+    # The copies at a size small enough for a test: no target there (it is set at 2^20).
+    assert paired.main(["--seconds", "0.01", "--large-sizes", "4096"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line for line in lines if line.startswith(tuple(paired.CALLS))]
-    assert len(rows) == len(paired.CALLS)
-    assert all("50x: " in line and "<5 us: " in line for line in rows)
+    assert len(rows) == 2 * len(paired.CALLS)
+    speedups, copies = rows[: len(paired.CALLS)], rows[len(paired.CALLS) :]
+    assert all("50x: " in line and "<5 us: " in line for line in speedups)
+    for line in copies:
+        median = float(line.split("[")[0].split()[-1])
+        assert 0.0 < median < 1e3 and "copies:" not in line
+
+
+def test_the_copies_at_2_20_carry_their_target(paired, capsys, monkeypatch):
+    # A stand-in pairing: the core at four copies' time in every round.
+    monkeypatch.setattr(paired, "paired", lambda first, second, seconds: [(4e-3, 1e-3)] * paired.MIN_ROUNDS)
+    line = paired.copies_row("kl radius", paired.LARGE_N, 0.0)
+    assert "4.0 [4.0, 4.0]" in line and "<=10 copies: reached" in line
