@@ -165,18 +165,14 @@ struct Moments {
 
 impl Moments {
     fn above<T: Real>(batch: &Batch<T>, scale: &Scale, threshold: f64, shift: f64) -> Self {
-        let [count, mass, first, second, outside] = passes::sum(batch.losses, &batch.reference, |l, p| {
-            let u = scale.u(l);
-            let on = u > threshold && p > 0.0;
-            let (m, d) = (if on { p } else { 0.0 }, u - shift);
-            [if on { 1.0 } else { 0.0 }, m, m * d, m * d * d, p - m]
-        });
+        let [count, mass, first, second, outside] =
+            passes::sum_above(batch.losses, &batch.reference, scale, threshold, shift);
         Moments { count: count as usize, mass, first, second, outside }
     }
 }
 
 /// The sums over {i : u_i > threshold, p_i > 0} that the penalised form needs: the count, the
-/// mass of p and sum p u (three quantities, not Moments' five: the pass is a third cheaper).
+/// mass of p and sum p u (Moments' sums about a shift of 0).
 struct Michelot {
     count: usize,
     mass: f64,
@@ -185,12 +181,7 @@ struct Michelot {
 
 impl Michelot {
     fn above<T: Real>(batch: &Batch<T>, scale: &Scale, threshold: f64) -> Self {
-        let [count, mass, first] = passes::sum(batch.losses, &batch.reference, |l, p| {
-            let u = scale.u(l);
-            let on = u > threshold && p > 0.0;
-            let m = if on { p } else { 0.0 };
-            [if on { 1.0 } else { 0.0 }, m, m * u]
-        });
+        let [count, mass, first, _, _] = passes::sum_above(batch.losses, &batch.reference, scale, threshold, 0.0);
         Michelot { count: count as usize, mass, first }
     }
 }

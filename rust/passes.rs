@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::batch::Reference;
+use crate::batch::{Reference, Scale};
 use crate::real::Real;
 
 /// Independent accumulators per quantity.
@@ -24,6 +24,84 @@ pub fn sum<T: Real, const K: usize>(
 ) -> [f64; K] {
     let scale = reference.scale();
     fold_chunks(losses, reference, |part, weights| sum_dispatch(part, weights, scale, &term), add)
+}
+
+/// The sums of the chi-square solves over the active set A = {i : u_i > threshold, p_i > 0}:
+/// the count of A, sum_A p, sum_A p d, sum_A p d^2 with d = u - shift, and the mass of p
+/// outside A. `sum` computes them for every input; for f64 losses on AVX2 a kernel of its own
+/// gives the same bits in a third of the instructions (through `sum`, the selects on A kept the
+/// terms from vectorising: 7.7 instructions a loss for three of the sums).
+pub fn sum_above<T: Real>(losses: &[T], reference: &Reference, scale: &Scale, threshold: f64, shift: f64) -> [f64; 5] {
+    let p_scale = reference.scale();
+    let term = |l: f64, p: f64| {
+        let u = scale.u(l);
+        let on = u > threshold && p > 0.0;
+        let (m, d) = (if on { p } else { 0.0 }, u - shift);
+        [if on { 1.0 } else { 0.0 }, m, m * d, m * d * d, p - m]
+    };
+    fold_chunks(
+        losses,
+        reference,
+        |part, weights| {
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(part), true) = (T::as_f64s(part), has_avx2()) {
+                // SAFETY: the processor supports AVX2.
+                return unsafe { sum_above_avx2(part, weights, p_scale, scale, threshold, shift) };
+            }
+            sum_dispatch(part, weights, p_scale, &term)
+        },
+        add,
+    )
+}
+
+/// `sum_above` on one chunk of f64 losses: element k to lane k mod 4 and the lanes added in
+/// order at the end, as `sum`'s columns do, and the terms by the same operations.
+///
+/// # Safety
+/// The processor supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_above_avx2(
+    losses: &[f64],
+    weights: Option<&[f64]>,
+    p_scale: f64,
+    scale: &Scale,
+    threshold: f64,
+    shift: f64,
+) -> [f64; 5] {
+    use std::arch::x86_64::*;
+    let (zero, one) = (_mm256_setzero_pd(), _mm256_set1_pd(1.0));
+    let (threshold4, shift4, p_scale4) = (_mm256_set1_pd(threshold), _mm256_set1_pd(shift), _mm256_set1_pd(p_scale));
+    let mut acc = [zero; 5];
+    let whole = losses.len() - losses.len() % LANES;
+    for k in (0..whole).step_by(LANES) {
+        let u = scale.u4(_mm256_loadu_pd(losses.as_ptr().add(k)));
+        let p = match weights {
+            None => p_scale4,
+            Some(w) => _mm256_mul_pd(_mm256_loadu_pd(w.as_ptr().add(k)), p_scale4),
+        };
+        let on = _mm256_and_pd(_mm256_cmp_pd(u, threshold4, _CMP_GT_OQ), _mm256_cmp_pd(p, zero, _CMP_GT_OQ));
+        let (m, d) = (_mm256_and_pd(on, p), _mm256_sub_pd(u, shift4));
+        let md = _mm256_mul_pd(m, d);
+        let terms = [_mm256_and_pd(on, one), m, md, _mm256_mul_pd(md, d), _mm256_sub_pd(p, m)];
+        for (a, t) in acc.iter_mut().zip(terms) {
+            *a = _mm256_add_pd(*a, t);
+        }
+    }
+    let mut lanes = [[0.0; LANES]; 5];
+    for (lane, a) in lanes.iter_mut().zip(acc) {
+        _mm256_storeu_pd(lane.as_mut_ptr(), a);
+    }
+    for (j, k) in (whole..losses.len()).enumerate() {
+        let p = weights.map_or(p_scale, |w| w[k] * p_scale);
+        let u = scale.u(losses[k]);
+        let on = u > threshold && p > 0.0;
+        let (m, d) = (if on { p } else { 0.0 }, u - shift);
+        for (lane, t) in lanes.iter_mut().zip([if on { 1.0 } else { 0.0 }, m, m * d, m * d * d, p - m]) {
+            lane[j] += t;
+        }
+    }
+    lanes.map(|lane| lane.iter().sum())
 }
 
 /// out_i = weight(l_i, p_i) for every i, and returns sum_i stats(l_i, out_i) (K sums in f64).
@@ -729,6 +807,38 @@ mod tests {
                         broken[at] = bad;
                         assert!(extremes(&broken, &reference).is_none(), "n {n}: {bad} at {at} not caught");
                     }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 kernel of `sum_above` gives every bit of `sum` with the same terms: thresholds
+    /// below, inside and above the losses, shifts, a reference with zeros, signed zeros among
+    /// the losses, lengths that are not multiples of four, one chunk and several.
+    #[test]
+    fn sums_above_a_threshold_match_the_generic_sums() {
+        use crate::batch::Batch;
+        use crate::testing::Rng;
+        let mut rng = Rng::new(51);
+        for n in [1, 6, 257, 1000, 70_003] {
+            let mut losses: Vec<f64> = (0..n).map(|_| (rng.uniform() * 6.0).floor() * rng.uniform() - 2.0).collect();
+            losses[0] = -0.0;
+            let weights: Vec<f64> = (0..n).map(|i| if i % 5 == 2 { 0.0 } else { rng.uniform() }).collect();
+            let weighted = Reference::weighted(&weights, n).ok();
+            for reference in [Some(Reference::uniform(n)), weighted].into_iter().flatten() {
+                let batch = Batch::new(&losses[..], reference).unwrap();
+                let scale = batch.scale();
+                for (threshold, shift) in
+                    [(f64::NEG_INFINITY, 0.0), (-0.5, -0.25), (-0.3, 0.0), (0.0, 0.0), (-0.0, 1.0)]
+                {
+                    let generic = sum(&losses, &reference, |l, p| {
+                        let u = scale.u(l);
+                        let on = u > threshold && p > 0.0;
+                        let (m, d) = (if on { p } else { 0.0 }, u - shift);
+                        [if on { 1.0 } else { 0.0 }, m, m * d, m * d * d, p - m]
+                    });
+                    let fast = sum_above(&losses, &reference, &scale, threshold, shift);
+                    assert_eq!(fast.map(f64::to_bits), generic.map(f64::to_bits), "n {n}, threshold {threshold}");
                 }
             }
         }
