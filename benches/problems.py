@@ -28,6 +28,21 @@ def call(name: str) -> Callable[[Callable, np.ndarray], np.ndarray]:
     return eval(f"lambda solve, values: {CALLS[name]}")  # the statement above, compiled as is
 
 
+# Calls per timed round of pytest-benchmark, by n: at small n the statement runs in a loop of
+# its own, as a training loop runs it. Called once a round through a Python function (the
+# `call` above), a call paid for that function's frame too: about 0.14 us, the no-op call of
+# benches/test_bench_core.py, which made penalised KL at n = 64 read 46x the baseline where
+# paired.py, timing timeit's loop, read 57x in the same run.
+CALLS_PER_ROUND = {64: 100, 1024: 10}
+
+
+def looped(statement: str, calls: int) -> Callable[[Callable, np.ndarray], None]:
+    """A function of (solve, values) that runs the statement `calls` times in one loop."""
+    namespace: dict = {}
+    exec(f"def run(solve, values):\n    for _ in range({calls}):\n        {statement}\n", namespace)
+    return namespace["run"]
+
+
 @lru_cache(maxsize=None)
 def losses(n: int) -> np.ndarray:
     """Squared residuals, as REBEL's regression losses are: non-negative, right-skewed."""

@@ -24,7 +24,9 @@ LARGE_N, LARGE_SPEEDUP, LARGE_COPIES = 1_048_576, 10.0, 10.0
 
 
 def load(path: str) -> dict:
-    """{(implementation, set or None, n or None): median seconds}, and the matched flags."""
+    """{(implementation, set or None, n or None): median seconds a call}, and the matched
+    flags. A benchmark whose rounds ran the call several times says how many in
+    ``extra_info["calls"]``."""
     with open(path) as handle:
         data = json.load(handle)
     medians: dict = {}
@@ -32,7 +34,7 @@ def load(path: str) -> dict:
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
         key = (info.get("implementation"), info.get("set"), info.get("n"))
-        medians[key] = bench["stats"]["median"]
+        medians[key] = bench["stats"]["median"] / info.get("calls", 1)
         if "matched" in info:
             matched[key[1:]] = info["matched"]
     return {"medians": medians, "matched": matched, "machine": data.get("machine_info", {})}
