@@ -25,7 +25,7 @@ import argparse
 import statistics
 import sys
 import timeit
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from problems import CALLS, losses
@@ -119,28 +119,33 @@ def _time(seconds: float) -> str:
     return f"{seconds * 1e6:.2f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
 
 
+def table(title: str, header: str, rows: Iterable[str]) -> None:
+    """Prints the rows as they are timed, under the title and the header."""
+    print(title)
+    print(header)
+    print("-" * len(header))
+    for line in rows:
+        print(line, flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="benches/paired.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="rounds per set and size, in seconds")
     parser.add_argument("--sizes", type=int, nargs="+", default=[SMALL_N], help="sizes of the speed-ups")
     parser.add_argument("--large-sizes", type=int, nargs="*", default=[LARGE_N], help="sizes of the copies")
     args = parser.parse_args(argv)
-    print("paired rounds: the core, then its comparison straight after; median [quartiles] over rounds")
-    header = f"{'set':<14}{'n':>9}{'core':>12}  {'speed-up':<24}{'rounds':>7}  target"
-    print(header)
-    print("-" * len(header))
-    for n in args.sizes:
-        for name in CALLS:
-            print(row(name, n, args.seconds), flush=True)
+    table(
+        "paired rounds: the core, then its comparison straight after; median [quartiles] over rounds",
+        f"{'set':<14}{'n':>9}{'core':>12}  {'speed-up':<24}{'rounds':>7}  target",
+        (row(name, n, args.seconds) for n in args.sizes for name in CALLS),
+    )
     if args.large_sizes:
         print()
-        print("paired rounds: one call of the core, then 2 ms of np.copy; the core's time in copies")
-        header = f"{'set':<14}{'n':>9}{'core':>12}{'np.copy':>12}  {'copies':<24}{'rounds':>7}  target"
-        print(header)
-        print("-" * len(header))
-        for n in args.large_sizes:
-            for name in CALLS:
-                print(copies_row(name, n, args.seconds), flush=True)
+        table(
+            "paired rounds: one call of the core, then 2 ms of np.copy; the core's time in copies",
+            f"{'set':<14}{'n':>9}{'core':>12}{'np.copy':>12}  {'copies':<24}{'rounds':>7}  target",
+            (copies_row(name, n, args.seconds) for n in args.large_sizes for name in CALLS),
+        )
     return 0
 
 

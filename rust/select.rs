@@ -219,22 +219,22 @@ unsafe fn histogram_chunk_avx2<T: Real>(ls: &[T], ws: Option<&[f64]>, scale: f64
 /// chunk's length is the capacity; growing the vector by doubling cost a sixth of a TV solve
 /// at n = 64), or for those whose value falls in the bin `keep` of `bins`.
 fn collect<T: Real>(batch: &Batch<T>, sign: f64, keep: Option<(Bins, usize)>) -> Vec<(f64, f64)> {
-    let scale = batch.reference.scale();
+    let points = Points { sign, scale: batch.reference.scale() };
     passes::fold_chunks(
         batch.losses,
         &batch.reference,
         |ls, ws| {
             let Some((bins, crossing)) = keep else {
                 let mut kept = Vec::with_capacity(ls.len());
-                kept.extend((0..ls.len()).map(|k| point(ls, ws, k, sign, scale)).filter(|&(_, p)| p > 0.0));
+                kept.extend((0..ls.len()).map(|k| points.at(ls, ws, k)).filter(|&(_, p)| p > 0.0));
                 return kept;
             };
             #[cfg(target_arch = "x86_64")]
             if passes::has_avx2() {
                 // SAFETY: the processor supports AVX2.
-                return unsafe { collect_bin_avx2(ls, ws, scale, sign, bins, crossing) };
+                return unsafe { collect_bin_avx2(ls, ws, points, (bins, crossing)) };
             }
-            collect_bin(ls, ws, scale, sign, bins, crossing)
+            collect_bin(ls, ws, points, (bins, crossing))
         },
         |mut a, b| {
             a.extend(b);
@@ -243,9 +243,18 @@ fn collect<T: Real>(batch: &Batch<T>, sign: f64, keep: Option<(Bins, usize)>) ->
     )
 }
 
-#[inline(always)]
-fn point<T: Real>(ls: &[T], ws: Option<&[f64]>, k: usize, sign: f64, scale: f64) -> (f64, f64) {
-    (sign * ls[k].to_f64(), ws.map_or(scale, |w| w[k] * scale))
+/// The point (sign * l_k, p_k) of loss k of a chunk: `scale` normalises the raw weights.
+#[derive(Clone, Copy)]
+struct Points {
+    sign: f64,
+    scale: f64,
+}
+
+impl Points {
+    #[inline(always)]
+    fn at<T: Real>(self, ls: &[T], ws: Option<&[f64]>, k: usize) -> (f64, f64) {
+        (self.sign * ls[k].to_f64(), ws.map_or(self.scale, |w| w[k] * self.scale))
+    }
 }
 
 /// The points of the support of one chunk in the bin `crossing`. A block is scanned for them
@@ -255,15 +264,13 @@ fn point<T: Real>(ls: &[T], ws: Option<&[f64]>, k: usize, sign: f64, scale: f64)
 fn collect_bin<T: Real>(
     ls: &[T],
     ws: Option<&[f64]>,
-    scale: f64,
-    sign: f64,
-    bins: Bins,
-    crossing: usize,
+    points: Points,
+    (bins, crossing): (Bins, usize),
 ) -> Vec<(f64, f64)> {
     let mut kept = Vec::with_capacity(64);
     let mut index = [0_u32; BLOCK];
     for (b, block) in ls.chunks(BLOCK).enumerate() {
-        let index = bin_block(block, sign, bins, &mut index);
+        let index = bin_block(block, points.sign, bins, &mut index);
         // One bit a loss, set where its bin is the crossing one: the comparisons vectorise,
         // and only the set bits are visited. Through `filter` and `extend` over every loss the
         // scan took 14 instructions a loss where each block holds a few points of the bin
@@ -274,7 +281,7 @@ fn collect_bin<T: Real>(
             while bits != 0 {
                 let k = b * BLOCK + w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                let (v, p) = point(ls, ws, k, sign, scale);
+                let (v, p) = points.at(ls, ws, k);
                 if p > 0.0 {
                     kept.push((v, p));
                 }
@@ -289,12 +296,10 @@ fn collect_bin<T: Real>(
 unsafe fn collect_bin_avx2<T: Real>(
     ls: &[T],
     ws: Option<&[f64]>,
-    scale: f64,
-    sign: f64,
-    bins: Bins,
-    crossing: usize,
+    points: Points,
+    bin: (Bins, usize),
 ) -> Vec<(f64, f64)> {
-    collect_bin(ls, ws, scale, sign, bins, crossing)
+    collect_bin(ls, ws, points, bin)
 }
 
 /// Below this size the remaining items are sorted outright.
