@@ -28,9 +28,9 @@ pub fn sum<T: Real, const K: usize>(
 
 /// The sums of the chi-square solves over the active set A = {i : u_i > threshold, p_i > 0}:
 /// the count of A, sum_A p, sum_A p d, sum_A p d^2 with d = u - shift, and the mass of p
-/// outside A. `sum` computes them for every input; for f64 losses on AVX2 a kernel of its own
-/// gives the same bits in a third of the instructions (through `sum`, the selects on A kept the
-/// terms from vectorising: 7.7 instructions a loss for three of the sums).
+/// outside A. `sum` computes them on any processor; on AVX2 a kernel of its own gives the same
+/// bits in a third of the instructions (through `sum`, the selects on A kept the terms from
+/// vectorising: 7.7 instructions a loss for three of the sums).
 pub fn sum_above<T: Real>(losses: &[T], reference: &Reference, scale: &Scale, threshold: f64, shift: f64) -> [f64; 5] {
     let p_scale = reference.scale();
     let term = |l: f64, p: f64| {
@@ -44,7 +44,7 @@ pub fn sum_above<T: Real>(losses: &[T], reference: &Reference, scale: &Scale, th
         reference,
         |part, weights| {
             #[cfg(target_arch = "x86_64")]
-            if let (Some(part), true) = (T::as_f64s(part), has_avx2()) {
+            if has_avx2() {
                 // SAFETY: the processor supports AVX2.
                 return unsafe { sum_above_avx2(part, weights, p_scale, scale, threshold, shift) };
             }
@@ -54,15 +54,15 @@ pub fn sum_above<T: Real>(losses: &[T], reference: &Reference, scale: &Scale, th
     )
 }
 
-/// `sum_above` on one chunk of f64 losses: element k to lane k mod 4 and the lanes added in
-/// order at the end, as `sum`'s columns do, and the terms by the same operations.
+/// `sum_above` on one chunk: element k to lane k mod 4 and the lanes added in order at the end,
+/// as `sum`'s columns do, and the terms by the same operations (float32 losses widened first).
 ///
 /// # Safety
 /// The processor supports AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sum_above_avx2(
-    losses: &[f64],
+unsafe fn sum_above_avx2<T: Real>(
+    losses: &[T],
     weights: Option<&[f64]>,
     p_scale: f64,
     scale: &Scale,
@@ -75,7 +75,7 @@ unsafe fn sum_above_avx2(
     let mut acc = [zero; 5];
     let whole = losses.len() - losses.len() % LANES;
     for k in (0..whole).step_by(LANES) {
-        let u = scale.u4(_mm256_loadu_pd(losses.as_ptr().add(k)));
+        let u = scale.u4(T::load4(losses, k));
         let p = match weights {
             None => p_scale4,
             Some(w) => _mm256_mul_pd(_mm256_loadu_pd(w.as_ptr().add(k)), p_scale4),
@@ -94,7 +94,7 @@ unsafe fn sum_above_avx2(
     }
     for (j, k) in (whole..losses.len()).enumerate() {
         let p = weights.map_or(p_scale, |w| w[k] * p_scale);
-        let u = scale.u(losses[k]);
+        let u = scale.u(losses[k].to_f64());
         let on = u > threshold && p > 0.0;
         let (m, d) = (if on { p } else { 0.0 }, u - shift);
         for (lane, t) in lanes.iter_mut().zip([if on { 1.0 } else { 0.0 }, m, m * d, m * d * d, p - m]) {
@@ -814,32 +814,36 @@ mod tests {
 
     /// The AVX2 kernel of `sum_above` gives every bit of `sum` with the same terms: thresholds
     /// below, inside and above the losses, shifts, a reference with zeros, signed zeros among
-    /// the losses, lengths that are not multiples of four, one chunk and several.
+    /// the losses, lengths that are not multiples of four, one chunk and several, f64 and f32.
     #[test]
     fn sums_above_a_threshold_match_the_generic_sums() {
         use crate::batch::Batch;
         use crate::testing::Rng;
+        fn check<T: Real>(losses: &[T], reference: Reference) {
+            let batch = Batch::new(losses, reference).unwrap();
+            let scale = batch.scale();
+            for (threshold, shift) in [(f64::NEG_INFINITY, 0.0), (-0.5, -0.25), (-0.3, 0.0), (0.0, 0.0), (-0.0, 1.0)] {
+                let generic = sum(losses, &reference, |l, p| {
+                    let u = scale.u(l);
+                    let on = u > threshold && p > 0.0;
+                    let (m, d) = (if on { p } else { 0.0 }, u - shift);
+                    [if on { 1.0 } else { 0.0 }, m, m * d, m * d * d, p - m]
+                });
+                let fast = sum_above(losses, &reference, &scale, threshold, shift);
+                let n = losses.len();
+                assert_eq!(fast.map(f64::to_bits), generic.map(f64::to_bits), "n {n}, threshold {threshold}");
+            }
+        }
         let mut rng = Rng::new(51);
         for n in [1, 6, 257, 1000, 70_003] {
             let mut losses: Vec<f64> = (0..n).map(|_| (rng.uniform() * 6.0).floor() * rng.uniform() - 2.0).collect();
             losses[0] = -0.0;
+            let narrow: Vec<f32> = losses.iter().map(|&l| l as f32).collect();
             let weights: Vec<f64> = (0..n).map(|i| if i % 5 == 2 { 0.0 } else { rng.uniform() }).collect();
             let weighted = Reference::weighted(&weights, n).ok();
             for reference in [Some(Reference::uniform(n)), weighted].into_iter().flatten() {
-                let batch = Batch::new(&losses[..], reference).unwrap();
-                let scale = batch.scale();
-                for (threshold, shift) in
-                    [(f64::NEG_INFINITY, 0.0), (-0.5, -0.25), (-0.3, 0.0), (0.0, 0.0), (-0.0, 1.0)]
-                {
-                    let generic = sum(&losses, &reference, |l, p| {
-                        let u = scale.u(l);
-                        let on = u > threshold && p > 0.0;
-                        let (m, d) = (if on { p } else { 0.0 }, u - shift);
-                        [if on { 1.0 } else { 0.0 }, m, m * d, m * d * d, p - m]
-                    });
-                    let fast = sum_above(&losses, &reference, &scale, threshold, shift);
-                    assert_eq!(fast.map(f64::to_bits), generic.map(f64::to_bits), "n {n}, threshold {threshold}");
-                }
+                check(&losses, reference);
+                check(&narrow, reference);
             }
         }
     }

@@ -4,8 +4,12 @@
 pub trait Real: Copy + Send + Sync + PartialOrd + 'static {
     fn to_f64(self) -> f64;
     fn from_f64(x: f64) -> Self;
-    /// The slice itself where the elements are f64: for the kernels written for f64 alone.
-    fn as_f64s(values: &[Self]) -> Option<&[f64]>;
+    /// Elements k..k + 4 widened to f64 (exactly, as `to_f64` does), for the AVX2 kernels.
+    ///
+    /// # Safety
+    /// The processor supports AVX2, and k + 4 <= values.len().
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load4(values: &[Self], k: usize) -> std::arch::x86_64::__m256d;
 }
 
 impl Real for f64 {
@@ -17,9 +21,10 @@ impl Real for f64 {
     fn from_f64(x: f64) -> Self {
         x
     }
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn as_f64s(values: &[Self]) -> Option<&[f64]> {
-        Some(values)
+    unsafe fn load4(values: &[Self], k: usize) -> std::arch::x86_64::__m256d {
+        std::arch::x86_64::_mm256_loadu_pd(values.as_ptr().add(k))
     }
 }
 
@@ -32,8 +37,10 @@ impl Real for f32 {
     fn from_f64(x: f64) -> Self {
         x as f32
     }
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn as_f64s(_: &[Self]) -> Option<&[f64]> {
-        None
+    unsafe fn load4(values: &[Self], k: usize) -> std::arch::x86_64::__m256d {
+        use std::arch::x86_64::*;
+        _mm256_cvtps_pd(_mm_loadu_ps(values.as_ptr().add(k)))
     }
 }
