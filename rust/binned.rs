@@ -75,14 +75,21 @@ struct Scratch {
 }
 
 /// The histogram of one chunk of losses (ws: their weights, p_scale: the reference's scale),
-/// block by block (compiled again for AVX2 below).
+/// block by block (compiled again for AVX2 below, with AVX2 true: its scatter then takes four
+/// losses at a time).
 #[inline(always)]
-fn chunk<T: Real>(ls: &[T], ws: Option<&[f64]>, p_scale: f64, scale: &Scale, bins: usize) -> Vec<Moments> {
+fn chunk<T: Real, const AVX2: bool>(
+    ls: &[T],
+    ws: Option<&[f64]>,
+    p_scale: f64,
+    scale: &Scale,
+    bins: usize,
+) -> Vec<Moments> {
     let mut histogram = vec![Moments::default(); bins];
     let mut scratch = Scratch { index: [0; BLOCK], offset: [0.0; BLOCK] };
     for (k, block) in ls.chunks(BLOCK).enumerate() {
         let ws = ws.map(|w| &w[k * BLOCK..k * BLOCK + block.len()]);
-        add_block(&mut histogram, &mut scratch, block, ws, p_scale, scale);
+        add_block::<T, AVX2>(&mut histogram, &mut scratch, block, ws, p_scale, scale);
     }
     histogram
 }
@@ -90,13 +97,13 @@ fn chunk<T: Real>(ls: &[T], ws: Option<&[f64]>, p_scale: f64, scale: &Scale, bin
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn chunk_avx2<T: Real>(ls: &[T], ws: Option<&[f64]>, p_scale: f64, scale: &Scale, bins: usize) -> Vec<Moments> {
-    chunk(ls, ws, p_scale, scale, bins)
+    chunk::<T, true>(ls, ws, p_scale, scale, bins)
 }
 
 /// Adds one block of losses to the histogram: the bin and the offset from its centre of every
 /// loss first, in a loop that vectorises, then the scattered sums.
 #[inline(always)]
-fn add_block<T: Real>(
+fn add_block<T: Real, const AVX2: bool>(
     histogram: &mut [Moments],
     scratch: &mut Scratch,
     block: &[T],
@@ -124,8 +131,9 @@ fn add_block<T: Real>(
     }
     let (index, offset) = (&index[..block.len()], &offset[..block.len()]);
     #[cfg(target_arch = "x86_64")]
-    if passes::has_avx2() {
-        // SAFETY: the processor supports AVX2, and every index is below histogram.len().
+    if AVX2 {
+        // SAFETY: AVX2 is set in chunk_avx2 alone, which runs where the processor supports it;
+        // every index is below histogram.len().
         return unsafe { scatter_avx2(histogram, index, offset, ws, p_scale) };
     }
     scatter(histogram, index, offset, ws, p_scale);
@@ -200,7 +208,7 @@ fn histogram<T: Real>(batch: &Batch<T>, scale: &Scale, bins: usize) -> Vec<Momen
                 // SAFETY: the processor supports AVX2.
                 return unsafe { chunk_avx2(ls, ws, p_scale, scale, bins) };
             }
-            chunk(ls, ws, p_scale, scale, bins)
+            chunk::<T, false>(ls, ws, p_scale, scale, bins)
         },
         |mut a, b| {
             for (x, y) in a.iter_mut().zip(&b) {

@@ -46,7 +46,7 @@ pub fn sum_above<T: Real>(losses: &[T], reference: &Reference, scale: &Scale, th
             #[cfg(target_arch = "x86_64")]
             if has_avx2() {
                 // SAFETY: the processor supports AVX2.
-                return unsafe { sum_above_avx2(part, weights, p_scale, scale, threshold, shift) };
+                return unsafe { sum_above_avx2(part, weights, p_scale, (scale, threshold, shift), &term) };
             }
             sum_dispatch(part, weights, p_scale, &term)
         },
@@ -55,7 +55,8 @@ pub fn sum_above<T: Real>(losses: &[T], reference: &Reference, scale: &Scale, th
 }
 
 /// `sum_above` on one chunk: element k to lane k mod 4 and the lanes added in order at the end,
-/// as `sum`'s columns do, and the terms by the same operations (float32 losses widened first).
+/// as `sum`'s columns do, and the terms by the same operations (float32 losses widened first);
+/// the last losses of a chunk that are not a whole vector go through `term` itself.
 ///
 /// # Safety
 /// The processor supports AVX2.
@@ -65,9 +66,8 @@ unsafe fn sum_above_avx2<T: Real>(
     losses: &[T],
     weights: Option<&[f64]>,
     p_scale: f64,
-    scale: &Scale,
-    threshold: f64,
-    shift: f64,
+    (scale, threshold, shift): (&Scale, f64, f64),
+    term: &impl Fn(f64, f64) -> [f64; 5],
 ) -> [f64; 5] {
     use std::arch::x86_64::*;
     let (zero, one) = (_mm256_setzero_pd(), _mm256_set1_pd(1.0));
@@ -94,10 +94,7 @@ unsafe fn sum_above_avx2<T: Real>(
     }
     for (j, k) in (whole..losses.len()).enumerate() {
         let p = weights.map_or(p_scale, |w| w[k] * p_scale);
-        let u = scale.u(losses[k].to_f64());
-        let on = u > threshold && p > 0.0;
-        let (m, d) = (if on { p } else { 0.0 }, u - shift);
-        for (lane, t) in lanes.iter_mut().zip([if on { 1.0 } else { 0.0 }, m, m * d, m * d * d, p - m]) {
+        for (lane, t) in lanes.iter_mut().zip(term(losses[k].to_f64(), p)) {
             lane[j] += t;
         }
     }
