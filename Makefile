@@ -68,9 +68,11 @@ wheel-check: wheel
 	if $(PYTHON39) -c '' 2>/dev/null; then PYTHON=$(PYTHON39) bash tests/wheel_check.sh dist; \
 	else echo "wheel-check: no Python 3.9 here, checked under $$($(PYTHON) -V) only"; fi
 
-# rustfmt (rustfmt.toml: 120 columns) and clippy with warnings as errors, on every target and
-# with the python feature (the bindings) on.
-lint:
+# ruff (check and format, pyproject.toml), rustfmt (rustfmt.toml: 120 columns) and clippy with
+# warnings as errors, on every target and with the python feature (the bindings) on.
+lint: $(DEPS_STAMP)
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
 	cargo fmt --check
 	cargo clippy --all-targets --all-features --quiet -- -D warnings
 

@@ -1,8 +1,9 @@
 """N calls of ``robust_weights`` on one loss, for counting the instructions of the Python call
 path with callgrind (repeatable on a shared machine, unlike a time):
 
-    PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python benches/call_loop.py 20000
-    PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python benches/call_loop.py 100000
+    export PYTHONHASHSEED=0
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python benches/call_loop.py 20000
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python benches/call_loop.py 100000
 
 The difference of the two totals over 80,000 is the cost of one call (a fixed hash seed and
 two non-zero counts keep one-off costs out of it).

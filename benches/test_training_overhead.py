@@ -40,8 +40,13 @@ def test_robust_weights_share_of_a_training_step(benchmark, monkeypatch, tmp_pat
     torch.set_num_threads(1)  # a steady CPU baseline on shared machines
     tokenizer = tiny_tokenizer()
     config = RobustDPOConfig(
-        output_dir=str(tmp_path), learning_rate=1e-4, per_device_train_batch_size=8,
-        ambiguity="chi2", radius=0.1, disable_tqdm=True, device="cpu",
+        output_dir=str(tmp_path),
+        learning_rate=1e-4,
+        per_device_train_batch_size=8,
+        ambiguity="chi2",
+        radius=0.1,
+        disable_tqdm=True,
+        device="cpu",
     )
     trainer = RobustDPOTrainer(tiny_llama(tokenizer), tokenizer, config, PAIRS)
     batch = trainer.next_batch(1)

@@ -19,8 +19,19 @@ L = np.array([0.5, 2.0, -1.0, 3.0])
 
 # A value for each parameter that binds and solves; "radiu" and "weights" are unknown names.
 VALUES = {
-    "losses": L, "ambiguity": "kl", "radius": 0.1, "penalty": 1.0, "alpha": 0.5, "reference": None,
-    "groups": None, "tol": 1e-10, "p": 1.0, "features": None, "cost": None, "radiu": 0.1, "weights": L,
+    "losses": L,
+    "ambiguity": "kl",
+    "radius": 0.1,
+    "penalty": 1.0,
+    "alpha": 0.5,
+    "reference": None,
+    "groups": None,
+    "tol": 1e-10,
+    "p": 1.0,
+    "features": None,
+    "cost": None,
+    "radiu": 0.1,
+    "weights": L,
 }
 POSITIONAL = [L, "kl", 0.1]
 

@@ -17,20 +17,36 @@ P = REFERENCE / REFERENCE.sum()
 MASS_AT_MAX = P[[1, 3]].sum()  # the third 2.0 has p = 0
 
 NEUTRAL = [
-    ("kl", {"radius": 0.0}), ("chi2", {"radius": 0.0}), ("cvar", {"alpha": 1.0}),
+    ("kl", {"radius": 0.0}),
+    ("chi2", {"radius": 0.0}),
+    ("cvar", {"alpha": 1.0}),
     ("tv", {"radius": 0.0}),
 ]
 SATURATED = [
-    ("kl", {"radius": -np.log(MASS_AT_MAX)}), ("kl", {"radius": 1e9}),
-    ("chi2", {"radius": 0.5 * (1.0 / MASS_AT_MAX - 1.0)}), ("chi2", {"radius": 1e12}),
-    ("cvar", {"alpha": MASS_AT_MAX}), ("cvar", {"alpha": 1e-9}),
-    ("tv", {"radius": 1.0 - MASS_AT_MAX}), ("tv", {"radius": 1.0}), ("tv", {"radius": 7.0}),
-    ("kl", {"penalty": 1e-300}), ("chi2", {"penalty": 1e-300}),
+    ("kl", {"radius": -np.log(MASS_AT_MAX)}),
+    ("kl", {"radius": 1e9}),
+    ("chi2", {"radius": 0.5 * (1.0 / MASS_AT_MAX - 1.0)}),
+    ("chi2", {"radius": 1e12}),
+    ("cvar", {"alpha": MASS_AT_MAX}),
+    ("cvar", {"alpha": 1e-9}),
+    ("tv", {"radius": 1.0 - MASS_AT_MAX}),
+    ("tv", {"radius": 1.0}),
+    ("tv", {"radius": 7.0}),
+    ("kl", {"penalty": 1e-300}),
+    ("chi2", {"penalty": 1e-300}),
 ]
-EVERY = NEUTRAL + SATURATED + [
-    ("kl", {"radius": 0.2}), ("chi2", {"radius": 0.2}), ("cvar", {"alpha": 0.3}),
-    ("tv", {"radius": 0.2}), ("kl", {"penalty": 0.5}), ("chi2", {"penalty": 0.5}),
-]
+EVERY = (
+    NEUTRAL
+    + SATURATED
+    + [
+        ("kl", {"radius": 0.2}),
+        ("chi2", {"radius": 0.2}),
+        ("cvar", {"alpha": 0.3}),
+        ("tv", {"radius": 0.2}),
+        ("kl", {"penalty": 0.5}),
+        ("chi2", {"penalty": 0.5}),
+    ]
+)
 
 
 def arg_max_weights(losses, p):
@@ -141,9 +157,7 @@ def solve_groups_by_hand(losses, reference, labels, ambiguity, size):
     p = reference / reference.sum()
     names = np.unique(labels)
     mass = np.array([p[labels == g].sum() for g in names])
-    group_losses = np.array(
-        [(p[labels == g] @ losses[labels == g]) / m if m > 0 else 0.0 for g, m in zip(names, mass)]
-    )
+    group_losses = np.array([(p[labels == g] @ losses[labels == g]) / m if m > 0 else 0.0 for g, m in zip(names, mass)])
     group_weights = robust_weights(group_losses, ambiguity, reference=mass, **size)
     q = np.zeros_like(losses)
     for g, m, w in zip(names, mass, group_weights):

@@ -34,29 +34,69 @@ F64_TINY = np.finfo(np.float64).tiny
 
 # Values that have broken numeric code somewhere.
 SPECIAL = [
-    0.0, -0.0, 1.0, -1.0, 1e-300, -1e300, 1e300, 5e-324, -5e-324, F64_TINY,
-    np.finfo(np.float64).max, -np.finfo(np.float64).max,
-    F32_MAX, -F32_MAX, 3e38, -3e38, F32_TINY, 1e-38, F32_SUBNORMAL, -F32_SUBNORMAL,
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    1e-300,
+    -1e300,
+    1e300,
+    5e-324,
+    -5e-324,
+    F64_TINY,
+    np.finfo(np.float64).max,
+    -np.finfo(np.float64).max,
+    F32_MAX,
+    -F32_MAX,
+    3e38,
+    -3e38,
+    F32_TINY,
+    1e-38,
+    F32_SUBNORMAL,
+    -F32_SUBNORMAL,
 ]
 
-SETS = [("kl", "radius"), ("kl", "penalty"), ("chi2", "radius"), ("chi2", "penalty"),
-        ("cvar", "alpha"), ("tv", "radius")]
+SETS = [
+    ("kl", "radius"),
+    ("kl", "penalty"),
+    ("chi2", "radius"),
+    ("chi2", "penalty"),
+    ("cvar", "alpha"),
+    ("tv", "radius"),
+]
 
 
 # ---------------------------------------------------------------- strategies
+
 
 def extreme_floats() -> st.SearchStrategy[float]:
     """sign * mantissa * 10^e, e in [-300, 300]: every magnitude, both signs, some ties."""
     mantissa = st.sampled_from([1.0, 1.0, 2.0, 1.5, 9.99]) | st.floats(1.0, 10.0)
     return st.builds(
-        lambda s, m, e: s * m * 10.0 ** e,
-        st.sampled_from([1.0, -1.0]), mantissa, st.integers(-300, 300),
+        lambda s, m, e: s * m * 10.0**e,
+        st.sampled_from([1.0, -1.0]),
+        mantissa,
+        st.integers(-300, 300),
     ) | st.sampled_from([0.0, 1e-300, -1e-300, 1e300, -1e300])
 
 
 def float32_edges() -> st.SearchStrategy[float]:
-    edges = [F32_MAX, -F32_MAX, 3e38, -3e38, 1e38, F32_TINY, -F32_TINY, 1e-38, F32_SUBNORMAL,
-             -F32_SUBNORMAL, 1e-45, 0.0, 1.0, -1.0]
+    edges = [
+        F32_MAX,
+        -F32_MAX,
+        3e38,
+        -3e38,
+        1e38,
+        F32_TINY,
+        -F32_TINY,
+        1e-38,
+        F32_SUBNORMAL,
+        -F32_SUBNORMAL,
+        1e-45,
+        0.0,
+        1.0,
+        -1.0,
+    ]
     return st.sampled_from(edges) | st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
@@ -78,6 +118,7 @@ def references(n: int) -> st.SearchStrategy:
 
 
 # ---------------------------------------------------------------- the invariants
+
 
 def is_valid(losses, reference, form, size) -> bool:
     """Whether the input defines a problem, decided without the core (as fuzz/src/lib.rs)."""
@@ -119,11 +160,11 @@ def _check_solution(losses, reference, ambiguity, form, size, q, value, groups, 
     q = q.astype(np.float64)
     p = normalised_reference(l, reference)
     n = l.size
-    output = 2.0 ** -23 if float32 else 0.0  # two roundings to float32 (module docstring)
+    output = 2.0**-23 if float32 else 0.0  # two roundings to float32 (module docstring)
     # The smallest weight whose relative precision the solvers keep: they store q * total with
     # total >= 1e-8 in the output type (below that they write q directly).
     normal = 1.2e-30 if float32 else 2.3e-300
-    rounding = (16 + 4 * n) * 2.0 ** -52
+    rounding = (16 + 4 * n) * 2.0**-52
     context = f"\nlosses={l!r}\nreference={reference!r}\n{ambiguity} {form}={size!r}\nq={q!r}\nV={value!r}"
 
     assert np.isfinite(q).all() and (q >= 0).all(), "weights not finite and >= 0" + context
@@ -201,7 +242,7 @@ def threshold_rounding(l, p, eta) -> float:
     if not spread > 0:
         return 0.0
     s = math.fsum(p * np.maximum((l * 0.5 - eta * 0.5) / spread, 0.0))
-    return 4 * 2.0 ** -52 / s if s > 0 else 0.0
+    return 4 * 2.0**-52 / s if s > 0 else 0.0
 
 
 def check_monotone(l, q, p, normal, slack, context):
@@ -233,13 +274,16 @@ def solve_or_reject(losses, ambiguity, form, size, reference=None, **extra):
         result = worst_case(losses, ambiguity, reference=reference, **{form: size}, **extra)
     except ValueError as error:
         assert str(error), "an empty error message"
-        assert not valid, f"a valid problem was rejected: {error}\nlosses={losses!r} reference={reference!r} {form}={size!r}"
+        assert not valid, (
+            f"a valid problem was rejected: {error}\nlosses={losses!r} reference={reference!r} {form}={size!r}"
+        )
         return None
     assert valid, f"an invalid problem was accepted\nlosses={losses!r} reference={reference!r} {form}={size!r}"
     return result
 
 
 # ---------------------------------------------------------------- the tests
+
 
 @pytest.mark.parametrize("ambiguity,form", SETS)
 @given(data=st.data())
@@ -300,7 +344,9 @@ def test_groups_with_hostile_labels(data):
     size = data.draw(budgets(form).filter(lambda x: is_valid(np.zeros(1), None, form, x)))
     result = solve_or_reject(losses, ambiguity, form, size, reference, groups=labels)
     if result is not None:
-        check_solution(losses, reference, ambiguity, form, size, result.weights, result.value, groups=labels, dual=result.dual)
+        check_solution(
+            losses, reference, ambiguity, form, size, result.weights, result.value, groups=labels, dual=result.dual
+        )
 
 
 @given(data=st.data())
@@ -312,8 +358,16 @@ def test_negative_labels_are_a_value_error(data):
         with pytest.raises(ValueError):
             robust_weights(losses, "kl", radius=0.1, groups=labels)
     else:
-        check_solution(losses, None, "kl", "radius", 0.1, robust_weights(losses, "kl", radius=0.1, groups=labels),
-                       worst_case(losses, "kl", radius=0.1, groups=labels).value, groups=labels)
+        check_solution(
+            losses,
+            None,
+            "kl",
+            "radius",
+            0.1,
+            robust_weights(losses, "kl", radius=0.1, groups=labels),
+            worst_case(losses, "kl", radius=0.1, groups=labels).value,
+            groups=labels,
+        )
 
 
 @given(data=st.data())
@@ -343,5 +397,13 @@ def test_rows_each_keep_the_invariants(data):
     result = worst_case(losses, ambiguity, **{form: size})
     assert result.weights.shape == losses.shape and result.weights.dtype == dtype
     for r in range(rows):
-        check_solution(losses[r], None, ambiguity, form, size, result.weights[r], float(result.value[r]),
-                       dual=None if result.dual is None else float(result.dual[r]))
+        check_solution(
+            losses[r],
+            None,
+            ambiguity,
+            form,
+            size,
+            result.weights[r],
+            float(result.value[r]),
+            dual=None if result.dual is None else float(result.dual[r]),
+        )

@@ -14,8 +14,12 @@ from dro_rebel import robust_weights, worst_case
 
 LOSSES = np.array([0.5, 2.0, -1.0, 3.0, 1.5, 0.0])
 SETS = [
-    ("kl", {"radius": 0.3}), ("chi2", {"radius": 0.3}), ("cvar", {"alpha": 0.4}),
-    ("tv", {"radius": 0.3}), ("kl", {"penalty": 1.0}), ("chi2", {"penalty": 1.0}),
+    ("kl", {"radius": 0.3}),
+    ("chi2", {"radius": 0.3}),
+    ("cvar", {"alpha": 0.4}),
+    ("tv", {"radius": 0.3}),
+    ("kl", {"penalty": 1.0}),
+    ("chi2", {"penalty": 1.0}),
 ]
 
 
@@ -91,8 +95,13 @@ def test_caller_arrays_are_never_modified(ambiguity, size):
     inputs = [losses, losses[0], losses[:, ::2], losses.astype(np.float32), losses.T.copy().T]
     before = [fingerprint(x) for x in inputs] + [fingerprint(reference), fingerprint(groups)]
     for x in inputs:
-        robust_weights(x, ambiguity, reference=reference[: x.shape[-1]] if x.shape[-1] == 6 else None,
-                       groups=groups if x.shape[-1] == 6 else None, **size)
+        robust_weights(
+            x,
+            ambiguity,
+            reference=reference[: x.shape[-1]] if x.shape[-1] == 6 else None,
+            groups=groups if x.shape[-1] == 6 else None,
+            **size,
+        )
         worst_case(x, ambiguity, **size)
     after = [fingerprint(x) for x in inputs] + [fingerprint(reference), fingerprint(groups)]
     assert before == after
@@ -201,7 +210,9 @@ BAD = {
     "radius for cvar": (lambda: robust_weights(L, "cvar", radius=0.5), "alpha"),
     "penalty for tv": (lambda: robust_weights(L, "tv", penalty=0.5), "penalised form"),
     "reference of the wrong 2-D shape": (
-        lambda: robust_weights(np.zeros((2, 3)), "kl", radius=0.1, reference=np.ones((3, 3))), "reference"),
+        lambda: robust_weights(np.zeros((2, 3)), "kl", radius=0.1, reference=np.ones((3, 3))),
+        "reference",
+    ),
 }
 
 
@@ -246,7 +257,9 @@ def test_robust_weights_has_the_documented_signature():
     ]
     assert "Worst-case weights" in (robust_weights.__doc__ or "")
     np.testing.assert_array_equal(robust_weights(L, radius=0.1), robust_weights(L, "chi2", radius=0.1))
-    np.testing.assert_array_equal(robust_weights(losses=L, ambiguity="tv", radius=0.1), robust_weights(L, "tv", radius=0.1))
+    np.testing.assert_array_equal(
+        robust_weights(losses=L, ambiguity="tv", radius=0.1), robust_weights(L, "tv", radius=0.1)
+    )
     with pytest.raises(TypeError):
         robust_weights(L, "kl", 0.1)  # the size of the set is keyword-only
     with pytest.raises(TypeError, match="radiu"):

@@ -175,10 +175,14 @@ def separated_problems(draw):
 # Sizes at which V* is smooth in the losses: away from the radius where the arg-max takes all
 # and, for CVaR and TV, from levels where a cut lands exactly on a loss's share boundary.
 DANSKIN = [
-    ("kl", {"radius": 0.05}), ("kl", {"radius": 0.4}),
-    ("chi2", {"radius": 0.05}), ("chi2", {"radius": 0.3}),
-    ("cvar", {"alpha": 0.237}), ("tv", {"radius": 0.137}),
-    ("kl", {"penalty": 0.7}), ("chi2", {"penalty": 2.3}),
+    ("kl", {"radius": 0.05}),
+    ("kl", {"radius": 0.4}),
+    ("chi2", {"radius": 0.05}),
+    ("chi2", {"radius": 0.3}),
+    ("cvar", {"alpha": 0.237}),
+    ("tv", {"radius": 0.137}),
+    ("kl", {"penalty": 0.7}),
+    ("chi2", {"penalty": 2.3}),
 ]
 
 

@@ -94,8 +94,9 @@ def reference_cvar_dual(u, p, alpha):
 
 
 def reference_cvar_lp(u, p, alpha):
-    result = linprog(-u, A_eq=np.ones((1, len(u))), b_eq=[1.0], bounds=[(0, pi / alpha) for pi in p],
-                     method="highs", options=TIGHT)
+    result = linprog(
+        -u, A_eq=np.ones((1, len(u))), b_eq=[1.0], bounds=[(0, pi / alpha) for pi in p], method="highs", options=TIGHT
+    )
     assert result.status == 0
     return -float(result.fun)
 
@@ -107,8 +108,9 @@ def reference_tv_lp(u, p, rho):
     a_eq = np.concatenate([np.ones(n), -np.ones(n)])[None, :]
     a_ub = np.concatenate([np.zeros(n), np.ones(n)])[None, :]
     bounds = [(0, None)] * n + [(0, pi) for pi in p]
-    result = linprog(objective, A_ub=a_ub, b_ub=[rho], A_eq=a_eq, b_eq=[0.0], bounds=bounds,
-                     method="highs", options=TIGHT)
+    result = linprog(
+        objective, A_ub=a_ub, b_ub=[rho], A_eq=a_eq, b_eq=[0.0], bounds=bounds, method="highs", options=TIGHT
+    )
     assert result.status == 0
     return float(p @ u - result.fun)
 
@@ -127,8 +129,7 @@ def reference_chi2_penalised(u, p, lam_u):
         h = np.where(a >= -lam_u, a + a * a / (2 * lam_u), -lam_u / 2)
         return mu + p @ h
 
-    best = minimize_scalar(dual, bounds=(-2.0 - lam_u, 1.0 + lam_u), method="bounded",
-                           options={"xatol": 1e-14})
+    best = minimize_scalar(dual, bounds=(-2.0 - lam_u, 1.0 + lam_u), method="bounded", options={"xatol": 1e-14})
     return float(best.fun)
 
 
@@ -200,9 +201,15 @@ def check_chi2_penalised(losses, reference, relative):
 
 
 SIZES = [
-    ("kl", {"radius": 0.1}), ("kl", {"radius": 2.0}), ("kl", {"penalty": 0.3}),
-    ("chi2", {"radius": 0.1}), ("chi2", {"radius": 3.0}), ("chi2", {"penalty": 0.3}),
-    ("cvar", {"alpha": 0.15}), ("cvar", {"alpha": 0.6}), ("tv", {"radius": 0.15}),
+    ("kl", {"radius": 0.1}),
+    ("kl", {"radius": 2.0}),
+    ("kl", {"penalty": 0.3}),
+    ("chi2", {"radius": 0.1}),
+    ("chi2", {"radius": 3.0}),
+    ("chi2", {"penalty": 0.3}),
+    ("cvar", {"alpha": 0.15}),
+    ("cvar", {"alpha": 0.6}),
+    ("tv", {"radius": 0.15}),
     ("tv", {"radius": 0.6}),
 ]
 

@@ -14,8 +14,12 @@ import numpy as np
 from dro_rebel import robust_weights
 
 SETS = [
-    ("kl", {"radius": 0.3}), ("chi2", {"radius": 0.3}), ("cvar", {"alpha": 0.2}),
-    ("tv", {"radius": 0.2}), ("kl", {"penalty": 0.5}), ("chi2", {"penalty": 0.5}),
+    ("kl", {"radius": 0.3}),
+    ("chi2", {"radius": 0.3}),
+    ("cvar", {"alpha": 0.2}),
+    ("tv", {"radius": 0.2}),
+    ("kl", {"penalty": 0.5}),
+    ("chi2", {"penalty": 0.5}),
 ]
 
 
@@ -75,7 +79,9 @@ def test_answers_do_not_depend_on_the_number_of_threads():
     def digests(threads):
         env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
         script = DIGESTS.format(sets=SETS)
-        return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        ).stdout
 
     one = digests(1)
     assert len(one.split()) == len(SETS)

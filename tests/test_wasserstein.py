@@ -41,9 +41,7 @@ def problems(draw, max_n: int = 9):
             reference[draw(st.integers(0, n - 1))] = 1.0
     p = draw(st.sampled_from([1.0, 2.0, 1.5, 3.0]))
     diameter = float(wasserstein_costs(n, p=1.0, features=features).max())
-    radius = diameter * draw(st.sampled_from([0.0, 1e-3, 0.05, 0.2, 0.5, 1.0, 2.0])) * draw(
-        st.floats(0.5, 1.0)
-    )
+    radius = diameter * draw(st.sampled_from([0.0, 1e-3, 0.05, 0.2, 0.5, 1.0, 2.0])) * draw(st.floats(0.5, 1.0))
     return losses, features, reference, p, radius
 
 
@@ -73,9 +71,7 @@ def test_value_and_plan_match_the_linear_program(problem, geometry):
     n = losses.shape[0]
     distances = wasserstein_costs(n, p=1.0, features=features)
     given_geometry = {"features": features} if geometry == "features" else {"cost": distances}
-    solution = worst_case(
-        losses, "wasserstein", radius=radius, p=p, reference=reference, **given_geometry
-    )
+    solution = worst_case(losses, "wasserstein", radius=radius, p=p, reference=reference, **given_geometry)
     _, exact, _ = wasserstein_linprog(losses, radius=radius, p=p, features=features, reference=reference)
     assert abs(solution.value - exact) <= 1e-7 * max(1.0, abs(exact))
     assert solution.value == pytest.approx(float(solution.weights @ losses), abs=1e-12)
@@ -98,9 +94,7 @@ def test_the_numpy_baseline_matches_the_linear_program(problem):
 @given(problems(), st.sampled_from([1e-3, 0.1, 1.0, 10.0]))
 def test_the_penalised_form_moves_each_point_to_its_best_target(problem, lam):
     losses, features, reference, p, _ = problem
-    solution = worst_case(
-        losses, "wasserstein", penalty=lam, p=p, features=features, reference=reference
-    )
+    solution = worst_case(losses, "wasserstein", penalty=lam, p=p, features=features, reference=reference)
     assert solution.dual == lam and solution.radius is None
     n = losses.shape[0]
     costs = wasserstein_costs(n, p=p, features=features)
@@ -112,7 +106,9 @@ def test_the_penalised_form_moves_each_point_to_its_best_target(problem, lam):
     support = p_ref > 0
     best = np.where(support[None, :], losses[None, :] - lam * costs, -np.inf).max(axis=1)
     spread = float(np.abs(losses).max())
-    assert solution.value - lam * spent == pytest.approx(float(p_ref[support] @ best[support]), abs=1e-12 * spread + 1e-15)
+    assert solution.value - lam * spent == pytest.approx(
+        float(p_ref[support] @ best[support]), abs=1e-12 * spread + 1e-15
+    )
 
 
 @given(problems(), st.sampled_from(["features", "cost"]))
@@ -240,9 +236,19 @@ def test_groups_solve_the_problem_between_groups(geometry):
         centroids = np.array([(p[m, None] * features[m]).sum(axis=0) / p[m].sum() for m in members])
         group_geometry, sample_geometry = {"features": centroids}, {"features": features}
     else:
-        between = np.array([[0.0 if a == b else np.outer(p[ma], p[mb]).ravel() @ distances[np.ix_(ma, mb)].ravel()
-                             / (p[ma].sum() * p[mb].sum())
-                             for b, mb in enumerate(members)] for a, ma in enumerate(members)])
+        between = np.array(
+            [
+                [
+                    0.0
+                    if a == b
+                    else np.outer(p[ma], p[mb]).ravel()
+                    @ distances[np.ix_(ma, mb)].ravel()
+                    / (p[ma].sum() * p[mb].sum())
+                    for b, mb in enumerate(members)
+                ]
+                for a, ma in enumerate(members)
+            ]
+        )
         group_geometry, sample_geometry = {"cost": between}, {"cost": distances}
     group_q = worst_case(group_losses, "wasserstein", radius=0.7, reference=mass, **group_geometry).weights
     expected = np.zeros(n)

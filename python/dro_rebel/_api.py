@@ -68,9 +68,7 @@ def _convert_and_solve(
     sequences, other dtypes or layouts, and any reference, groups or geometry."""
     host, restore = _host_losses(losses)
     reference, groups, features, cost = _host_extras(host, reference, groups, features, cost)
-    weights = _core.worst_case(
-        host, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost
-    )[0]
+    weights = _core.worst_case(host, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost)[0]
     return restore(weights)
 
 
@@ -118,9 +116,7 @@ def _identity(weights: np.ndarray) -> np.ndarray:
 
 def _check_ndim(ndim: int, shape: tuple) -> None:
     if ndim not in (1, 2):
-        raise ValueError(
-            f"losses must be 1-D (one problem) or 2-D (one problem per row), got shape {shape}"
-        )
+        raise ValueError(f"losses must be 1-D (one problem) or 2-D (one problem per row), got shape {shape}")
 
 
 def _host_array(values: Any, name: str, *, allow_float32: bool = True) -> np.ndarray:
@@ -161,8 +157,7 @@ def _host_extras(host: np.ndarray, reference: Any, groups: Any, features: Any, c
         features = _host_array(features, "features", allow_float32=False)
         if features.ndim != 2 or features.shape[0] != host.shape[-1]:
             raise ValueError(
-                f"features must have shape (n, d) with n = {host.shape[-1]} (one row per "
-                f"sample), got {features.shape}"
+                f"features must have shape (n, d) with n = {host.shape[-1]} (one row per sample), got {features.shape}"
             )
     if cost is not None:
         cost = _host_array(cost, "cost", allow_float32=False)
@@ -182,10 +177,7 @@ def _host_groups(groups: Any, shape: tuple) -> np.ndarray:
     elif labels.dtype.kind not in "iu":
         raise ValueError(f"groups must be integer labels, got dtype {labels.dtype}")
     if labels.shape not in (shape[-1:], shape):
-        raise ValueError(
-            f"groups must have shape {shape[-1:]} or {shape} to match the losses, "
-            f"got {labels.shape}"
-        )
+        raise ValueError(f"groups must have shape {shape[-1:]} or {shape} to match the losses, got {labels.shape}")
     if labels.size and labels.min() < 0:
         raise ValueError(f"groups must be non-negative labels, got {labels.min()}")
     return np.ascontiguousarray(labels, dtype=np.int64)

@@ -45,8 +45,13 @@ def robust_weights(
         from dro_rebel.baseline_wasserstein import wasserstein_weights
 
         return wasserstein_weights(
-            values, radius=radius, penalty=penalty, reference=reference, p=p,
-            features=features, cost=cost,
+            values,
+            radius=radius,
+            penalty=penalty,
+            reference=reference,
+            p=p,
+            features=features,
+            cost=cost,
         ).astype(out_dtype)
     if ambiguity not in ("kl", "chi2", "cvar", "tv"):
         raise ValueError(f"unknown ambiguity set {ambiguity!r}")

@@ -121,9 +121,7 @@ def wasserstein_weights(
     return theta * weights_of(far) + (1.0 - theta) * weights_of(near)
 
 
-def wasserstein_linprog(
-    losses, *, radius: float, p: float = 1.0, features=None, cost=None, reference=None
-):
+def wasserstein_linprog(losses, *, radius: float, p: float = 1.0, features=None, cost=None, reference=None):
     """The exact worst case as a linear program over transport plans (scipy HiGHS).
 
     Variables pi_ij >= 0 for i, j on the support of p; row sums p_i; sum_ij pi_ij d_ij^p <=

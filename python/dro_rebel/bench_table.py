@@ -54,7 +54,9 @@ def render(results: dict) -> str:
     lines = []
     machine = results["machine"]
     if machine:
-        lines.append(f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, python {machine.get('python_version', '?')}")
+        lines.append(
+            f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, python {machine.get('python_version', '?')}"
+        )
     if noop is not None:
         lines.append(f"no-op Python call: {noop * 1e9:.0f} ns")
     for n in sorted({n for (_, _, n) in medians if n is not None}):
@@ -83,9 +85,10 @@ def render(results: dict) -> str:
                     f"<={LARGE_COPIES:.0f} copies: {verdict(copies <= LARGE_COPIES, f'{copies:.1f}')}"
                 )
             agree = matched.get((name, n))
+            agreement = "yes" if agree else "NO" if agree is not None else "?"
             lines.append(
                 f"{name:<14}{n:>9}{_time(rust):>12}{_time(base):>12}"
-                f"{_ratio(speedup):>10}{_ratio(copies):>11}  {'yes' if agree else 'NO' if agree is not None else '?':<5}  {target}"
+                f"{_ratio(speedup):>10}{_ratio(copies):>11}  {agreement:<5}  {target}"
             )
     return "\n".join(lines)
 

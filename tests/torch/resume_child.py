@@ -13,10 +13,10 @@ import argparse
 import os
 import signal
 
-import torch
-
-from dro_rebel.torch import DroRebelConfig, DroRebelTrainer
 from tiny_models import PROMPTS, tiny_llama, tiny_tokenizer
+
+import torch
+from dro_rebel.torch import DroRebelConfig, DroRebelTrainer
 
 
 def short_reward(prompts, completions):

@@ -9,10 +9,10 @@ import types
 
 import numpy as np
 import pytest
+from tiny_models import PAIRS, PROMPTS, tiny_llama, tiny_reward_model
 
 from dro_rebel import robust_weights
 from dro_rebel.cli import main
-from tiny_models import PAIRS, PROMPTS, tiny_llama, tiny_reward_model
 
 LOSSES = np.array([0.5, 2.0, 1.0, 3.0])
 
@@ -29,7 +29,16 @@ def test_weights_written_to_npy_with_groups(tmp_path):
     np.save(tmp_path / "losses.npy", LOSSES)
     np.savetxt(tmp_path / "groups.csv", [0, 0, 1, 1])
     out = tmp_path / "w.npy"
-    argv = ["weights", str(tmp_path / "losses.npy"), "--alpha", "0.5", "-a", "cvar", "--groups", str(tmp_path / "groups.csv")]
+    argv = [
+        "weights",
+        str(tmp_path / "losses.npy"),
+        "--alpha",
+        "0.5",
+        "-a",
+        "cvar",
+        "--groups",
+        str(tmp_path / "groups.csv"),
+    ]
     assert main(argv + ["-o", str(out)]) == 0
     np.testing.assert_array_equal(np.load(out), robust_weights(LOSSES, "cvar", alpha=0.5, groups=[0, 0, 1, 1]))
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import socket
 
 import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tiny_models import PAIRS, tiny_llama, tiny_tokenizer
 
+import torch
 from dro_rebel import worst_case
 from dro_rebel.torch import RobustDPOConfig, RobustDPOTrainer, RobustLoss
-from tiny_models import PAIRS, tiny_llama, tiny_tokenizer
 
 LOSSES = torch.tensor([0.3, 2.0, 1.1, 0.7, 3.5, 0.2, 1.9, 0.4], dtype=torch.float64)
 GROUPS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
@@ -90,7 +90,7 @@ def test_every_rank_keeps_its_slice_of_the_global_weights(ranks, name):
     kwargs = {"groups": GROUPS.numpy()} if name == "groups" else {}
     solution = worst_case(LOSSES.numpy(), "chi2", radius=0.3, **kwargs)
     q = torch.from_numpy(solution.weights)
-    for rank, (value, grad, global_value) in enumerate(ranks_of(ranks, name)):
+    for rank, (_value, grad, global_value) in enumerate(ranks_of(ranks, name)):
         # The DDP convention: world_size * q_local, so the mean over ranks is the global gradient.
         torch.testing.assert_close(grad, 2 * q[SHARDS[rank]])
         assert global_value == pytest.approx(solution.value)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from dro_rebel.torch import bradley_terry_loss, completion_logprobs, dpo_loss, rebel_loss, sequence_logprobs
 from dro_rebel.torch.data import encode_pairs
 
@@ -51,10 +50,7 @@ def test_sequence_logprobs_sums_masked_next_token_logprobs():
     mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]])
     log_softmax = logits.log_softmax(-1)
     expected = torch.stack(
-        [
-            sum(log_softmax[b, t - 1, input_ids[b, t]] for t in range(1, 5) if mask[b, t])
-            for b in range(2)
-        ]
+        [sum(log_softmax[b, t - 1, input_ids[b, t]] for t in range(1, 5) if mask[b, t]) for b in range(2)]
     )
     torch.testing.assert_close(sequence_logprobs(logits, input_ids, mask), expected)
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from tiny_models import PAIRS, tiny_bert_reward_model, tiny_llama, tiny_reward_model
 
+import torch
 from dro_rebel.torch import (
     DroRebelConfig,
     DroRebelTrainer,
@@ -16,7 +17,6 @@ from dro_rebel.torch import (
     RobustRewardConfig,
     RobustRewardTrainer,
 )
-from tiny_models import PAIRS, tiny_bert_reward_model, tiny_llama, tiny_reward_model
 
 
 def short_reward(prompts, completions):
@@ -95,8 +95,13 @@ def test_gradient_penalty_trains(tokenizer, tmp_path, form, use_peft):
 
 
 def test_a_run_logs_evaluates_and_checkpoints(tokenizer, tmp_path):
-    config = RobustDPOConfig(learning_rate=1e-2, eval_steps=2, save_steps=2, per_device_eval_batch_size=3,
-                             **_common(tmp_path, per_device_train_batch_size=4))
+    config = RobustDPOConfig(
+        learning_rate=1e-2,
+        eval_steps=2,
+        save_steps=2,
+        per_device_eval_batch_size=3,
+        **_common(tmp_path, per_device_train_batch_size=4),
+    )
     trainer = RobustDPOTrainer(tiny_llama(tokenizer), tokenizer, config, PAIRS, eval_dataset=PAIRS)
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -5,16 +5,17 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 import torch
 
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
+from tiny_models import PAIRS, tiny_llama, tiny_reward_model  # noqa: E402
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer  # noqa: E402
 
 from dro_rebel import worst_case  # noqa: E402
 from dro_rebel.integrations.trl import DRODPOConfig, DRODPOTrainer, DRORewardConfig, DRORewardTrainer  # noqa: E402
-from tiny_models import PAIRS, tiny_llama, tiny_reward_model  # noqa: E402
 
 COMMON = dict(
     per_device_train_batch_size=8,
@@ -40,7 +41,9 @@ def _batch(trainer):
 def _dpo(cls, config_cls, tokenizer, dataset, tmp_path, **robust):
     model = tiny_llama(tokenizer)
     args = config_cls(output_dir=str(tmp_path), beta=0.1, **COMMON, **robust)
-    return cls(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=dataset, processing_class=tokenizer)
+    return cls(
+        model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=dataset, processing_class=tokenizer
+    )
 
 
 def _loss_and_grads(trainer, batch):

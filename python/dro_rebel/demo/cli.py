@@ -19,11 +19,16 @@ def add_demo_parser(subparsers) -> None:
         "start, evaluate them under held-out preference mixtures and shifted prompts, train plain "
         "and robust reward heads, and write report.json and a plot.",
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="default: 2 CPU cores, about 15 minutes; paper: the larger study, for a GPU")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="default: 2 CPU cores, about 15 minutes; paper: the larger study, for a GPU",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where report.json and the plot go")
-    parser.add_argument("--build-dir", type=Path, default=Path("build"),
-                        help="where the dequantised SmolLM2 is cached (models/)")
+    parser.add_argument(
+        "--build-dir", type=Path, default=Path("build"), help="where the dequantised SmolLM2 is cached (models/)"
+    )
     parser.set_defaults(func=_run_demo)
 
 
@@ -46,8 +51,7 @@ def add_study_parser(subparsers) -> None:
         "ERM on a finite linear-reward design; print the parameter error, its log-log slope and "
         "the coverage of the true distribution per schedule.",
     )
-    radius.add_argument("--out", type=Path, default=None,
-                        help="write radius_study.json and radius_study.png here")
+    radius.add_argument("--out", type=Path, default=None, help="write radius_study.json and radius_study.png here")
     radius.add_argument("--replications", type=int, default=40)
     radius.add_argument("--n-min", type=int, default=300)
     radius.add_argument("--n-max", type=int, default=300_000)

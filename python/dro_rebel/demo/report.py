@@ -80,12 +80,14 @@ def _interval(stat: Statistic, runs: List[PolicyEval], seed: int = 0) -> Dict[st
 def _difference(stat: Statistic, runs: List[PolicyEval], baseline: List[PolicyEval]) -> Dict[str, float]:
     """Paired difference stat(runs) - stat(baseline): over seeds, or a bootstrap resampling
     the same prompts for both (they were asked the same prompts with the same random numbers)."""
+
     def paired(ti: np.ndarray, si: np.ndarray, a: PolicyEval, b: PolicyEval) -> float:
         return stat(a, ti, si) - stat(b, ti, si)
 
     if len(runs) > 1:
-        values = [paired(np.arange(len(a.test_kl)), np.arange(len(a.shift_rewards)), a, b)
-                  for a, b in zip(runs, baseline)]
+        values = [
+            paired(np.arange(len(a.test_kl)), np.arange(len(a.shift_rewards)), a, b) for a, b in zip(runs, baseline)
+        ]
         mean, half = over_seeds(values)
     else:
         a, b = runs[0], baseline[0]
@@ -136,19 +138,20 @@ def build_report(
             if plain not in evaluations:
                 continue
             difference = _difference(stats["worst_case_reward"], evaluations[name], evaluations[plain])
-            comparisons.append({
-                "robust": name,
-                "plain": plain,
-                "worst_case_difference": difference,
-                "verdict": _verdict(difference),
-            })
+            comparisons.append(
+                {
+                    "robust": name,
+                    "plain": plain,
+                    "worst_case_difference": difference,
+                    "verdict": _verdict(difference),
+                }
+            )
     return {
         "preset": preset.to_dict(),
-        "interval": "95% Student-t over seeds" if len(preset.seeds) > 1 else
-                    "95% percentile bootstrap over evaluation prompts (one seed)",
-        "preference_types": {
-            name: dict(zip(OBJECTIVES, map(float, w))) for name, w in zip(types.names, types.weights)
-        },
+        "interval": "95% Student-t over seeds"
+        if len(preset.seeds) > 1
+        else "95% percentile bootstrap over evaluation prompts (one seed)",
+        "preference_types": {name: dict(zip(OBJECTIVES, map(float, w))) for name, w in zip(types.names, types.weights)},
         "training_mixture": dict(zip(types.names, map(float, types.train_mixture))),
         "corpus": corpus,
         "methods": rows,
@@ -175,8 +178,13 @@ def format_table(report: Dict[str, Any]) -> str:
 
 def format_reward_model(report: Dict[str, Any]) -> str:
     """The reward-model track as a Markdown table of pairwise accuracies."""
-    columns = ["held_out/training mixture", "held_out/worst type", "shifted/training mixture",
-               "shifted/worst type", "human_ratings_agreement"]
+    columns = [
+        "held_out/training mixture",
+        "held_out/worst type",
+        "shifted/training mixture",
+        "shifted/worst type",
+        "human_ratings_agreement",
+    ]
     lines = ["| reward model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for name, row in report["reward_model"].items():
         cells = [f"{row[c]:.3f}" if c in row else "" for c in columns]
@@ -213,13 +221,21 @@ def write_plot(report: Dict[str, Any], path) -> None:
     for i, (name, row) in enumerate(rows.items()):
         means = [row["reward_by_mixture"][m]["mean"] for m in mixtures]
         errors = [row["reward_by_mixture"][m]["ci95"] for m in mixtures]
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=errors, capsize=2,
-               label=name, hatch="//" if row["robust"] else None, edgecolor="black", linewidth=0.4)
+        ax.bar(
+            x + (i - (len(rows) - 1) / 2) * width,
+            means,
+            width,
+            yerr=errors,
+            capsize=2,
+            label=name,
+            hatch="//" if row["robust"] else None,
+            edgecolor="black",
+            linewidth=0.4,
+        )
     ax.set_xticks(x, mixtures, rotation=15)
     ax.axhline(0.0, color="black", linewidth=0.5)
     ax.set_ylabel("mean reward on held-out prompts")
-    ax.set_title(f"Reward under held-out preference mixtures (preset {report['preset']['name']}; "
-                 "hatched: robust)")
+    ax.set_title(f"Reward under held-out preference mixtures (preset {report['preset']['name']}; hatched: robust)")
     ax.legend(fontsize=8, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-import torch
 
+import torch
 from dro_rebel.demo.data import Chat
 from dro_rebel.demo.embeddings import Encoder
 from dro_rebel.demo.preferences import PreferenceTypes, bradley_terry_labels
@@ -71,14 +71,24 @@ def features(encoder: Encoder, prompts: Sequence[str], responses: Sequence[str])
 
 def _pair_set(prompts, a, b, encoder, objectives, types) -> PairSet:
     return PairSet(
-        list(prompts), list(a), list(b),
-        types.rewards(objectives(prompts, a)), types.rewards(objectives(prompts, b)),
-        features(encoder, prompts, a), features(encoder, prompts, b),
+        list(prompts),
+        list(a),
+        list(b),
+        types.rewards(objectives(prompts, a)),
+        types.rewards(objectives(prompts, b)),
+        features(encoder, prompts, a),
+        features(encoder, prompts, b),
     )
 
 
-def chat_pairs(chats: Sequence[Chat], n: int, rng: np.random.Generator, encoder: Encoder,
-               objectives: Objectives, types: PreferenceTypes) -> PairSet:
+def chat_pairs(
+    chats: Sequence[Chat],
+    n: int,
+    rng: np.random.Generator,
+    encoder: Encoder,
+    objectives: Objectives,
+    types: PreferenceTypes,
+) -> PairSet:
     """n (question, its actual reply, a reply from another chat) triples."""
     candidates = [
         (chat_index, turn)
@@ -97,8 +107,14 @@ def chat_pairs(chats: Sequence[Chat], n: int, rng: np.random.Generator, encoder:
     return _pair_set(prompts, a, b, encoder, objectives, types)
 
 
-def shift_pairs(dialogues: Sequence[Tuple[str, str, str]], n: int, rng: np.random.Generator,
-                encoder: Encoder, objectives: Objectives, types: PreferenceTypes) -> PairSet:
+def shift_pairs(
+    dialogues: Sequence[Tuple[str, str, str]],
+    n: int,
+    rng: np.random.Generator,
+    encoder: Encoder,
+    objectives: Objectives,
+    types: PreferenceTypes,
+) -> PairSet:
     """n (chatterbot prompt, its answer, the answer of another dialogue) triples."""
     chosen = rng.choice(len(dialogues), size=min(n, len(dialogues)), replace=False)
     prompts, a, b = [], [], []
@@ -216,13 +232,16 @@ def run_track(
 
     results: Dict[str, Dict[str, float]] = {}
     for name, robust in methods.items():
-        weight = train_head(train, prefer_a, groups, robust, steps=steps, batch_size=batch_size,
-                            learning_rate=learning_rate, seed=seed)
+        weight = train_head(
+            train, prefer_a, groups, robust, steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed
+        )
         results[name] = {
             "train_label_accuracy": float(np.mean(((train.features_a - train.features_b) @ weight > 0) == prefer_a)),
             **{f"held_out/{k}": v for k, v in evaluate_head(weight, held_out, types).items()},
             **{f"shifted/{k}": v for k, v in evaluate_head(weight, shifted, types).items()},
-            "human_ratings_agreement": human_agreement(rated_features @ weight, rated, 2000, np.random.default_rng(seed)),
+            "human_ratings_agreement": human_agreement(
+                rated_features @ weight, rated, 2000, np.random.default_rng(seed)
+            ),
         }
     results["oracle (true training-mixture reward)"] = {
         "human_ratings_agreement": human_agreement(oracle_scores, rated, 2000, np.random.default_rng(seed)),

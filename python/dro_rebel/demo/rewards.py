@@ -33,10 +33,9 @@ class Objectives:
     array of shape (n, len(OBJECTIVES))."""
 
     def __init__(self, encoder: Encoder, length_scale: float = 20.0) -> None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
         # profanity_check loads its scikit-learn model at import time.
         from profanity_check import predict_prob
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
         self._encoder = encoder
         self._vader = SentimentIntensityAnalyzer()
@@ -61,7 +60,5 @@ class Objectives:
         scores[:, 2] = np.einsum("ij,ij->i", prompt_vectors, response_vectors)
         scores[:, 2][[not r.strip() for r in responses]] = 0.0
         scores[:, 3] = 1.0 - np.asarray(self._profanity(responses), dtype=float)
-        scores[:, 4] = np.minimum(
-            np.array([len(r.split()) for r in responses], dtype=float) / self._length_scale, 1.0
-        )
+        scores[:, 4] = np.minimum(np.array([len(r.split()) for r in responses], dtype=float) / self._length_scale, 1.0)
         return scores

@@ -1,12 +1,12 @@
 """The demo as one readable recipe: load, label, train every method, evaluate, report.
 
-    prompts + objectives + preference types        (data.py, rewards.py, preferences.py)
-    start policy (SmolLM2 or tiny), top blocks trainable              (policy.py)
-    for each seed:
-        DPO pairs: two samples per training prompt from the start, Bradley-Terry labels
-        for each method: a copy of the start -> its trainer (dro_rebel.torch) -> evaluate
-    reward-model track                                                (reward_model.py)
-    table, report.json, plot                                          (report.py)
+prompts + objectives + preference types        (data.py, rewards.py, preferences.py)
+start policy (SmolLM2 or tiny), top blocks trainable              (policy.py)
+for each seed:
+    DPO pairs: two samples per training prompt from the start, Bradley-Terry labels
+    for each method: a copy of the start -> its trainer (dro_rebel.torch) -> evaluate
+reward-model track                                                (reward_model.py)
+table, report.json, plot                                          (report.py)
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+import torch
 from dro_rebel.demo.data import Corpus, load_corpus
 from dro_rebel.demo.embeddings import Encoder
 from dro_rebel.demo.evaluate import PolicyEval, evaluate_policy
@@ -92,11 +92,18 @@ def _run(preset: Preset, out: Path, build_dir: Path) -> Dict[str, Any]:
 
     def evaluate(policy: Any, seed: int) -> PolicyEval:
         return evaluate_policy(
-            policy, start, tokenizer,
-            test_prompts=prompts["test"], test_questions=corpus.test_prompts,
-            shift_prompts=prompts["shift"], shift_questions=corpus.shift_prompts,
-            objectives=objectives, types=types, max_new_tokens=preset.max_new_tokens,
-            seed=1000 + seed, batch_size=preset.eval_batch_size,
+            policy,
+            start,
+            tokenizer,
+            test_prompts=prompts["test"],
+            test_questions=corpus.test_prompts,
+            shift_prompts=prompts["shift"],
+            shift_questions=corpus.shift_prompts,
+            objectives=objectives,
+            types=types,
+            max_new_tokens=preset.max_new_tokens,
+            seed=1000 + seed,
+            batch_size=preset.eval_batch_size,
         )
 
     evaluations: Dict[str, List[PolicyEval]] = {START: []}
@@ -106,8 +113,9 @@ def _run(preset: Preset, out: Path, build_dir: Path) -> Dict[str, Any]:
         rng = np.random.default_rng(seed)
         type_of = dict(zip(prompts["train"], types.assign(len(prompts["train"]), rng).tolist()))
         rebel_rows = [{"prompt": p, GROUP_COLUMN: type_of[p]} for p in prompts["train"]]
-        dpo_rows = _dpo_pairs(start, tokenizer, prompts["train"], question_of, type_of, objectives,
-                              types, preset, rng, seed)
+        dpo_rows = _dpo_pairs(
+            start, tokenizer, prompts["train"], question_of, type_of, objectives, types, preset, rng, seed
+        )
         reward_fn = _reward_fn(question_of, type_of, objectives, types)
         evaluations[START].append(evaluate(start, seed))
         timings[f"seed {seed}: data and start model"] = time.perf_counter() - tick
@@ -123,23 +131,41 @@ def _run(preset: Preset, out: Path, build_dir: Path) -> Dict[str, Any]:
 
     tick = time.perf_counter()
     reward_track = run_track(
-        corpus.train_chats, corpus.test_chats, corpus.shift_dialogues,
-        encoder=encoder, objectives=objectives, types=types,
-        n_train=preset.rm_train_pairs, n_eval=preset.rm_eval_pairs, n_rated=preset.rm_rated_chats,
+        corpus.train_chats,
+        corpus.test_chats,
+        corpus.shift_dialogues,
+        encoder=encoder,
+        objectives=objectives,
+        types=types,
+        n_train=preset.rm_train_pairs,
+        n_eval=preset.rm_eval_pairs,
+        n_rated=preset.rm_rated_chats,
         bt_scale=preset.bt_scale,
         methods={
             "Bradley-Terry": RobustLoss("chi2", radius=0.0),
-            f"chi2-DRO Bradley-Terry (types, radius {preset.chi2_radius:g})": RobustLoss("chi2", radius=preset.chi2_radius),
+            f"chi2-DRO Bradley-Terry (types, radius {preset.chi2_radius:g})": RobustLoss(
+                "chi2", radius=preset.chi2_radius
+            ),
         },
-        steps=preset.rm_steps, batch_size=preset.rm_batch_size, learning_rate=preset.rm_learning_rate,
+        steps=preset.rm_steps,
+        batch_size=preset.rm_batch_size,
+        learning_rate=preset.rm_learning_rate,
         seed=preset.seeds[0],
     )
     timings["reward-model track"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     timings["total_cpu"] = time.process_time() - cpu_started
 
-    report = build_report(preset, types, corpus_summary(corpus), evaluations, logs, reward_track, timings,
-                          robust={m.name: m.is_robust for m in methods(preset)})
+    report = build_report(
+        preset,
+        types,
+        corpus_summary(corpus),
+        evaluations,
+        logs,
+        reward_track,
+        timings,
+        robust={m.name: m.is_robust for m in methods(preset)},
+    )
     write_plot(report, out / "reward_by_mixture.png")
     (out / "report.json").write_text(_json(report))
     print_report(report)
@@ -157,8 +183,9 @@ def corpus_summary(corpus: Corpus) -> Dict[str, Any]:
     }
 
 
-def _reward_fn(question_of: Dict[str, str], type_of: Dict[str, int], objectives: Objectives,
-               types: PreferenceTypes) -> Callable[[List[str], List[str]], np.ndarray]:
+def _reward_fn(
+    question_of: Dict[str, str], type_of: Dict[str, int], objectives: Objectives, types: PreferenceTypes
+) -> Callable[[List[str], List[str]], np.ndarray]:
     """REBEL's reward callable: each prompt is scored by the preference type it was assigned."""
 
     def reward_fn(prompts: List[str], completions: List[str]) -> np.ndarray:
@@ -168,14 +195,31 @@ def _reward_fn(question_of: Dict[str, str], type_of: Dict[str, int], objectives:
     return reward_fn
 
 
-def _dpo_pairs(start: Any, tokenizer: Any, train_prompts: Sequence[str], question_of: Dict[str, str],
-               type_of: Dict[str, int], objectives: Objectives, types: PreferenceTypes, preset: Preset,
-               rng: np.random.Generator, seed: int) -> List[Dict[str, Any]]:
+def _dpo_pairs(
+    start: Any,
+    tokenizer: Any,
+    train_prompts: Sequence[str],
+    question_of: Dict[str, str],
+    type_of: Dict[str, int],
+    objectives: Objectives,
+    types: PreferenceTypes,
+    preset: Preset,
+    rng: np.random.Generator,
+    seed: int,
+) -> List[Dict[str, Any]]:
     """Offline preference data: two samples per training prompt from the start policy,
     labelled by a Bradley-Terry draw under the prompt's preference type."""
     kwargs = dict(max_new_tokens=preset.max_new_tokens, batch_size=preset.eval_batch_size)
-    first = [t for b in sample(start, tokenizer, train_prompts, seed=2 * seed, desc="DPO pairs (1/2)", **kwargs) for t in b.texts]
-    second = [t for b in sample(start, tokenizer, train_prompts, seed=2 * seed + 1, desc="DPO pairs (2/2)", **kwargs) for t in b.texts]
+    first = [
+        t
+        for b in sample(start, tokenizer, train_prompts, seed=2 * seed, desc="DPO pairs (1/2)", **kwargs)
+        for t in b.texts
+    ]
+    second = [
+        t
+        for b in sample(start, tokenizer, train_prompts, seed=2 * seed + 1, desc="DPO pairs (2/2)", **kwargs)
+        for t in b.texts
+    ]
     questions = [question_of[p] for p in train_prompts]
     groups = np.array([type_of[p] for p in train_prompts])
     rows = np.arange(len(groups))
@@ -193,9 +237,17 @@ def _dpo_pairs(start: Any, tokenizer: Any, train_prompts: Sequence[str], questio
     ]
 
 
-def _train(method: Method, start: Any, tokenizer: Any, rebel_rows: List[Dict[str, Any]],
-           dpo_rows: List[Dict[str, Any]], reward_fn: Callable, preset: Preset, seed: int,
-           device: torch.device):
+def _train(
+    method: Method,
+    start: Any,
+    tokenizer: Any,
+    rebel_rows: List[Dict[str, Any]],
+    dpo_rows: List[Dict[str, Any]],
+    reward_fn: Callable,
+    preset: Preset,
+    seed: int,
+    device: torch.device,
+):
     """Train a copy of the start model with ``method``; return it and the training log."""
     policy = copy.deepcopy(start)
     train_top_blocks(policy, preset.trainable_blocks)
@@ -212,8 +264,9 @@ def _train(method: Method, start: Any, tokenizer: Any, rebel_rows: List[Dict[str
     scratch = Path(tempfile.mkdtemp(prefix="dro-rebel-demo-"))
     try:
         if method.trainer == "rebel":
-            config = DroRebelConfig(output_dir=str(scratch), eta=preset.eta,
-                                    max_new_tokens=preset.max_new_tokens, **common)
+            config = DroRebelConfig(
+                output_dir=str(scratch), eta=preset.eta, max_new_tokens=preset.max_new_tokens, **common
+            )
             trainer = DroRebelTrainer(policy, tokenizer, config, rebel_rows, reward_fn)
         else:
             config = RobustDPOConfig(output_dir=str(scratch), beta=preset.beta, **common)

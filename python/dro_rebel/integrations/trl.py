@@ -19,8 +19,8 @@ processes). They log TRL's usual metrics plus ``robust/value``, ``robust/mean``,
 
 Supported: DPO's ``loss_type`` ``"sigmoid"`` (standard DPO), ``"hinge"`` or ``"ipo"``, one at a
 time, with ``f_divergence_type="reverse_kl"`` and without ``ld_alpha``, WPO weighting or MoE
-auxiliary losses; the ``kl``, ``chi2``, ``cvar`` and ``tv`` sets; the reward trainer as TRL has it (``margin`` column and
-``center_rewards_coefficient`` included). With gradient accumulation each micro-batch is its
+auxiliary losses; the ``kl``, ``chi2``, ``cvar`` and ``tv`` sets; the reward trainer as TRL has it
+(``margin`` column and ``center_rewards_coefficient`` included). With gradient accumulation each micro-batch is its
 own robust problem.
 """
 
@@ -29,10 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-import torch
 import torch.nn.functional as F
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
+import torch
 from dro_rebel.torch.robust_loss import RobustLoss
 
 __all__ = ["DRODPOConfig", "DRODPOTrainer", "DRORewardConfig", "DRORewardTrainer"]
@@ -44,9 +44,7 @@ _SUPPORTED_DPO_LOSSES = ("sigmoid", "hinge", "ipo")
 class _RobustFields:
     """The ambiguity set, as in :class:`dro_rebel.torch.TrainingConfig`."""
 
-    ambiguity: str = field(
-        default="chi2", metadata={"help": "Ambiguity set: 'kl', 'chi2', 'cvar' or 'tv'."}
-    )
+    ambiguity: str = field(default="chi2", metadata={"help": "Ambiguity set: 'kl', 'chi2', 'cvar' or 'tv'."})
     radius: Optional[float] = field(
         default=None, metadata={"help": "Size of the set; None with no penalty/alpha means 0 (TRL's loss)."}
     )

@@ -157,9 +157,7 @@ def fit_chi2_dro(
         return float(eta + c * norm), np.concatenate([grad_theta, [grad_eta]])
 
     start = np.concatenate([theta0, [0.0]])
-    result = optimize.minimize(
-        objective, start, jac=True, method="BFGS", options={"gtol": 1e-12, "maxiter": 2000}
-    )
+    result = optimize.minimize(objective, start, jac=True, method="BFGS", options={"gtol": 1e-12, "maxiter": 2000})
     return result.x[:-1], float(result.x[-1] * scale), float(result.fun * scale)
 
 
@@ -237,14 +235,23 @@ def plot_study(results: Dict[str, ScheduleResult], path: Path) -> None:
     for name, result in results.items():
         n = np.asarray(result.n)
         left.errorbar(
-            n, result.mse, yerr=result.mse_se, marker="o", ms=3, capsize=2,
+            n,
+            result.mse,
+            yerr=result.mse_se,
+            marker="o",
+            ms=3,
+            capsize=2,
             label=f"{name}: slope {result.slope:.2f}",
         )
         right.plot(n, result.coverage, marker="o", ms=3, label=name)
-    left.set(xscale="log", yscale="log", xlabel="n", ylabel="mean ||theta_hat - theta*||^2",
-             title="Parameter error")
-    right.set(xscale="log", xlabel="n", ylabel="P(truth inside the ball)", ylim=(-0.03, 1.03),
-              title="Coverage of the true distribution")
+    left.set(xscale="log", yscale="log", xlabel="n", ylabel="mean ||theta_hat - theta*||^2", title="Parameter error")
+    right.set(
+        xscale="log",
+        xlabel="n",
+        ylabel="P(truth inside the ball)",
+        ylim=(-0.03, 1.03),
+        title="Coverage of the true distribution",
+    )
     left.legend(fontsize=8)
     right.legend(fontsize=8)
     fig.suptitle("chi-square DRO-REBEL, linear rewards: radius schedule vs rate and coverage")

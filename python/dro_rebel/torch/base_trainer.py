@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+import torch
 from dro_rebel.torch.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -47,6 +46,7 @@ from dro_rebel.torch.model_setup import (
     resolve_device,
 )
 from dro_rebel.torch.robust_loss import NonFiniteLossError, RobustLoss
+from torch import nn
 
 __all__ = ["Trainer", "LossOutput"]
 
@@ -114,7 +114,9 @@ class Trainer:
             indices = list(range(start, min(start + size, len(self.eval_dataset))))
             yield self.make_batch(select_rows(self.eval_dataset, indices), indices)
 
-    def label_batch(self, batch: Dict[str, Any], rows: Dict[str, List[Any]], indices: Optional[List[int]]) -> Dict[str, Any]:
+    def label_batch(
+        self, batch: Dict[str, Any], rows: Dict[str, List[Any]], indices: Optional[List[int]]
+    ) -> Dict[str, Any]:
         """Adds the rows' group labels (``group_column``) and dataset indices to a batch."""
         if self.config.group_column is not None:
             batch["groups"] = torch.as_tensor(rows[self.config.group_column], dtype=torch.long)
@@ -171,8 +173,10 @@ class Trainer:
             progress.set_postfix(loss=metrics.get("loss"))
             if step % config.logging_steps == 0 or step == config.max_steps:
                 self.log({"step": step, **metrics})
-            if config.eval_steps and self.eval_dataset is not None and (
-                step % config.eval_steps == 0 or step == config.max_steps
+            if (
+                config.eval_steps
+                and self.eval_dataset is not None
+                and (step % config.eval_steps == 0 or step == config.max_steps)
             ):
                 self.log({"step": step, **self.evaluate()})
             if (config.save_steps and step % config.save_steps == 0) or step == config.max_steps:
@@ -296,8 +300,7 @@ class Trainer:
                 trainable[name].copy_(value)
         if len(state["rng"]) != self.world_size:
             raise ValueError(
-                f"{path} was written by {len(state['rng'])} process(es): resume it with as many, "
-                f"not {self.world_size}"
+                f"{path} was written by {len(state['rng'])} process(es): resume it with as many, not {self.world_size}"
             )
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"][self.rank])

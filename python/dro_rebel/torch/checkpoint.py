@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
+
 import torch
 
 __all__ = [
@@ -78,7 +79,9 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     if not data.startswith(MAGIC):
         raise CorruptCheckpointError(f"{path} is not a dro-rebel checkpoint (bad header)")
     if len(data) <= header:
-        raise CorruptCheckpointError(f"{path} is truncated ({len(data)} bytes): delete it to resume from an earlier one")
+        raise CorruptCheckpointError(
+            f"{path} is truncated ({len(data)} bytes): delete it to resume from an earlier one"
+        )
     payload = data[header:]
     if hashlib.sha256(payload).digest() != data[len(MAGIC) : header]:
         raise CorruptCheckpointError(
@@ -93,11 +96,7 @@ def latest_checkpoint(output_dir: Union[str, Path]) -> Optional[Path]:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
-    steps = [
-        (int(match.group(1)), entry)
-        for entry in output_dir.iterdir()
-        if (match := _NAME.match(entry.name))
-    ]
+    steps = [(int(match.group(1)), entry) for entry in output_dir.iterdir() if (match := _NAME.match(entry.name))]
     return max(steps)[1] if steps else None
 
 

@@ -85,9 +85,7 @@ class TrainingConfig:
         if self.nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
         if self.gradient_penalty is not None and self.gradient_penalty not in GRADIENT_PENALTY_FORMS:
-            raise ValueError(
-                f"gradient_penalty must be one of {GRADIENT_PENALTY_FORMS}, got {self.gradient_penalty!r}"
-            )
+            raise ValueError(f"gradient_penalty must be one of {GRADIENT_PENALTY_FORMS}, got {self.gradient_penalty!r}")
         if self.ambiguity == "wasserstein" and self.gradient_penalty is None:
             raise ValueError(
                 "the trainers take the Wasserstein set in its gradient-penalty form: set "
@@ -143,9 +141,7 @@ class DroRebelConfig(TrainingConfig):
         if self.eta <= 0:
             raise ValueError(f"eta must be positive, got {self.eta}")
         if self.log_ratio_reference not in ("sampler", "initial"):
-            raise ValueError(
-                f"log_ratio_reference must be 'sampler' or 'initial', got {self.log_ratio_reference!r}"
-            )
+            raise ValueError(f"log_ratio_reference must be 'sampler' or 'initial', got {self.log_ratio_reference!r}")
 
 
 @dataclass

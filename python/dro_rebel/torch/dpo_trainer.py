@@ -21,13 +21,12 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 import torch
-
 from dro_rebel.torch.base_trainer import LossOutput, Trainer
 from dro_rebel.torch.config import RobustDPOConfig
 from dro_rebel.torch.data import encode_pairs
+from dro_rebel.torch.eval_metrics import pair_metrics
 from dro_rebel.torch.logprobs import completion_logprobs
 from dro_rebel.torch.losses import dpo_loss
-from dro_rebel.torch.eval_metrics import pair_metrics
 
 __all__ = ["RobustDPOTrainer"]
 

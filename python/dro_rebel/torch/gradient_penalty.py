@@ -24,9 +24,7 @@ __all__ = ["GRADIENT_PENALTY_FORMS", "per_sample_grad_sq_norms"]
 GRADIENT_PENALTY_FORMS = ("rebel", "wdpo")
 
 
-def per_sample_grad_sq_norms(
-    losses: torch.Tensor, inputs_embeds: Sequence[torch.Tensor]
-) -> torch.Tensor:
+def per_sample_grad_sq_norms(losses: torch.Tensor, inputs_embeds: Sequence[torch.Tensor]) -> torch.Tensor:
     """||g_i||^2 for each sample, differentiable (``create_graph=True``).
 
     Args:
@@ -44,8 +42,7 @@ def per_sample_grad_sq_norms(
     for grad in grads:
         if grad.shape[0] % n:
             raise ValueError(
-                f"inputs_embeds must have a multiple of n = {n} rows (row j*n + i for "
-                f"sample i), got {grad.shape[0]}"
+                f"inputs_embeds must have a multiple of n = {n} rows (row j*n + i for sample i), got {grad.shape[0]}"
             )
         norms = norms + grad.reshape(grad.shape[0] // n, n, -1).pow(2).sum(dim=(0, 2))
     return norms

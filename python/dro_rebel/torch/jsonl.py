@@ -24,7 +24,6 @@ class JsonlLogger:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({key: _plain(value) for key, value in record.items()}) + "\n")
 
-
     def drop_after(self, step: int) -> None:
         """Remove the records of steps after ``step`` (a resumed run takes them again)."""
         if not self.path.exists():

@@ -7,15 +7,14 @@ the model gives each token from the logits at the previous position (SPEC.md sec
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
+
+import torch
 
 __all__ = ["sequence_logprobs", "completion_logprobs", "position_ids"]
 
 
-def sequence_logprobs(
-    logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
-) -> torch.Tensor:
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
     """Sum of log p(token_t | tokens_<t) over the masked tokens of each row.
 
     Args:
@@ -29,9 +28,7 @@ def sequence_logprobs(
     """
     targets = input_ids[:, 1:]
     # cross_entropy never materialises the (batch, seq, vocab) log-softmax as a second copy.
-    token_logps = -F.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), targets, reduction="none"
-    )
+    token_logps = -F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets, reduction="none")
     mask = completion_mask[:, 1:].to(token_logps.dtype)
     return (token_logps * mask).sum(dim=1)
 

@@ -7,9 +7,8 @@ import copy
 from typing import Iterator, Optional
 
 import torch
-from torch import nn
-
 from dro_rebel.torch.config import TrainingConfig
+from torch import nn
 
 __all__ = ["resolve_device", "apply_lora", "frozen_copy", "adapters_disabled", "is_peft_model"]
 

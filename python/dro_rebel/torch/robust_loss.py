@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 import dro_rebel
+import torch
 from dro_rebel.torch.distributed import gather_rows, world_size
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS, per_sample_grad_sq_norms
+from torch import nn
 
 __all__ = ["RobustLoss", "RobustStats", "NonFiniteLossError"]
 
@@ -97,13 +97,9 @@ class RobustLoss(nn.Module):
         super().__init__()
         if gradient_penalty is not None:
             if gradient_penalty not in GRADIENT_PENALTY_FORMS:
-                raise ValueError(
-                    f"gradient_penalty must be one of {GRADIENT_PENALTY_FORMS}, got {gradient_penalty!r}"
-                )
+                raise ValueError(f"gradient_penalty must be one of {GRADIENT_PENALTY_FORMS}, got {gradient_penalty!r}")
             if ambiguity != "wasserstein" or radius is None or radius < 0:
-                raise ValueError(
-                    "gradient_penalty needs ambiguity='wasserstein' and radius=rho0 >= 0"
-                )
+                raise ValueError("gradient_penalty needs ambiguity='wasserstein' and radius=rho0 >= 0")
         self.ambiguity = ambiguity
         self.radius = radius
         self.penalty = penalty
@@ -199,9 +195,7 @@ class RobustLoss(nn.Module):
             share = (local_sum - local_sum.detach()) / (2.0 * total * max(root, 1e-30))
             local = losses.sum() * (ranks / total) + rho0 * (root + ranks * share)
             value = float(host.mean() + rho0 * root)
-        self.last = RobustStats(
-            value=value, mean=float(host.mean()), ess=float(total), max_weight=1.0 / total, n=total
-        )
+        self.last = RobustStats(value=value, mean=float(host.mean()), ess=float(total), max_weight=1.0 / total, n=total)
         return local
 
 
