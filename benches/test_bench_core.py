@@ -25,9 +25,9 @@ from functools import lru_cache
 
 import numpy as np
 import pytest
+from problems import CALLS, CALLS_PER_ROUND, SIZES, call, looped, losses
 
 from dro_rebel import baseline, robust_weights
-from problems import CALLS, CALLS_PER_ROUND, SIZES, call, looped, losses
 
 IMPLEMENTATIONS = {"rust": robust_weights, "baseline": baseline.robust_weights}
 

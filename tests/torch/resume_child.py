@@ -13,9 +13,9 @@ import argparse
 import os
 import signal
 
+import torch
 from tiny_models import PROMPTS, tiny_llama, tiny_tokenizer
 
-import torch
 from dro_rebel.torch import DroRebelConfig, DroRebelTrainer
 
 

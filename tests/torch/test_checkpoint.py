@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Tuple
 
 import pytest
+import torch
 from tiny_models import PAIRS, tiny_llama
 
-import torch
 from dro_rebel.torch import CorruptCheckpointError, RobustDPOConfig, RobustDPOTrainer, load_checkpoint
 from dro_rebel.torch.checkpoint import save_checkpoint
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import socket
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from tiny_models import PAIRS, tiny_llama, tiny_tokenizer
 
-import torch
 from dro_rebel import worst_case
 from dro_rebel.torch import RobustDPOConfig, RobustDPOTrainer, RobustLoss
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from dro_rebel.torch import bradley_terry_loss, completion_logprobs, dpo_loss, rebel_loss, sequence_logprobs
 from dro_rebel.torch.data import encode_pairs
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 import torch
+
 from dro_rebel.torch import RobustDPOConfig, RobustLoss, RobustStats
 
 

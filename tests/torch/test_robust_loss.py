@@ -4,10 +4,10 @@ non-finite losses, and the two Wasserstein gradient-penalty forms (SPEC.md secti
 from __future__ import annotations
 
 import pytest
+import torch
 from tiny_models import PAIRS
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import torch
 from dro_rebel import worst_case
 from dro_rebel.torch import NonFiniteLossError, RobustLoss, completion_logprobs, dpo_loss, sequence_logprobs
 from dro_rebel.torch.data import encode_pairs

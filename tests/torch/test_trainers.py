@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from tiny_models import PAIRS, tiny_bert_reward_model, tiny_llama, tiny_reward_model
 
-import torch
 from dro_rebel.torch import (
     DroRebelConfig,
     DroRebelTrainer,

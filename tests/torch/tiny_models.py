@@ -10,6 +10,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
@@ -19,8 +20,6 @@ from transformers import (  # noqa: E402
     LlamaForSequenceClassification,
     PreTrainedTokenizerFast,
 )
-
-import torch  # noqa: E402
 
 PROMPTS = [
     "Say something kind:",

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
+import torch
 
 import dro_rebel
-import torch
 from dro_rebel.demo.policy import sample
 from dro_rebel.demo.preferences import PreferenceTypes
 from dro_rebel.demo.rewards import Objectives

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
+import torch
 from tqdm.auto import tqdm
 
-import torch
 from dro_rebel.demo.data import package_dir
 
 __all__ = [

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-
 import torch
+
 from dro_rebel.demo.data import Chat
 from dro_rebel.demo.embeddings import Encoder
 from dro_rebel.demo.preferences import PreferenceTypes, bradley_terry_labels

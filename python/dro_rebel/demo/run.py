@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-import torch
 from dro_rebel.demo.data import Corpus, load_corpus
 from dro_rebel.demo.embeddings import Encoder
 from dro_rebel.demo.evaluate import PolicyEval, evaluate_policy

@@ -29,10 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+import torch
 import torch.nn.functional as F
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
-import torch
 from dro_rebel.torch.robust_loss import RobustLoss
 
 __all__ = ["DRODPOConfig", "DRODPOTrainer", "DRORewardConfig", "DRORewardTrainer"]

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-import torch
 from dro_rebel.torch.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -46,7 +47,6 @@ from dro_rebel.torch.model_setup import (
     resolve_device,
 )
 from dro_rebel.torch.robust_loss import NonFiniteLossError, RobustLoss
-from torch import nn
 
 __all__ = ["Trainer", "LossOutput"]
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
-
 import torch
 
 __all__ = [

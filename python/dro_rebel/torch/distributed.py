@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, List, Tuple
 
-import torch.distributed as dist
-
 import torch
+import torch.distributed as dist
 
 __all__ = ["world_size", "rank", "gather_rows", "gather_objects", "average_gradients", "broadcast_parameters"]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 import torch
+
 from dro_rebel.torch.base_trainer import LossOutput, Trainer
 from dro_rebel.torch.config import RobustDPOConfig
 from dro_rebel.torch.data import encode_pairs

@@ -7,9 +7,8 @@ the model gives each token from the logits at the previous position (SPEC.md sec
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 import torch
+import torch.nn.functional as F
 
 __all__ = ["sequence_logprobs", "completion_logprobs", "position_ids"]
 

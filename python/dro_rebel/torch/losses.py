@@ -8,9 +8,8 @@ non-robust objective. Inputs are summed sequence log-probabilities (see
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 import torch
+import torch.nn.functional as F
 
 __all__ = ["rebel_loss", "dpo_loss", "bradley_terry_loss"]
 

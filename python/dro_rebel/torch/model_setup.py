@@ -7,8 +7,9 @@ import copy
 from typing import Iterator, Optional
 
 import torch
-from dro_rebel.torch.config import TrainingConfig
 from torch import nn
+
+from dro_rebel.torch.config import TrainingConfig
 
 __all__ = ["resolve_device", "apply_lora", "frozen_copy", "adapters_disabled", "is_peft_model"]
 

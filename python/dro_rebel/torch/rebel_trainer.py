@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
+
 from dro_rebel.torch.base_trainer import LossOutput, Trainer
 from dro_rebel.torch.config import DroRebelConfig
 from dro_rebel.torch.data import select_rows

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
 import dro_rebel
-import torch
 from dro_rebel.torch.distributed import gather_rows, world_size
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS, per_sample_grad_sq_norms
-from torch import nn
 
 __all__ = ["RobustLoss", "RobustStats", "NonFiniteLossError"]
 
