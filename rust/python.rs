@@ -318,7 +318,7 @@ mod _core {
 /// `robust_weights`, registered by hand as a METH_FASTCALL function: `fastcall.rs` says why.
 static ROBUST_WEIGHTS: MethodDef = MethodDef::new(c"robust_weights", robust_weights_fastcall, ROBUST_WEIGHTS_DOC);
 
-static ROBUST_WEIGHTS_SIGNATURE: Signature<11> = Signature {
+static ROBUST_WEIGHTS_SIGNATURE: Signature<12> = Signature {
     function: "robust_weights",
     parameters: [
         "losses",
@@ -332,6 +332,7 @@ static ROBUST_WEIGHTS_SIGNATURE: Signature<11> = Signature {
         "p",
         "features",
         "cost",
+        "confidence",
     ],
     positional: 2,
     required: 1,
@@ -339,7 +340,7 @@ static ROBUST_WEIGHTS_SIGNATURE: Signature<11> = Signature {
 };
 
 /// The signature line (for `inspect`) and the docstring.
-const ROBUST_WEIGHTS_DOC: &CStr = cr#"robust_weights(losses, ambiguity='chi2', *, radius=None, penalty=None, alpha=None, reference=None, groups=None, tol=None, p=1.0, features=None, cost=None)
+const ROBUST_WEIGHTS_DOC: &CStr = cr#"robust_weights(losses, ambiguity='chi2', *, radius=None, penalty=None, alpha=None, reference=None, groups=None, tol=None, p=1.0, features=None, cost=None, confidence=None)
 --
 
 Worst-case weights q* of the samples, in the type, dtype and device of ``losses``.
@@ -349,6 +350,10 @@ Args:
         per row). numpy array, torch tensor (any device; it is detached), or a sequence.
     ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``.
     radius: size of the ambiguity set (constrained form). rho = 0 gives q = reference.
+        ``"calibrated"`` (``chi2`` and ``kl``): rho = q / (2n), q the (2 * confidence - 1)
+        quantile of the chi-square distribution with one degree of freedom and n the number
+        of samples (of groups with ``groups=``), so that V* is an asymptotically exact
+        upper confidence bound on the mean loss (docs/method.md#calibrated-radius).
     penalty: a fixed dual variable instead of a radius (penalised form: temperature tau
         for ``kl``, lam for ``chi2`` and ``wasserstein``).
     alpha: the CVaR level in (0, 1] (``cvar`` only): q_i <= p_i / alpha.
@@ -360,6 +365,7 @@ Args:
     p: the Wasserstein type (cost d_ij ** p), p >= 1.
     features: ``wasserstein``: (n, d) features; the cost is their Euclidean distance.
     cost: ``wasserstein``: an (n, n) matrix of distances d_ij.
+    confidence: the level of ``radius="calibrated"``, in (0.5, 1); 0.95 by default.
 
 Returns:
     q*, same shape as ``losses``: float32 for float32 numpy input, float64 otherwise; for a
@@ -367,7 +373,8 @@ Returns:
 
 Raises:
     ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
-        reference or group labels, an empty batch, a wrong shape, an unknown set."#;
+        reference or group labels, an empty batch, a wrong shape, an unknown set, a
+        ``confidence`` outside (0.5, 1) or without ``radius="calibrated"``."#;
 
 unsafe extern "C" fn robust_weights_fastcall(
     _module: *mut ffi::PyObject,
@@ -379,9 +386,23 @@ unsafe extern "C" fn robust_weights_fastcall(
     // the borrowed arguments do not outlive it.
     unsafe {
         fastcall::trampoline(|py| {
-            let [losses, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost] =
+            let [losses, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost, confidence] =
                 ROBUST_WEIGHTS_SIGNATURE.bind(py, args, nargs, kwnames)?;
             let ambiguity = ambiguity.map(|name| ambiguity_named(&name)).transpose()?;
+            let losses = losses.expect("bind checks that losses is given");
+            let radius_named = fastcall::optional(radius).is_some_and(|r| r.is_instance_of::<PyString>());
+            if radius_named || fastcall::optional(confidence).is_some() {
+                // A radius that depends on the problem's size: resolved where the input is
+                // converted, which also counts the groups.
+                let ambiguity = ambiguity_name(py, ambiguity.unwrap_or(Ambiguity::Chi2));
+                let [radius, penalty, alpha, reference, groups, tol, p, features, cost, confidence] =
+                    [radius, penalty, alpha, reference, groups, tol, p, features, cost, confidence]
+                        .map(|value| value.map_or_else(|| py.None().into_bound(py), |v| v.to_owned()));
+                let p = if p.is_none() { 1.0_f64.into_pyobject(py)?.into_any() } else { p };
+                return convert_and_solve(py)?.call1((
+                    &*losses, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost, confidence,
+                ));
+            }
             let (reference, groups) = (fastcall::optional(reference), fastcall::optional(groups));
             let (features, cost) = (fastcall::optional(features), fastcall::optional(cost));
             let given = Given {
@@ -396,7 +417,7 @@ unsafe extern "C" fn robust_weights_fastcall(
                 features: features.as_deref(),
                 cost: cost.as_deref(),
             };
-            robust_weights(&losses.expect("bind checks that losses is given"), &given)
+            robust_weights(&losses, &given)
         })
     }
 }
@@ -410,11 +431,15 @@ fn robust_weights<'py>(losses: &Bound<'py, PyAny>, given: &Given<'_, 'py>) -> Py
         }
     }
     let py = losses.py();
-    static CONVERT_AND_SOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let convert_and_solve = CONVERT_AND_SOLVE.import(py, "dro_rebel._api", "_convert_and_solve")?;
     let Given { ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost } = *given;
     let name = ambiguity_name(py, ambiguity);
-    convert_and_solve.call1((losses, name, radius, penalty, alpha, reference, groups, tol, p, features, cost))
+    convert_and_solve(py)?.call1((losses, name, radius, penalty, alpha, reference, groups, tol, p, features, cost, None::<f64>))
+}
+
+/// `dro_rebel._api._convert_and_solve`, looked up once.
+fn convert_and_solve(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CONVERT_AND_SOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CONVERT_AND_SOLVE.import(py, "dro_rebel._api", "_convert_and_solve")
 }
 
 /// A plan as (source, target, mass) numpy arrays, or None.

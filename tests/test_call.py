@@ -63,13 +63,19 @@ def test_every_call_binds_as_a_python_function_with_the_signature_would(position
         ((L,), {"losses": L, "radius": 0.1}, "got multiple values for argument 'losses'"),
         ((L, "kl"), {"ambiguity": "tv", "radius": 0.1}, "got multiple values for argument 'ambiguity'"),
         ((), {"radius": 0.1}, "missing 1 required positional argument: 'losses'"),
-        ((L, "kl"), {"radius": "0.1"}, "argument 'radius': must be real number, not str"),
+        ((L, "kl"), {"radius": [0.1]}, "argument 'radius': must be real number, not list"),
         ((L, "wasserstein"), {"radius": 0.1, "p": None}, "argument 'p': must be real number, not NoneType"),
     ],
 )
 def test_a_call_that_does_not_bind_is_a_type_error_as_in_python(args, kwargs, message):
     with pytest.raises(TypeError, match=f"^robust_weights\\(\\) {message}$|^{message}$"):
         robust_weights(*args, **kwargs)
+
+
+def test_a_radius_named_other_than_calibrated_is_a_value_error_that_names_it():
+    # A string radius is a request for a calibrated one; any other string is a wrong value.
+    with pytest.raises(ValueError, match="radius must be a number or \"calibrated\", got '0.1'"):
+        robust_weights(L, "kl", radius="0.1")
 
 
 def test_keywords_not_interned_are_found_by_their_text():

@@ -9,7 +9,7 @@ objective: ``loss = (robust_weights(l.detach(), "chi2", radius=0.1) * l).sum()``
 
 from __future__ import annotations
 
-from dro_rebel._api import WorstCase, robust_weights, worst_case
+from dro_rebel._api import WorstCase, calibrated_radius, robust_weights, worst_case
 from dro_rebel._core import __version__, build_profile
 
-__all__ = ["robust_weights", "worst_case", "WorstCase", "__version__", "build_profile"]
+__all__ = ["robust_weights", "worst_case", "WorstCase", "calibrated_radius", "__version__", "build_profile"]

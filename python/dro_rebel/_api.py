@@ -14,16 +14,27 @@ it hands to :func:`_convert_and_solve` here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from statistics import NormalDist
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from dro_rebel import _core
 from dro_rebel._core import robust_weights
 
-__all__ = ["robust_weights", "worst_case", "WorstCase", "AMBIGUITY_SETS"]
+__all__ = ["robust_weights", "worst_case", "WorstCase", "AMBIGUITY_SETS", "calibrated_radius"]
 
 AMBIGUITY_SETS = ("kl", "chi2", "cvar", "tv", "wasserstein")
+
+CALIBRATED = "calibrated"
+"""The radius that makes V* an upper confidence bound on the mean loss."""
+
+CALIBRATED_SETS = ("chi2", "kl")
+"""The sets whose radius can be calibrated: the phi-divergences with phi''(1) = 1."""
+
+DEFAULT_CONFIDENCE = 0.95
+
+Radius = Union[float, str, None]
 
 _NATIVE_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 
@@ -51,10 +62,86 @@ class WorstCase:
     entries, row sums the reference and column sums the weights."""
 
 
+def calibrated_radius(n: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
+    """The radius rho = q / (2n) of ``radius="calibrated"``: q is the (2 * confidence - 1)
+    quantile of the chi-square distribution with one degree of freedom, n the number of
+    samples (or groups) in the problem.
+
+    With it, the worst-case value V* of the ``"chi2"`` or ``"kl"`` ball is an asymptotically
+    exact one-sided upper confidence bound, at ``confidence``, for the mean loss
+    (docs/method.md#calibrated-radius). For confidence 0.95, q = 2.706 and rho = 1.353 / n.
+    """
+    _check_confidence(confidence)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer (the number of samples or groups), got {n!r}")
+    # chi2_1 is the law of Z^2: P(Z^2 <= q) = 2c - 1 exactly when q = Phi^-1(c)^2.
+    z = NormalDist().inv_cdf(float(confidence))
+    return z * z / (2.0 * int(n))
+
+
+def _check_confidence(confidence: Any) -> None:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.floating, np.integer)):
+        raise ValueError(f"confidence must be a number in (0.5, 1), got {confidence!r}")
+    if not (0.5 < float(confidence) < 1.0):
+        raise ValueError(f"confidence must be in (0.5, 1) (a one-sided level such as 0.95), got {confidence!r}")
+
+
+def _check_radius(radius: Radius, confidence: Optional[float], ambiguity: Any, penalty: Optional[float]) -> None:
+    """The errors of a calibrated radius, by name; a number is the core's to check."""
+    if not isinstance(radius, str):
+        if confidence is not None:
+            raise ValueError(
+                f'confidence= sets the level of radius="calibrated"; it means nothing with radius={radius!r}'
+            )
+        return
+    if radius != CALIBRATED:
+        raise ValueError(f'radius must be a number or "calibrated", got {radius!r}')
+    if ambiguity not in CALIBRATED_SETS:
+        raise ValueError(
+            f'radius="calibrated" is defined for the {" and ".join(CALIBRATED_SETS)} sets, not {ambiguity!r}'
+        )
+    if penalty is not None:
+        raise ValueError('radius="calibrated" is a constrained form: give it or penalty=, not both')
+    if confidence is not None:
+        _check_confidence(confidence)
+
+
+def _resolve_radius(
+    radius: Radius,
+    confidence: Optional[float],
+    ambiguity: Any,
+    penalty: Optional[float],
+    host: np.ndarray,
+    groups: Optional[np.ndarray],
+) -> Any:
+    """The number to hand the core for ``radius``: itself, or the calibrated radius of this
+    problem's size."""
+    _check_radius(radius, confidence, ambiguity, penalty)
+    if not isinstance(radius, str):
+        return radius
+    confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
+    return calibrated_radius(_problem_size(host, groups), confidence)
+
+
+def _problem_size(host: np.ndarray, groups: Optional[np.ndarray]) -> int:
+    """n of the calibrated radius: the samples of a row, or its distinct groups."""
+    if groups is None:
+        return int(host.shape[-1])
+    if groups.ndim == 1:
+        return int(np.unique(groups).size)
+    counts = {int(np.unique(row).size) for row in groups}
+    if len(counts) != 1:
+        raise ValueError(
+            'radius="calibrated" with one row of groups per problem needs the same number of '
+            f"groups in every row (one radius for the call), got counts {sorted(counts)}"
+        )
+    return counts.pop()
+
+
 def _convert_and_solve(
     losses: Any,
     ambiguity: str,
-    radius: Optional[float],
+    radius: Radius,
     penalty: Optional[float],
     alpha: Optional[float],
     reference: Any,
@@ -63,11 +150,14 @@ def _convert_and_solve(
     p: float,
     features: Any,
     cost: Any,
+    confidence: Optional[float] = None,
 ) -> Any:
     """:func:`robust_weights` for what its native fast path does not take: torch tensors,
-    sequences, other dtypes or layouts, and any reference, groups or geometry."""
+    sequences, other dtypes or layouts, any reference, groups or geometry, and the calibrated
+    radius."""
     host, restore = _host_losses(losses)
     reference, groups, features, cost = _host_extras(host, reference, groups, features, cost)
+    radius = _resolve_radius(radius, confidence, ambiguity, penalty, host, groups)
     weights = _core.worst_case(host, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost)[0]
     return restore(weights)
 
@@ -76,7 +166,7 @@ def worst_case(
     losses: Any,
     ambiguity: str = "chi2",
     *,
-    radius: Optional[float] = None,
+    radius: Radius = None,
     penalty: Optional[float] = None,
     alpha: Optional[float] = None,
     reference: Any = None,
@@ -85,11 +175,14 @@ def worst_case(
     p: float = 1.0,
     features: Any = None,
     cost: Any = None,
+    confidence: Optional[float] = None,
 ) -> WorstCase:
     """Like :func:`robust_weights`, but returns the whole solution: weights, value V*, the dual
-    variable, the iteration count, the radius as used and (Wasserstein) the transport plan."""
+    variable, the iteration count, the radius as used (the number, for
+    ``radius="calibrated"``) and (Wasserstein) the transport plan."""
     host, restore = _host_losses(losses)
     reference, groups, features, cost = _host_extras(host, reference, groups, features, cost)
+    radius = _resolve_radius(radius, confidence, ambiguity, penalty, host, groups)
     weights, value, dual, iterations, used, plan = _core.worst_case(
         host, ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost
     )

@@ -2,7 +2,7 @@
 :func:`dro_rebel.robust_weights`; ``worst_case`` is private: it takes contiguous
 float64/float32 numpy arrays, which ``dro_rebel._api`` makes of any other input."""
 
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +20,7 @@ def robust_weights(
     losses: Any,
     ambiguity: str = "chi2",
     *,
-    radius: Optional[float] = None,
+    radius: Union[float, Literal["calibrated"], None] = None,
     penalty: Optional[float] = None,
     alpha: Optional[float] = None,
     reference: Any = None,
@@ -29,6 +29,7 @@ def robust_weights(
     p: float = 1.0,
     features: Any = None,
     cost: Any = None,
+    confidence: Optional[float] = None,
 ) -> Any:
     """Worst-case weights q* of the samples, in the type, dtype and device of ``losses``.
 
@@ -37,6 +38,10 @@ def robust_weights(
             per row). numpy array, torch tensor (any device; it is detached), or a sequence.
         ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``.
         radius: size of the ambiguity set (constrained form). rho = 0 gives q = reference.
+            ``"calibrated"`` (``chi2`` and ``kl``): rho = q / (2n), q the (2 * confidence - 1)
+            quantile of the chi-square distribution with one degree of freedom and n the number
+            of samples (of groups with ``groups=``), so that V* is an asymptotically exact
+            upper confidence bound on the mean loss (docs/method.md#calibrated-radius).
         penalty: a fixed dual variable instead of a radius (penalised form: temperature tau
             for ``kl``, lam for ``chi2`` and ``wasserstein``).
         alpha: the CVaR level in (0, 1] (``cvar`` only): q_i <= p_i / alpha.
@@ -48,6 +53,7 @@ def robust_weights(
         p: the Wasserstein type (cost d_ij ** p), p >= 1.
         features: ``wasserstein``: (n, d) features; the cost is their Euclidean distance.
         cost: ``wasserstein``: an (n, n) matrix of distances d_ij.
+        confidence: the level of ``radius="calibrated"``, in (0.5, 1); 0.95 by default.
 
     Returns:
         q*, same shape as ``losses``: float32 for float32 numpy input, float64 otherwise; for a
@@ -55,7 +61,8 @@ def robust_weights(
 
     Raises:
         ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
-            reference or group labels, an empty batch, a wrong shape, an unknown set.
+            reference or group labels, an empty batch, a wrong shape, an unknown set, a
+            ``confidence`` outside (0.5, 1) or without ``radius="calibrated"``.
     """
 
 def worst_case(

@@ -27,7 +27,7 @@ own robust problem.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +45,17 @@ class _RobustFields:
     """The ambiguity set, as in :class:`dro_rebel.torch.TrainingConfig`."""
 
     ambiguity: str = field(default="chi2", metadata={"help": "Ambiguity set: 'kl', 'chi2', 'cvar' or 'tv'."})
-    radius: Optional[float] = field(
-        default=None, metadata={"help": "Size of the set; None with no penalty/alpha means 0 (TRL's loss)."}
+    # Union[float, str]: HfArgumentParser reads it as a string from the command line, and
+    # robust_loss() turns a numeric one back into a number.
+    radius: Union[float, str, None] = field(
+        default=None,
+        metadata={
+            "help": "Size of the set; None with no penalty/alpha means 0 (TRL's loss). 'calibrated' (chi2, kl): "
+            "q / (2n) per batch, an upper confidence bound on the mean loss (docs/method.md#calibrated-radius)."
+        },
+    )
+    confidence: Optional[float] = field(
+        default=None, metadata={"help": "Level of radius='calibrated', in (0.5, 1); None: 0.95."}
     )
     penalty: Optional[float] = field(default=None, metadata={"help": "A fixed dual variable instead of a radius."})
     alpha: Optional[float] = field(default=None, metadata={"help": "CVaR level in (0, 1] (ambiguity='cvar')."})
@@ -60,7 +69,14 @@ class _RobustFields:
         radius = self.radius
         if radius is None and self.penalty is None and self.alpha is None:
             radius = 0.0
-        return RobustLoss(self.ambiguity, radius=radius, penalty=self.penalty, alpha=self.alpha)
+        if isinstance(radius, str) and radius != "calibrated":
+            try:
+                radius = float(radius)
+            except ValueError:
+                raise ValueError(f'radius must be a number or "calibrated", got {radius!r}') from None
+        return RobustLoss(
+            self.ambiguity, radius=radius, penalty=self.penalty, alpha=self.alpha, confidence=self.confidence
+        )
 
 
 @dataclass

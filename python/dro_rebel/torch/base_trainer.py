@@ -167,7 +167,7 @@ class Trainer:
         )
         while self.step < config.max_steps:
             step = self.step + 1
-            metrics = self.train_step(self.next_batch(step))
+            metrics = self.optimise(self.next_batch(step))
             self.step = step
             progress.update(1)
             progress.set_postfix(loss=metrics.get("loss"))
@@ -186,6 +186,15 @@ class Trainer:
             self.save_model(self.output_dir / "model")
         return metrics
 
+    def optimise(self, batch: Dict[str, Any]) -> Dict[str, float]:
+        """Everything one step of the run does with its batch: one :meth:`train_step` here;
+        REBEL takes several epochs over its rollout."""
+        return self.train_step(batch)
+
+    def samples_seen(self) -> int:
+        """Samples drawn by every process up to and including the current step."""
+        return (self.step + 1) * self.config.per_device_train_batch_size * self.world_size
+
     def train_step(self, batch: Dict[str, Any]) -> Dict[str, float]:
         """One optimiser step on ``batch``: per-sample losses, robust reduction, backward,
         clip, update. Returns the metrics (``loss`` is the robust loss before the update;
@@ -193,6 +202,7 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses, inputs_embeds, metrics = self.compute_losses(batch)
+        self.robust_loss.radius = self.config.radius_at(self.samples_seen())
         try:
             loss = self.robust_loss(losses, groups=batch.get("groups"), inputs_embeds=inputs_embeds)
         except NonFiniteLossError as error:

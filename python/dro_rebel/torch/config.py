@@ -7,13 +7,15 @@ Configuration is data: every field is documented here, and the CLI builds these 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, List, Optional, Type, TypeVar
+from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
+from dro_rebel._api import _check_radius
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS
 
 __all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig"]
 
 NONFINITE_POLICIES = ("skip", "stop")
+RADIUS_SCHEDULES = ("constant", "inverse_samples")
 
 Config = TypeVar("Config", bound="TrainingConfig")
 
@@ -36,7 +38,8 @@ class TrainingConfig:
     per_device_eval_batch_size: int = 8
     """Prompts or pairs per evaluation batch."""
     max_steps: int = 1000
-    """Optimiser steps in the run."""
+    """Steps in the run: optimiser steps (DPO, reward model), rollouts (REBEL: each is
+    ``rollout_epochs * num_mini_batches`` optimiser steps)."""
     eval_steps: Optional[int] = None
     """Evaluate every this many steps (and at the end); None: never."""
     save_steps: Optional[int] = 500
@@ -50,9 +53,19 @@ class TrainingConfig:
     ambiguity: str = "chi2"
     """Ambiguity set: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"`` (SPEC.md
     section 2)."""
-    radius: Optional[float] = None
+    radius: Union[float, str, None] = None
     """Size of the ambiguity set (rho0 for the gradient penalty). None with no ``penalty`` or
-    ``alpha`` means 0: the nominal, non-robust loss."""
+    ``alpha`` means 0: the nominal, non-robust loss. ``"calibrated"`` (``chi2``, ``kl``): q /
+    (2n) on each batch of n samples (groups), so that V* is an upper confidence bound on the
+    batch's mean loss at ``confidence`` (docs/method.md#calibrated-radius). With
+    ``radius_schedule="inverse_samples"`` it is the constant c of c / n."""
+    confidence: Optional[float] = None
+    """The level of ``radius="calibrated"``, in (0.5, 1); None: 0.95."""
+    radius_schedule: str = "constant"
+    """``"constant"``: ``radius`` at every step. ``"inverse_samples"``: ``radius / n`` at a
+    step, n the number of samples (prompts or pairs, over every process) seen up to and
+    including it: DRO-REBEL's eps_n ~ 1/n, a ball that shrinks as the estimate of the data
+    distribution sharpens (docs/method.md#radius-schedule)."""
     penalty: Optional[float] = None
     """A fixed dual variable instead of a radius (the penalised form)."""
     alpha: Optional[float] = None
@@ -92,6 +105,14 @@ class TrainingConfig:
                 "gradient_penalty='rebel' or 'wdpo' (the exact transport needs sample features: "
                 "use dro_rebel.torch.RobustLoss(features=...) in your own loop)"
             )
+        _check_radius(self.radius, self.confidence, self.ambiguity, self.penalty)
+        if self.radius_schedule not in RADIUS_SCHEDULES:
+            raise ValueError(f"radius_schedule must be one of {RADIUS_SCHEDULES}, got {self.radius_schedule!r}")
+        if self.radius_schedule != "constant" and not isinstance(self.radius, (int, float)):
+            raise ValueError(
+                f"radius_schedule={self.radius_schedule!r} scales a number: set radius to its constant c, "
+                f"got radius={self.radius!r}"
+            )
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -106,7 +127,15 @@ class TrainingConfig:
             "penalty": self.penalty,
             "alpha": self.alpha,
             "gradient_penalty": self.gradient_penalty,
+            "confidence": self.confidence,
         }
+
+    def radius_at(self, samples_seen: int) -> Union[float, str, None]:
+        """The radius of the step at which ``samples_seen`` samples have been drawn in all."""
+        radius = self.robust_kwargs()["radius"]
+        if self.radius_schedule == "inverse_samples":
+            return float(radius) / max(int(samples_seen), 1)
+        return radius
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -135,9 +164,29 @@ class DroRebelConfig(TrainingConfig):
     log_ratio_reference: str = "sampler"
     """Log-ratios against ``"sampler"``: the policy that sampled the batch (REBEL's pi_t, its
     log-probs kept from sampling time), or ``"initial"``: the frozen initial model."""
+    rollout_epochs: int = 4
+    """Optimisation epochs over each rollout (TRL's ``num_ppo_epochs``). DRO-REBEL's update is
+    the minimiser of the robust regression on the rollout, min_theta max_q sum_i q_i
+    l_i(theta); several epochs approximate it, with the worst-case weights solved again on
+    every epoch's losses (docs/method.md#rebel-epochs). With one epoch and
+    ``log_ratio_reference="sampler"`` every loss is (r - r')^2 whatever theta is, so the
+    weights would see only the spread of the reward gaps, never how well a sample is fitted.
+    The default is TRL's PPO default; sampling, not the extra backward passes, usually
+    dominates a step's cost."""
+    num_mini_batches: int = 1
+    """Mini-batches per epoch (TRL's name): each is its own optimiser step and its own robust
+    problem, over ``per_device_train_batch_size / num_mini_batches`` prompts."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("rollout_epochs", "num_mini_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.per_device_train_batch_size % self.num_mini_batches:
+            raise ValueError(
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
+                f"num_mini_batches ({self.num_mini_batches})"
+            )
         if self.eta <= 0:
             raise ValueError(f"eta must be positive, got {self.eta}")
         if self.log_ratio_reference not in ("sampler", "initial"):

@@ -14,8 +14,11 @@ Usage::
 
 Each iteration takes ``per_device_train_batch_size`` prompts (column ``prompt``), samples two
 responses per prompt from the current policy pi_t, scores them with ``reward_fn`` (any
-callable from the prompts and the completion texts to one number each) and takes one step on
-the robust REBEL regression loss (SPEC.md section 1). ``radius=0`` (the default) is REBEL.
+callable from the prompts and the completion texts to one number each) and regresses on them:
+``rollout_epochs`` passes over the rollout in ``num_mini_batches`` shuffled mini-batches, one
+optimiser step on the robust REBEL regression loss each, the worst-case weights solved anew on
+every mini-batch's current losses (docs/method.md#rebel-epochs). ``radius=0`` (the default)
+is REBEL.
 The log-ratios are against pi_t, whose log-probs are kept from sampling time
 (``log_ratio_reference="sampler"``), or against the frozen initial model (``"initial"``).
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from dro_rebel.torch.base_trainer import LossOutput, Trainer
@@ -59,6 +63,26 @@ class DroRebelTrainer(Trainer):
         self.needs_reference = config.log_ratio_reference == "initial"
         self.reward_fn = reward_fn
         super().__init__(model, tokenizer, config, train_dataset, eval_dataset, ref_model)
+
+    def optimise(self, batch: Dict[str, Any]) -> Dict[str, float]:
+        """``rollout_epochs`` epochs over the rollout, in ``num_mini_batches`` shuffled
+        mini-batches; returns the last update's metrics, with the first epoch's and the last
+        epoch's mean robust loss (how far the epochs moved the regression)."""
+        config = self.config
+        n = len(batch["prompts"])
+        size = n // config.num_mini_batches
+        # Shuffled from the run's seed and the step, so a resumed run takes the same order.
+        order = np.random.default_rng([config.seed, self.step])
+        epoch_losses: List[float] = []
+        metrics: Dict[str, float] = {}
+        for _ in range(config.rollout_epochs):
+            permutation = order.permutation(n) if config.num_mini_batches > 1 else np.arange(n)
+            losses = []
+            for start in range(0, n, size):
+                metrics = self.train_step(rollout_rows(batch, permutation[start : start + size]))
+                losses.append(metrics["loss"])
+            epoch_losses.append(float(np.mean(losses)))
+        return {**metrics, "loss/first_epoch": epoch_losses[0], "loss/last_epoch": epoch_losses[-1]}
 
     def next_batch(self, step: int) -> Dict[str, Any]:
         indices = self.step_indices(step)
@@ -171,3 +195,27 @@ class DroRebelTrainer(Trainer):
             metrics.update({f"eval/group_{g}/reward": mean for g, mean in means.items()})
             metrics["eval/worst_group_reward"] = min(means.values())
         return metrics
+
+
+def rollout_rows(batch: Dict[str, Any], rows: Sequence[int]) -> Dict[str, Any]:
+    """The part of a rollout that belongs to the prompts at positions ``rows``. Per-response
+    entries are sample-major (the first responses of all n prompts, then the second ones), so
+    prompt i owns rows i and n + i."""
+    n = len(batch["prompts"])
+    if len(rows) == n and all(int(r) == i for i, r in enumerate(rows)):
+        return batch
+    prompt_rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    response_rows = torch.cat([prompt_rows, prompt_rows + n])
+    part: Dict[str, Any] = {}
+    for key, value in batch.items():
+        if key in ("prompts", "indices"):
+            part[key] = None if value is None else [value[int(r)] for r in prompt_rows]
+        elif key == "groups":
+            part[key] = value[prompt_rows]
+        elif key == "completions":
+            part[key] = [value[int(r)] for r in response_rows]
+        elif isinstance(value, torch.Tensor):
+            part[key] = value[response_rows.to(value.device)]
+        else:
+            part[key] = value
+    return part

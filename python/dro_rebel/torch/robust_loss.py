@@ -18,13 +18,14 @@ robust loss and its gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 import dro_rebel
+from dro_rebel._api import _check_radius, _resolve_radius
 from dro_rebel.torch.distributed import gather_rows, world_size
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS, per_sample_grad_sq_norms
 
@@ -56,9 +57,13 @@ class RobustStats:
     """The largest weight (1/n for uniform weights)."""
     n: int
     """The global batch size."""
+    radius: Optional[float] = None
+    """The radius the solve used (the number, for ``radius="calibrated"``); None for a
+    penalised solve."""
 
     def as_dict(self, prefix: str = "robust/") -> dict:
-        return {f"{prefix}{key}": getattr(self, key) for key in ("value", "mean", "ess", "max_weight")}
+        keys = ("value", "mean", "ess", "max_weight") + (("radius",) if self.radius is not None else ())
+        return {f"{prefix}{key}": getattr(self, key) for key in keys}
 
 
 class RobustLoss(nn.Module):
@@ -68,6 +73,10 @@ class RobustLoss(nn.Module):
         ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"`` (SPEC.md
             section 2).
         radius: the size of the set; 0 gives the nominal (reference-weighted) mean.
+            ``"calibrated"`` (``chi2``, ``kl``): q / (2n) for each batch, with n its global
+            size (its number of groups with ``groups=``), so that V* is an upper confidence
+            bound at ``confidence`` on the batch's mean loss (docs/method.md#calibrated-radius).
+        confidence: the level of ``radius="calibrated"`` in (0.5, 1); 0.95 by default.
         penalty: a fixed dual variable instead of a radius (penalised form).
         alpha: the CVaR level (``"cvar"`` only).
         p: the Wasserstein type (exact transport only).
@@ -87,18 +96,21 @@ class RobustLoss(nn.Module):
         self,
         ambiguity: str = "chi2",
         *,
-        radius: Optional[float] = None,
+        radius: Union[float, str, None] = None,
         penalty: Optional[float] = None,
         alpha: Optional[float] = None,
         p: float = 1.0,
         tol: Optional[float] = None,
         gradient_penalty: Optional[str] = None,
+        confidence: Optional[float] = None,
     ):
         super().__init__()
+        # A bad calibrated radius fails here, not at the first batch.
+        _check_radius(radius, confidence, ambiguity, penalty)
         if gradient_penalty is not None:
             if gradient_penalty not in GRADIENT_PENALTY_FORMS:
                 raise ValueError(f"gradient_penalty must be one of {GRADIENT_PENALTY_FORMS}, got {gradient_penalty!r}")
-            if ambiguity != "wasserstein" or radius is None or radius < 0:
+            if ambiguity != "wasserstein" or not isinstance(radius, (int, float)) or radius < 0:
                 raise ValueError("gradient_penalty needs ambiguity='wasserstein' and radius=rho0 >= 0")
         self.ambiguity = ambiguity
         self.radius = radius
@@ -107,10 +119,11 @@ class RobustLoss(nn.Module):
         self.p = p
         self.tol = tol
         self.gradient_penalty = gradient_penalty
+        self.confidence = confidence
         self.last: Optional[RobustStats] = None
 
     def extra_repr(self) -> str:
-        fields = ("radius", "penalty", "alpha", "gradient_penalty")
+        fields = ("radius", "penalty", "alpha", "gradient_penalty", "confidence")
         set_fields = [f"{name}={getattr(self, name)}" for name in fields if getattr(self, name) is not None]
         return ", ".join([repr(self.ambiguity)] + set_fields)
 
@@ -142,14 +155,16 @@ class RobustLoss(nn.Module):
         _check_finite(host)
         if self.gradient_penalty is not None:
             return self._gradient_penalised(losses, host, inputs_embeds)
+        group_labels = _gathered_host(groups, losses.device)
+        radius = _resolve_radius(self.radius, self.confidence, self.ambiguity, self.penalty, host, group_labels)
         weights = dro_rebel.robust_weights(
             host,
             self.ambiguity,
-            radius=self.radius,
+            radius=radius,
             penalty=self.penalty,
             alpha=self.alpha,
             reference=_host(reference),
-            groups=_gathered_host(groups, losses.device),
+            groups=group_labels,
             tol=self.tol,
             p=self.p,
             features=_gathered_host(features, losses.device),
@@ -161,6 +176,7 @@ class RobustLoss(nn.Module):
             ess=float(1.0 / (weights @ weights)),
             max_weight=float(weights.max()),
             n=host.size,
+            radius=None if radius is None else float(radius),
         )
         local = torch.from_numpy(weights[offset : offset + losses.shape[0]]).to(
             device=losses.device, dtype=losses.dtype
