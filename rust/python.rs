@@ -433,7 +433,20 @@ fn robust_weights<'py>(losses: &Bound<'py, PyAny>, given: &Given<'_, 'py>) -> Py
     let py = losses.py();
     let Given { ambiguity, radius, penalty, alpha, reference, groups, tol, p, features, cost } = *given;
     let name = ambiguity_name(py, ambiguity);
-    convert_and_solve(py)?.call1((losses, name, radius, penalty, alpha, reference, groups, tol, p, features, cost, None::<f64>))
+    convert_and_solve(py)?.call1((
+        losses,
+        name,
+        radius,
+        penalty,
+        alpha,
+        reference,
+        groups,
+        tol,
+        p,
+        features,
+        cost,
+        None::<f64>,
+    ))
 }
 
 /// `dro_rebel._api._convert_and_solve`, looked up once.
