@@ -48,7 +48,7 @@ bench: setup
 	$(PY) -m pytest benches -m benchmark --benchmark-only --benchmark-min-rounds=3 --benchmark-max-time=0.5 \
 		--benchmark-min-time=0.0001 --benchmark-warmup=on \
 		--benchmark-columns=min,median,mean,rounds -q --benchmark-json=runs/bench.json
-	$(PY) -m dro_rebel.bench_table runs/bench.json
+	$(PY) benches/bench_table.py runs/bench.json
 	$(PY) benches/paired.py
 	cargo bench --bench core -- --quick
 

@@ -28,10 +28,10 @@ import timeit
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from bench_table import LARGE_COPIES, LARGE_N, SMALL_MICROSECONDS, SMALL_N, SMALL_SPEEDUP, verdict
 from problems import CALLS, losses
 
 from dro_rebel import baseline, robust_weights
-from dro_rebel.bench_table import LARGE_COPIES, LARGE_N, SMALL_MICROSECONDS, SMALL_N, SMALL_SPEEDUP, verdict
 
 # Each side of a round runs for about this long (at least one call).
 ROUND_SECONDS = 2e-3
