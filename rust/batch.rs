@@ -181,7 +181,7 @@ impl<'a, T: Real> Batch<'a, T> {
 }
 
 /// u = (l - max) / (max - min), computed without overflow for losses near +-1e308 and
-/// without underflow for ranges that are subnormal (SPEC.md section 2, edge cases).
+/// without underflow for ranges that are subnormal (docs/method.md#numerics).
 #[derive(Clone, Copy, Debug)]
 pub struct Scale {
     pre: f64,

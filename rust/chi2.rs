@@ -1,5 +1,5 @@
 //! Chi-square ball: (1/2) sum_i (q_i - p_i)^2 / p_i <= rho (the Cressie-Read k = 2 convention).
-//! The worst case is q_i ~ p_i (l_i - eta)_+ (SPEC.md section 2).
+//! The worst case is q_i ~ p_i (l_i - eta)_+ (docs/method.md#chi-square).
 //!
 //! Constrained form: the dual V* = min_eta eta + sqrt(1 + 2 rho) sqrt(sum_i p_i (l_i - eta)_+^2)
 //! is stationary where S2(eta) = c S1(eta)^2, c = 1 + 2 rho, with S_k = sum_i p_i (l_i - eta)_+^k.

@@ -1,5 +1,5 @@
 //! CVaR set: q_i <= p_i / alpha, alpha in (0, 1]. The worst case fills the largest losses first
-//! up to p_i / alpha each until the mass reaches one (SPEC.md section 2); the loss where it
+//! up to p_i / alpha each until the mass reaches one (docs/method.md#cvar); the loss where it
 //! stops is the alpha-quantile eta of the dual V* = min_eta eta + (1/alpha) sum p (l - eta)_+.
 //! Losses tied at eta share what is left in proportion to p.
 

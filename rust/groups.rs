@@ -1,4 +1,4 @@
-//! Ambiguity over groups (SPEC.md section 2, Groups): the set applies to the mixture over
+//! Ambiguity over groups (docs/method.md#groups): the set applies to the mixture over
 //! groups. A group's loss is the p-weighted mean of its samples' losses and its reference mass
 //! the sum of their p; the solver runs on the groups, and each sample gets its group's weight
 //! shared in proportion to p inside the group.

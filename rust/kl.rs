@@ -1,5 +1,5 @@
 //! KL ball: sum_i q_i log(q_i / p_i) <= rho. The worst case is the exponential tilt
-//! q_i ~ p_i exp(l_i / tau) (SPEC.md section 2).
+//! q_i ~ p_i exp(l_i / tau) (docs/method.md#kl).
 //!
 //! Constrained form: the dual V* = min_tau tau*rho + tau*log sum_i p_i exp(l_i/tau) is
 //! stationary where KL(q_tau || p) = rho. We solve that in beta = 1/tau on the scaled losses

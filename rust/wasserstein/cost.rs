@@ -1,4 +1,4 @@
-//! The ground cost of the Wasserstein set, c_ij = d_ij^p (SPEC.md section 2): validated once,
+//! The ground cost of the Wasserstein set, c_ij = d_ij^p (docs/method.md#wasserstein): validated once,
 //! scaled so that no power overflows, and served one row at a time to the dual's passes.
 //!
 //! The matrix exists at most once. A caller's distance matrix with p = 1 is read in place. With
