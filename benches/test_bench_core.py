@@ -9,8 +9,7 @@ same run: a numpy copy of the input (one pass over memory) and a no-op Python ca
 
 Each round runs for at least 100 us (`--benchmark-min-time`), so a call of under 1 us is timed
 over a hundred or more loops: with pytest-benchmark's default of 5 us, and no warm-up, a round
-was a single call, and the clock's own cost went into every sub-microsecond figure (0.87 us
-against 0.72 us for penalised KL at n = 64 in two runs a minute apart). At n = 64 and 1024 the
+was a single call, and the clock's own cost went into every sub-microsecond figure. At n = 64 and 1024 the
 benchmarked function runs the call in a loop of its own (`problems.CALLS_PER_ROUND`), and the
 JSON's times are per round: `extra_info["calls"]` says by how much `bench_table.py`
 divides them.
