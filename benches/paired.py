@@ -4,19 +4,19 @@ at n = 2^20, timed in pairs.
     .venv/bin/python benches/paired.py [--seconds 1.0] [--sizes 64 1024] [--large-sizes 1048576]
 
 On a shared machine whose speed drifts by 2x within minutes, the medians of pytest-benchmark
-(benches/test_bench_core.py) time the core and the baseline at different moments: in five runs
-of it between 19:17 and 19:28 UTC on 2026-12-01, penalised KL at n = 64 came out at 24, 45,
-84, 45 and 49 times the baseline. Here every round times the core and then its comparison
-straight after, so a drift that slows both cancels in that round's ratio, and the table gives
-the median and quartiles of the ratios over the rounds, with the targets at n = 64.
+(benches/test_bench_core.py) time the core and the baseline at different moments, and the
+ratio of two medians taken minutes apart can swing by that factor. Here every round times the
+core and then its comparison straight after, so a drift that slows both cancels in that
+round's ratio, and the table gives the median and quartiles of the ratios over the rounds,
+with the targets at n = 64.
 
 The speed-ups are timed for small batches only: a round there is hundreds of calls of each.
 At n = 2^20 it would be a single call of the core, which the baseline's allocations in between
-leave cold (page faults on the 8 MB output: 4.1 ms where a loop of calls takes 2.3), so the
-large speed-ups are pytest-benchmark's. The copies at n = 2^20 are paired here, a round being
-one call of the core and then 2 ms of `np.copy` of the same losses: two passes over memory of
-the same size, neither of which leaves the other cold, where pytest-benchmark times the copy
-once and the sets minutes later (its np.copy at 2^20 took 0.54 to 1.14 ms over eight runs).
+leave cold (page faults on the 8 MB output), so the large speed-ups are pytest-benchmark's.
+The copies at n = 2^20 are paired here, a round being one call of the core and then 2 ms of
+`np.copy` of the same losses: two passes over memory of the same size, neither of which leaves
+the other cold, where pytest-benchmark times the copy once and the sets minutes later, and a
+single copy's time swings with the moment it is taken.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import timeit
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from bench_table import LARGE_COPIES, LARGE_N, SMALL_MICROSECONDS, SMALL_N, SMALL_SPEEDUP, verdict
 from problems import CALLS, losses
 
 from dro_rebel import baseline, robust_weights
-from dro_rebel.bench_table import LARGE_COPIES, LARGE_N, SMALL_MICROSECONDS, SMALL_N, SMALL_SPEEDUP, verdict
 
 # Each side of a round runs for about this long (at least one call).
 ROUND_SECONDS = 2e-3

@@ -11,8 +11,8 @@ SIZES = [64, 1024, 16384, 1048576]
 
 # name -> the call of an implementation `solve` on the losses `values`, as a statement written
 # the way a training loop writes it: with its keywords in the source. (A call through `**size`
-# builds and unpacks a dict first: 0.2 us more of robust_weights, a METH_FASTCALL function;
-# see the README.)
+# builds and unpacks a dict first, which costs a METH_FASTCALL function such as robust_weights
+# a sizeable share of a small call.)
 CALLS = {
     "kl radius": 'solve(values, "kl", radius=0.1)',
     "chi2 radius": 'solve(values, "chi2", radius=0.5)',
@@ -30,9 +30,9 @@ def call(name: str) -> Callable[[Callable, np.ndarray], np.ndarray]:
 
 # Calls per timed round of pytest-benchmark, by n: at small n the statement runs in a loop of
 # its own, as a training loop runs it. Called once a round through a Python function (the
-# `call` above), a call paid for that function's frame too: about 0.14 us, the no-op call of
-# benches/test_bench_core.py, which made penalised KL at n = 64 read 46x the baseline where
-# paired.py, timing timeit's loop, read 57x in the same run.
+# `call` above), a call pays for that function's frame too (the no-op call of
+# benches/test_bench_core.py), which at n = 64 understates the speed-ups that paired.py, timing
+# timeit's loop, reads in the same run.
 CALLS_PER_ROUND = {64: 100, 1024: 10}
 
 

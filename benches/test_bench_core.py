@@ -5,17 +5,16 @@ same run: a numpy copy of the input (one pass over memory) and a no-op Python ca
     .venv/bin/python -m pytest benches -m benchmark --benchmark-only \\
         --benchmark-min-rounds=3 --benchmark-max-time=0.5 --benchmark-min-time=0.0001 \\
         --benchmark-warmup=on --benchmark-json=runs/bench.json
-    .venv/bin/python -m dro_rebel.bench_table runs/bench.json
+    .venv/bin/python benches/bench_table.py runs/bench.json
 
 Each round runs for at least 100 us (`--benchmark-min-time`), so a call of under 1 us is timed
 over a hundred or more loops: with pytest-benchmark's default of 5 us, and no warm-up, a round
-was a single call, and the clock's own cost went into every sub-microsecond figure (0.87 us
-against 0.72 us for penalised KL at n = 64 in two runs a minute apart). At n = 64 and 1024 the
+was a single call, and the clock's own cost went into every sub-microsecond figure. At n = 64 and 1024 the
 benchmarked function runs the call in a loop of its own (`problems.CALLS_PER_ROUND`), and the
-JSON's times are per round: `extra_info["calls"]` says by how much `dro_rebel.bench_table`
+JSON's times are per round: `extra_info["calls"]` says by how much `bench_table.py`
 divides them.
 
-Targets (SPEC.md section 4, issue 2): at n = 64 at least 50x the baseline and under 5 us per
+Targets (docs/performance.md#targets): at n = 64 at least 50x the baseline and under 5 us per
 call from Python; at n = 1,048,576 at least 10x the baseline and no slower than 10 copies.
 """
 

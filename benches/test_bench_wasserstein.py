@@ -50,7 +50,7 @@ def test_wasserstein_features(benchmark, implementation, n):
     else:
         # Seconds per call: a few rounds are enough to compare.
         value = benchmark.pedantic(value_of, args=(implementation, losses, features), rounds=3, iterations=1)
-    # The keys of benches/test_bench_core.py, so that `python -m dro_rebel.bench_table` lists
+    # The keys of benches/test_bench_core.py, so that `benches/bench_table.py` lists
     # these too (rust against baseline; linprog only here).
     benchmark.extra_info.update(
         implementation=implementation,

@@ -2,7 +2,7 @@
 # `make fuzz`: a bounded libFuzzer run of every solver's fuzz target (fuzz/fuzz_targets/),
 # starting from the committed corpus (fuzz/corpus/<target>/, read only: new inputs go to
 # fuzz/target/corpus/<target>/). Exits non-zero if any target crashed, i.e. panicked or broke
-# an invariant of SPEC.md section 2 (fuzz/src/lib.rs); the failing input is saved under
+# an invariant of docs/method.md#invariants (fuzz/src/lib.rs); the failing input is saved under
 # fuzz/artifacts/<target>/ and the command to reproduce it is printed.
 #
 #   FUZZ_SECONDS=30     seconds per target

@@ -47,7 +47,7 @@ impl<'a> Reference<'a> {
         }
         let scale = 1.0 / total;
         // A sum below 1/f64::MAX (subnormal weights only) has no finite reciprocal: p would be
-        // inf (found by fuzz/fuzz_targets/kl.rs).
+        // inf.
         if !scale.is_finite() {
             return Err(CoreError::Reference(format!(
                 "reference sums to {total:e}, too small to normalise: rescale it"
@@ -138,7 +138,7 @@ impl<'a, T: Real> Batch<'a, T> {
     }
 
     /// V within [min, max] of the support, where it lies in exact arithmetic: weights summing
-    /// to 1 + eps times losses at f64::MAX overflowed sum q l to inf (found by fuzzing).
+    /// to 1 + eps times losses at f64::MAX would overflow sum q l to inf.
     pub fn clamp_value(&self, value: f64) -> f64 {
         value.clamp(self.min, self.max)
     }
@@ -160,7 +160,7 @@ impl<'a, T: Real> Batch<'a, T> {
 
     /// All mass on the arg-max of the losses, ties shared in proportion to p. Returns V = max.
     pub fn write_argmax(&self, out: &mut [T]) -> f64 {
-        // p / mass, not p * (1 / mass): a subnormal mass has no finite reciprocal (fuzzing).
+        // p / mass, not p * (1 / mass): a subnormal mass has no finite reciprocal.
         let (max, mass) = (self.max, self.mass_at_max);
         passes::write(
             self.losses,
@@ -181,7 +181,7 @@ impl<'a, T: Real> Batch<'a, T> {
 }
 
 /// u = (l - max) / (max - min), computed without overflow for losses near +-1e308 and
-/// without underflow for ranges that are subnormal (SPEC.md section 2, edge cases).
+/// without underflow for ranges that are subnormal (docs/method.md#numerics).
 #[derive(Clone, Copy, Debug)]
 pub struct Scale {
     pre: f64,
@@ -193,8 +193,8 @@ impl Scale {
     fn new(max: f64, min: f64) -> Self {
         // Halving keeps max - min finite for any two finite losses; a tiny range is first
         // lifted by 2^600 so that 1 / range stays finite.
-        // A flat support (max = min) keeps 0.5: lifted, a loss beyond 1e120 overflowed to
-        // inf - inf = NaN (found by fuzzing the wasserstein set, which scales flat batches too).
+        // A flat support (max = min) keeps 0.5: lifted, a loss beyond 1e120 would overflow to
+        // inf - inf = NaN (the wasserstein set scales flat batches too).
         let pre = if max * 0.5 - min * 0.5 >= 1e-290 || max == min { 0.5 } else { f64::powi(2.0, 600) };
         let range = max * pre - min * pre;
         Scale { pre, max_pre: max * pre, inv_range: if range > 0.0 { 1.0 / range } else { 0.0 } }

@@ -15,9 +15,9 @@ use crate::passes;
 use crate::real::Real;
 use crate::Outcome;
 
-/// Below this many losses the usual first guess costs less than the histogram saves (counted
-/// in instructions with examples/solve_loop.rs: at 256 losses the histogram and the binned
-/// solve cost more than the passes they save, at 1024 less).
+/// Below this many losses the usual first guess costs less than the histogram saves: the
+/// histogram and the binned solve cost more than the passes they save on small batches
+/// (compare with examples/solve_loop.rs).
 pub const BINNED_MIN: usize = 1 << 9;
 
 /// Bins: a power of two near 1/16 of the batch, at most 2^10 (4 sums of f64 each: 32 KB, the
@@ -158,8 +158,7 @@ fn scatter(histogram: &mut [Moments], index: &[u32], offset: &[f64], ws: Option<
 /// `scatter` four losses at a time: their terms computed across the four (one vector a term),
 /// transposed into one vector a loss, and each added to its bin with one load-add-store. The
 /// same products and the same sums in the same order as `scatter`, so the same bits. Left to
-/// the compiler, every loss's vector was assembled from scalars: the histogram pass took 24.7
-/// instructions a loss, against 15.0 with this (callgrind, 2^20 losses).
+/// the compiler, every loss's vector was assembled from scalars.
 ///
 /// # Safety
 /// The processor supports AVX2, and every index is below histogram.len().

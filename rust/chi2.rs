@@ -1,5 +1,5 @@
 //! Chi-square ball: (1/2) sum_i (q_i - p_i)^2 / p_i <= rho (the Cressie-Read k = 2 convention).
-//! The worst case is q_i ~ p_i (l_i - eta)_+ (SPEC.md section 2).
+//! The worst case is q_i ~ p_i (l_i - eta)_+ (docs/method.md#chi-square).
 //!
 //! Constrained form: the dual V* = min_eta eta + sqrt(1 + 2 rho) sqrt(sum_i p_i (l_i - eta)_+^2)
 //! is stationary where S2(eta) = c S1(eta)^2, c = 1 + 2 rho, with S_k = sum_i p_i (l_i - eta)_+^k.
@@ -7,8 +7,8 @@
 //!     eta = m_A - sqrt(v_A / (c P_A - 1)),
 //! (m_A, v_A, P_A: mean, variance and mass of p on A). The denominator is computed as
 //! 2 rho P_A - (1 - P_A), with 1 - P_A summed over the points outside A: formed as c P_A - 1 it
-//! loses all precision for small rho (c rounds to 1 below rho = 1.1e-16; found by fuzzing). We iterate A <- {l > eta} from the whole
-//! support; the thresholds are nested, so an unchanged count means an unchanged set and an exact
+//! loses all precision for small rho (c rounds to 1 below rho = 1.1e-16). We iterate
+//! A <- {l > eta} from the whole support; the thresholds are nested, so an unchanged count means an unchanged set and an exact
 //! answer, usually after 2 to 5 passes. An exact sort-and-sweep solve backs it up.
 //!
 //! Penalised form (penalty lam): sup_q sum q l - lam * chi2(q || p) gives
@@ -48,7 +48,7 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Ou
         },
     };
     // A radius so small (5e-324) that m - eta overflows: q = p to the last digit, where the
-    // weights p (u - eta) would be inf / inf (found by fuzzing).
+    // weights p (u - eta) would be inf / inf.
     if eta == f64::NEG_INFINITY {
         let value = batch.write_reference(out);
         return Outcome { value, dual: Some(eta), iterations };
@@ -88,8 +88,8 @@ pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outc
         previous = moments.count;
         threshold = (moments.first - lam_u) / moments.mass;
     };
-    // A penalty near f64::MAX: (first - lam) / mass overflowed to -inf (found by fuzzing: NaN
-    // weights). The answer is q = p to the last digit there.
+    // A penalty near f64::MAX: (first - lam) / mass overflows to -inf, and the weights would be
+    // NaN. The answer is q = p to the last digit there.
     if threshold == f64::NEG_INFINITY {
         let value = batch.write_reference(out);
         return Outcome { value, dual: Some(threshold), iterations };
@@ -99,9 +99,8 @@ pub fn solve_penalty<T: Real>(batch: &Batch<T>, lam: f64, out: &mut [T]) -> Outc
 }
 
 /// q ~ p (u - eta)_+, written as p (u - eta)_+ / (0 - eta), in [0, p] (eta < 0, the u of the
-/// max): for a tiny eta (a tiny penalty, or a tiny p at the max) the plain products were
-/// subnormal, so tied losses got weights 5e-7 apart and small weights underflowed (found by
-/// fuzzing through the Python API). Lifted by 2^1000 where -eta is itself below 1e-290.
+/// max): for a tiny eta (a tiny penalty, or a tiny p at the max) the plain products are
+/// subnormal, so tied losses would get unequal weights and small weights underflow. Lifted by 2^1000 where -eta is itself below 1e-290.
 /// S1 = sum_A p (u - eta) from a moments pass as first + offset (first summed about a shift,
 /// offset = (shift - eta) P_A), or None where the two cancel or S1 is near the subnormals: it
 /// would then be less precise than the sum of the written weights.
@@ -134,7 +133,7 @@ fn write_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, eta: f64, total: Op
         return batch.write_normalised(out, |l, p| p * factor(l));
     }
     // The total (>= the mass at the max) may be tiny and the stored products p f subnormal, or
-    // zero in float32 (found by fuzzing): write q = p f / total directly, p and f each lifted by
+    // zero in float32: write q = p f / total directly, p and f each lifted by
     // 2^500 so that their product stays normal.
     let [total] = passes::sum(batch.losses, &batch.reference, |l, p| [p * factor(l)]);
     let (up, inv_total) = (f64::powi(2.0, 500), 1.0 / (total * f64::powi(2.0, 1000)));
@@ -206,7 +205,7 @@ const LIFT_STEP: f64 = 3.273390607896142e150; // 2^500
 
 /// The threshold, the passes, and whether a variance below 1e-290 went into it: the squares of
 /// losses closer than 1e-145 of their range are subnormal or zero, and such a threshold may put
-/// q outside the ball (found by fuzzing: chi2 1.095 for radius 0.703).
+/// q outside the ball.
 fn active_set_threshold<T: Real>(
     batch: &Batch<T>,
     scale: &Scale,
@@ -228,8 +227,8 @@ fn active_set_threshold<T: Real>(
         }
         let mut centred = moments.first / moments.mass;
         let mut variance = moments.second / moments.mass - centred * centred;
-        // Cancellation: the set's mass sits at one loss, away from the shift (found by fuzzing:
-        // p = (7e-16, 1 - 7e-16) gave a variance 15% off and q outside the ball). The same set
+        // Cancellation: the set's mass sits at one loss, away from the shift, and the variance
+        // loses its digits (q would leave the ball). The same set
         // again, centred first on u = 0 (its max, exact, so the mean comes out to the precision
         // of the set's own spread, not of the old shift), then on that mean if it still cancels.
         let mut recentred = 0;
@@ -303,11 +302,11 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Op
                 return Some(eta).filter(|&eta| inside_the_ball(&points, eta, radius));
             }
             // The exact threshold may sit on a loss, the boundary of two segments, where
-            // rounding puts each segment's root just outside it (found by hypothesis: losses
-            // (0, 0, 0, 0, 1, 1 - 1e-16) at radius 1, threshold exactly at the zeros). The root
+            // rounding puts each segment's root just outside it (a threshold exactly at a group of
+            // tied losses). The root
             // of the lower segment then lands a few ulps above its top: the threshold is that top.
-            // Never the max itself (the first group), where every weight would be zero (found
-            // by fuzzing: NaN weights).
+            // Never the max itself (the first group), where every weight would be zero (NaN
+            // weights).
             let below_the_max = top < points[0].0;
             let just_above = eta >= top && eta - top <= 64.0 * f64::EPSILON * (1.0 + top.abs());
             if below_the_max && just_above && at_a_boundary.is_none() {
@@ -316,7 +315,7 @@ fn sorted_threshold<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> Op
         }
     }
     // Only where q stays inside the ball: at losses tied to within subnormal differences the
-    // rule above picked a threshold that left q outside it (found by fuzzing: chi2 3e261).
+    // rule above can pick a threshold that leaves q outside it.
     if let Some(eta) = at_a_boundary.filter(|&eta| inside_the_ball(&points, eta, radius)) {
         return Some(eta);
     }

@@ -1,4 +1,4 @@
-//! Ambiguity over groups (SPEC.md section 2, Groups): the set applies to the mixture over
+//! Ambiguity over groups (docs/method.md#groups): the set applies to the mixture over
 //! groups. A group's loss is the p-weighted mean of its samples' losses and its reference mass
 //! the sum of their p; the solver runs on the groups, and each sample gets its group's weight
 //! shared in proportion to p inside the group.
@@ -31,8 +31,8 @@ impl Grouped {
         for (i, &g) in group_of.iter().enumerate() {
             mass[g] += reference.at(i);
         }
-        // The mean as sum (p / m) l, not (sum p l) / m: p l underflowed for a tiny group and
-        // its mean came out -0, above its true -1e-222 (found by fuzzing).
+        // The mean as sum (p / m) l, not (sum p l) / m: p l underflows for a tiny group, whose
+        // mean would come out -0 where it is a tiny negative number.
         let mut means = vec![0.0; count];
         for (i, (&g, &l)) in group_of.iter().zip(losses).enumerate() {
             if mass[g] > 0.0 {
@@ -91,7 +91,7 @@ impl Grouped {
     pub fn expand<T: Real>(&self, group_weights: &[f64], reference: &Reference, out: &mut [T]) {
         for (i, (o, &g)) in out.iter_mut().zip(&self.group_of).enumerate() {
             let m = self.mass[g];
-            // Q (p / m), not (Q p) / m: Q p underflows for tiny groups (found by fuzzing).
+            // Q (p / m), not (Q p) / m: Q p underflows for tiny groups.
             *o = T::from_f64(if m > 0.0 { group_weights[g] * (reference.at(i) / m) } else { 0.0 });
         }
     }

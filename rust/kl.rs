@@ -1,5 +1,5 @@
 //! KL ball: sum_i q_i log(q_i / p_i) <= rho. The worst case is the exponential tilt
-//! q_i ~ p_i exp(l_i / tau) (SPEC.md section 2).
+//! q_i ~ p_i exp(l_i / tau) (docs/method.md#kl).
 //!
 //! Constrained form: the dual V* = min_tau tau*rho + tau*log sum_i p_i exp(l_i/tau) is
 //! stationary where KL(q_tau || p) = rho. We solve that in beta = 1/tau on the scaled losses
@@ -66,8 +66,8 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         let halley = beta - 2.0 * gap * slope / (2.0 * slope * slope - gap * curvature);
         let newton = beta - gap / slope;
         // As in rtsafe: where the last step did not halve the gap, the local steps are creeping
-        // and the bracket takes over (found by fuzzing: far from the root, where h is nearly
-        // flat, Halley stepped beta down by 2 from 1e3 for all 300 passes, ending outside).
+        // and the bracket takes over (far from the root, where h is nearly flat, Halley's steps
+        // can creep for the whole budget of passes).
         let creeping = gap.abs() > 0.5 * previous_gap.abs();
         previous_gap = gap;
         let halley_inside = !creeping && slope > 0.0 && halley > lo && halley < hi;
@@ -91,7 +91,7 @@ pub fn solve_radius<T: Real>(batch: &Batch<T>, radius: f64, tol: f64, out: &mut 
         } else {
             // No slope: Var_q(u) underflowed (losses tied to within 1e-154 of the range near
             // the max), and beta may have to reach 1e300. Square it to get there in a dozen
-            // steps, not hundreds (found by fuzzing); the bisection then works on log beta.
+            // steps, not hundreds; the bisection then works on log beta.
             (4.0 * beta.max(f64::MIN_POSITIVE)).max(beta * beta).min(f64::MAX)
         };
         if (next - beta).abs() <= 1e-15 * beta {
@@ -128,8 +128,8 @@ fn small_radius_guess<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> 
     });
     let mut variance = second - mean * mean;
     if variance < 1e-8 {
-        // second - mean^2 cancels to rounding noise when nearly all mass sits at one loss
-        // (found by fuzzing: a variance of 3e-39 came out 0 and beta 1e131): one more pass.
+        // second - mean^2 cancels to rounding noise when nearly all mass sits at one loss (a
+        // variance of 0 would send beta far past the root): one more pass.
         let [centred] = passes::sum(batch.losses, &batch.reference, |l, p| {
             let d = scale.u(l) - mean;
             [p * d * d]
@@ -137,7 +137,7 @@ fn small_radius_guess<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64) -> 
         variance = centred;
     }
     // sqrt(2 rho) / sqrt(Var), not sqrt(2 rho / Var): that overflowed to beta = inf for a
-    // variance below 2 rho / f64::MAX (found by fuzzing: NaN weights).
+    // variance below 2 rho / f64::MAX, and the weights would be NaN.
     (2.0 * radius).sqrt() / variance.max(f64::MIN_POSITIVE).sqrt()
 }
 
@@ -173,8 +173,8 @@ fn write_tilt<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, out: &mut [T]
 
 /// The unnormalised weight p exp(beta u) (times the lift) from e = exp(beta u). The exp is
 /// finite, so p = 0 gives exactly 0; adding +0 turns a -0 (from p = -0, which validation lets
-/// through) into +0. A select on p > 0 kept the moments' sums from vectorising (2.4 against
-/// 1.8 ns a loss, one thread), and a branch around the exp kept the whole pass scalar.
+/// through) into +0. A select on p > 0 keeps the moments' sums from vectorising, and a branch
+/// around the exp keeps the whole pass scalar.
 #[inline(always)]
 fn tilted(e: f64, p: f64, lift: f64) -> f64 {
     p * lift * e + 0.0
@@ -182,12 +182,12 @@ fn tilted(e: f64, p: f64, lift: f64) -> f64 {
 
 /// Below this mass of p at the max, Z (>= that mass) may be so small that the unnormalised
 /// weights p exp(beta u) lose their precision or underflow: at once in float32, where they
-/// became NaN or 0 while q is O(1); in float64 a weight 1.9e-225 came out 0 (found by fuzzing).
+/// become NaN or 0 while q is O(1); in float64 tiny weights come out 0.
 const TINY_MASS_AT_MAX: f64 = 1e-8;
 
 /// The factor on the weights that keeps Z >= 1 where the mass at the max (a lower bound on Z)
-/// is tiny: unlifted, the products w u of the moments went subnormal (w 6e-76, u 1e-243), the
-/// mean lost five digits and the solve ended 6% outside the ball (found by fuzzing). Only there
+/// is tiny: unlifted, the products w u of the moments go subnormal, the mean loses digits and
+/// the solve can end outside the ball. Only there
 /// (float64 then, see `widened`), so that the common path and float32 stay as they were.
 fn lift<T: Real>(batch: &Batch<T>) -> f64 {
     if batch.mass_at_max < TINY_MASS_AT_MAX {
@@ -199,7 +199,7 @@ fn lift<T: Real>(batch: &Batch<T>) -> f64 {
 
 /// Solves a float32 problem in float64 and narrows the answer: with a tiny mass at the max the
 /// unnormalised weights that Tilt::at stores, and its moments read back from them, underflow in
-/// float32 (found by fuzzing: NaN weights, or all mass on the wrong point). Rare: one copy.
+/// float32 (NaN weights, or all mass on the wrong point). Rare: one copy.
 fn widened<T: Real>(batch: &Batch<T>, out: &mut [T], solve: impl Fn(&Batch<f64>, &mut [f64]) -> Outcome) -> Outcome {
     let losses: Vec<f64> = batch.losses.iter().map(|l| l.to_f64()).collect();
     let wide = Batch {
@@ -230,8 +230,7 @@ struct Fold {
 /// weights may have underflowed (a mass at the max below 1e-8 lets Z be that small, and
 /// p exp(beta u) subnormal while q is not), writes q_i = exp(w_i - max w) / sum_j exp(w_j -
 /// max w) directly from w_i = beta u_i + ln p_i: exact up to rounding (through ln Z instead,
-/// |w| near 700 cost 1e-13 of the sum; fuzzing), in a few serial passes this rare case can
-/// afford.
+/// a large |w| costs digits of the sum), in a few serial passes this rare case can afford.
 fn finish<T: Real>(batch: &Batch<T>, scale: &Scale, beta: f64, z: f64, fold: Option<Fold>, out: &mut [T]) -> f64 {
     if batch.mass_at_max >= TINY_MASS_AT_MAX {
         let Some(Fold { step, moments: [m1, m2, m3] }) = fold else {
@@ -306,8 +305,8 @@ impl Tilt {
     }
 
     /// The rounding error of `divergence`: a radius far below it (1e-45 where the two terms
-    /// are near 1e-3) cannot be resolved further, and chasing the noise sent beta to infinity
-    /// and q onto the arg-max (found by fuzzing). log Z is off by eps even where it is near 0
+    /// are near 1e-3) cannot be resolved further, and chasing the noise would send beta to
+    /// infinity and q onto the arg-max. log Z is off by eps even where it is near 0
     /// (Z = 1 - 1e-180 rounds to 1), hence the 1.
     fn rounding(&self, beta: f64) -> f64 {
         4.0 * f64::EPSILON * ((beta * self.mean).abs() + 1.0 + self.z.ln().abs() + self.log_lift.abs())

@@ -1,5 +1,5 @@
 //! dro-rebel's numeric core: the worst-case sample weights of distributionally robust
-//! optimisation over a minibatch (SPEC.md section 2), for the KL, chi-square, CVaR, TV and
+//! optimisation over a minibatch (docs/method.md), for the KL, chi-square, CVaR, TV and
 //! type-p Wasserstein ambiguity sets, constrained (a radius) or penalised (a fixed dual
 //! variable), with any reference distribution and over groups.
 //!

@@ -29,8 +29,7 @@ pub fn sum<T: Real, const K: usize>(
 /// The sums of the chi-square solves over the active set A = {i : u_i > threshold, p_i > 0}:
 /// the count of A, sum_A p, sum_A p d, sum_A p d^2 with d = u - shift, and the mass of p
 /// outside A. `sum` computes them on any processor; on AVX2 a kernel of its own gives the same
-/// bits in a third of the instructions (through `sum`, the selects on A kept the terms from
-/// vectorising: 7.7 instructions a loss for three of the sums).
+/// bits faster (through `sum`, the selects on A keep the terms from vectorising).
 pub fn sum_above<T: Real>(losses: &[T], reference: &Reference, scale: &Scale, threshold: f64, shift: f64) -> [f64; 5] {
     let p_scale = reference.scale();
     let term = |l: f64, p: f64| {
@@ -118,9 +117,8 @@ pub fn write<T: Real, const K: usize>(
 /// `write` for weights that are an exponential: out_i = weight(exp(beta u_i), p_i) with
 /// u_i = position(l_i) <= 0 and beta >= 0, and returns sum_i stats(u_i, out_i). The positions
 /// and exps of a block are taken in loops of their own: inside the map with everything else,
-/// the vectorised loop ran out of registers and waited on the exp's chain (3.5 against 3.0 ns
-/// a loss for the four moments of the KL tilt, one thread); the map reads u back rather than
-/// computing it again.
+/// the vectorised loop runs out of registers and waits on the exp's chain; the map reads u
+/// back rather than computing it again.
 pub fn write_exp<T: Real, const K: usize>(
     losses: &[T],
     reference: &Reference,
@@ -191,8 +189,8 @@ pub fn extremes<T: Real>(losses: &[T], reference: &Reference) -> Option<Extremes
 
 /// Block by block: the range of a block in a loop that vectorises, then the mass at the block's
 /// max in a second loop over the block (still in L1), only where that max reaches the running
-/// one: rarely, past the first blocks. One loop doing all three with selects compiled to
-/// scalar code with branches: 8.3 instructions a loss against 2.6 (callgrind, 2^20 losses).
+/// one: rarely, past the first blocks. One loop doing all three with selects compiles to
+/// scalar code with branches.
 #[inline(always)]
 fn extremes_serial<T: Real>(part: &[T], weights: Option<&[f64]>, scale: f64) -> Option<Extremes> {
     let mut extremes = Extremes::EMPTY;
@@ -212,8 +210,8 @@ fn extremes_serial<T: Real>(part: &[T], weights: Option<&[f64]>, scale: f64) -> 
 /// The largest and smallest loss of a block on the support of p (-inf and inf where the block
 /// has none), or None if a loss of the block (also where p is zero) is NaN or infinite.
 /// Compared as integers (`order_key`): LLVM vectorises integer max and min reductions, and no
-/// float form of them (as selects, the lanes went through a shuffle of masks every step, and
-/// f64::max stayed scalar: 5 to 8 instructions a loss, against 1.7 this way).
+/// float form of them (as selects, the lanes go through a shuffle of masks every step, and
+/// f64::max stays scalar).
 #[inline(always)]
 fn block_range<T: Real>(ls: &[T], ps: Option<&[f64]>, scale: f64) -> Option<(f64, f64)> {
     let (neg_infinity, infinity) = (order_key(f64::NEG_INFINITY), order_key(f64::INFINITY));
@@ -435,8 +433,8 @@ const BLOCK: usize = 256;
 /// The K terms of each element of one block (at most BLOCK elements), one column per quantity.
 /// A plain map over the block, which the compiler vectorises reliably; the sums are then taken
 /// column by column (`Lanes::add_columns`). Summing the terms as they come, in LANES accumulators
-/// of K quantities, left the compiler to vectorise across lanes, which it did not: scalar code,
-/// 13 ns a loss for the four moments of the KL tilt against 4 for this.
+/// of K quantities, leaves the compiler to vectorise across lanes, which it does not: scalar
+/// code.
 struct Columns<const K: usize>([[MaybeUninit<f64>; BLOCK]; K]);
 
 impl<const K: usize> Columns<K> {
@@ -522,9 +520,8 @@ impl<const K: usize> Lanes<K> {
 
     /// out_i = weight(e_i, p_i) for a block of a multiple of LANES, with stats(u_i, out_i)
     /// added to lane i mod LANES as it goes: where `weight` and `stats` are plain arithmetic
-    /// this vectorises across the lanes and saves the columns' stores and loads (the KL tilt's
-    /// four moments: 2.75 against 1.8 ns a loss, one thread). A select in `weight`, or a tail
-    /// added to a lane picked at run time, made it scalar.
+    /// this vectorises across the lanes and saves the columns' stores and loads. A select in
+    /// `weight`, or a tail added to a lane picked at run time, makes it scalar.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)] // the pass's own arguments, passed through
     fn add_weights<T: Real>(
@@ -689,9 +686,9 @@ fn mul_add<const FUSED: bool>(a: f64, b: f64, c: f64) -> f64 {
 
 /// exp(x) for x <= 0, branch-free so it vectorises (libm's exp does not): x = k ln2 + r with
 /// |r| <= ln2/2, exp(r) by a polynomial of degree 11, 2^k built in the exponent bits. Below
-/// -708 the result (< 1e-307) is flushed to 0. FUSED takes the multiply-adds as FMAs: 26
-/// operations a vector in place of 38, and the exp pass 14-17% faster (one thread, 2^20
-/// losses); its results differ from the unfused ones in the last bit.
+/// -708 the result (< 1e-307) is flushed to 0. FUSED takes the multiply-adds as FMAs, fewer
+/// operations a vector and a faster exp pass; its results differ from the unfused ones in the
+/// last bit.
 #[inline(always)]
 pub fn exp_nonpositive<const FUSED: bool>(x: f64) -> f64 {
     const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52: adding it rounds to an integer

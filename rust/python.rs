@@ -41,7 +41,7 @@ fn shape_repr(shape: &[usize]) -> String {
 
 /// The set named `name`. Names written in Python source are interned, so comparing the object
 /// with the interned names usually settles it; other strings are decoded, which the abi3 API
-/// of Python 3.9 does by way of a new bytes object (about 300 instructions).
+/// of Python 3.9 does by way of a new bytes object.
 fn ambiguity_named(name: &Bound<'_, PyAny>) -> PyResult<Ambiguity> {
     if let Some(ambiguity) = AMBIGUITIES.into_iter().find(|&a| name.is(ambiguity_name(name.py(), a))) {
         return Ok(ambiguity);
@@ -227,8 +227,8 @@ fn solve_rows<'py, T: Real + Element>(
     let columns = *shape.last().unwrap_or(&0);
     // SAFETY: C-contiguous (checked in `NativeLosses::of`), and nothing in this module writes to
     // the losses or holds a mutable view of them. A readonly borrow (rust-numpy's tracking
-    // through its global table of borrows) would guard against no more than that, and cost
-    // 150 ns of a 1 us call at n = 64.
+    // through its global table of borrows) would guard against no more than that, and cost a
+    // noticeable share of a small call.
     let values = unsafe { losses.as_slice() }.map_err(|e| PyValueError::new_err(format!("losses: {e}")))?;
     let options = arguments.options()?;
     // SAFETY: a fresh array of the same shape; every element is written by the solver before
@@ -360,7 +360,7 @@ Args:
     reference: the nominal distribution p (non-negative, normalised to sum 1); uniform by
         default. Shape (n,) shared by all rows, or the shape of ``losses``.
     groups: integer group labels, shape (n,) or the shape of ``losses``: the set then
-        applies to the mixture over groups (SPEC.md section 2, Groups).
+        applies to the mixture over groups (docs/method.md#groups).
     tol: tolerance of the iterative solves (default 1e-12, relative).
     p: the Wasserstein type (cost d_ij ** p), p >= 1.
     features: ``wasserstein``: (n, d) features; the cost is their Euclidean distance.

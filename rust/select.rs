@@ -14,9 +14,9 @@ use crate::real::Real;
 /// Below this many losses the histogram costs more than it saves.
 const HISTOGRAM_MIN: usize = 1024;
 
-/// The histogram's size cap: 32 KB of f64 stays in L1. At 2^16 bins (512 KB) the histogram
-/// pass waited on its scattered stores, 4 ns a loss; the crossing bin of 2^20 losses then holds
-/// a few hundred, which the exact selection handles in microseconds.
+/// The histogram's size cap: 32 KB of f64 stays in L1. Far larger, the histogram pass waits
+/// on its scattered stores; at this size the crossing bin of 2^20 losses holds a few hundred,
+/// which the exact selection handles quickly.
 const MAX_BINS: usize = 1 << 12;
 
 /// The weighted upper quantile of the values v_i = sign * l_i (sign = 1 for the largest losses,
@@ -99,8 +99,8 @@ fn uniform_quantile<T: Real>(batch: &Batch<T>, target: f64, sign: f64) -> Quanti
 const TOP_MAX: usize = 16;
 
 /// The k-th smallest of finite values (1 <= k <= TOP_MAX, k <= their count), in one pass that
-/// keeps the k smallest seen so far in order: no allocation, and at n = 64 a third of the
-/// instructions of a selection.
+/// keeps the k smallest seen so far in order: no allocation, and at small n far cheaper than
+/// a selection.
 fn kth_smallest(values: impl Iterator<Item = f64>, k: usize) -> f64 {
     let mut kept = [f64::INFINITY; TOP_MAX];
     let kept = &mut kept[..k];
@@ -158,8 +158,7 @@ fn bin_block<'a, T: Real>(block: &[T], sign: f64, bins: Bins, index: &'a mut [u3
 
 /// The mass of p in each bin of the values sign * l (one histogram per chunk, added up). The
 /// bin numbers of a block first, then the scattered adds: fused, and with the bins' parameters
-/// behind the closure's references, the compiler reloaded them after every store and the pass
-/// took 10 ns a loss. Under the uniform reference the bins count the losses, and the counts
+/// behind the closure's references, the compiler reloads them after every store. Under the uniform reference the bins count the losses, and the counts
 /// times 1/n are the masses.
 fn histogram<T: Real>(batch: &Batch<T>, sign: f64, bins: Bins) -> Vec<f64> {
     let scale = batch.reference.scale();
@@ -192,8 +191,8 @@ fn histogram_chunk<T: Real>(ls: &[T], ws: Option<&[f64]>, scale: f64, sign: f64,
     let mut index = [0_u32; BLOCK];
     for (b, block) in ls.chunks(BLOCK).enumerate() {
         let index = bin_block(block, sign, bins, &mut index);
-        // SAFETY (both arms): `Bins::of` clamps to [0, count - 1]. The bounds checks were a
-        // third of the adds' instructions.
+        // SAFETY (both arms): `Bins::of` clamps to [0, count - 1]. The bounds checks would cost
+        // as much as a good part of the adds.
         match ws {
             None => index.iter().for_each(|&k| unsafe { *histogram.get_unchecked_mut(k as usize) += 1.0 }),
             // p = 0 adds nothing, wherever its (clamped) bin is.
@@ -258,8 +257,8 @@ impl Points {
 }
 
 /// The points of the support of one chunk in the bin `crossing`. A block is scanned for them
-/// only where one of its bins is that one: the crossing bin of 2^20 losses holds a few hundred,
-/// and a filter over every loss took 17 instructions a loss.
+/// only where one of its bins is that one: the crossing bin holds few points, and a filter
+/// over every loss would cost a full pass.
 #[inline(always)]
 fn collect_bin<T: Real>(
     ls: &[T],
@@ -273,8 +272,8 @@ fn collect_bin<T: Real>(
         let index = bin_block(block, points.sign, bins, &mut index);
         // One bit a loss, set where its bin is the crossing one: the comparisons vectorise,
         // and only the set bits are visited. Through `filter` and `extend` over every loss the
-        // scan took 14 instructions a loss where each block holds a few points of the bin
-        // (TV's lower tail of squared normals: 20,547 of 2^20 losses in one bin).
+        // scan costs a full pass even where each block holds only a few points of the bin (as
+        // in a dense lower tail, which TV selects from).
         for (w, word) in index.chunks(64).enumerate() {
             let mut bits =
                 word.iter().enumerate().fold(0_u64, |bits, (j, &k)| bits | (u64::from(k as usize == crossing) << j));
@@ -346,8 +345,7 @@ fn upper_quantile(items: &mut [(f64, f64)], mut target: f64) -> f64 {
 }
 
 /// Larger values first. The values are finite (validated losses), so partial_cmp orders them
-/// (with total_cmp's bit twiddling a TV solve at n = 64 took 6,140 instructions, against
-/// 5,451); -0 and +0 tie, as they do in the == that counts the mass at the quantile.
+/// without total_cmp's bit twiddling; -0 and +0 tie, as they do in the == that counts the mass at the quantile.
 fn descending(a: &(f64, f64), b: &(f64, f64)) -> std::cmp::Ordering {
     b.0.partial_cmp(&a.0).unwrap_or(Equal)
 }

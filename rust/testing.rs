@@ -1,5 +1,5 @@
-//! Helpers for the unit tests: a small deterministic generator and the invariants of SPEC.md
-//! section 2 that every set's weights must satisfy.
+//! Helpers for the unit tests: a small deterministic generator and the invariants of
+//! docs/method.md#invariants that every set's weights must satisfy.
 
 use crate::{solve, Ambiguity, Budget, Options, Solution};
 

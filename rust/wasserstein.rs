@@ -1,4 +1,4 @@
-//! Type-p Wasserstein ball over the batch support (SPEC.md section 2): q is reachable from p by
+//! Type-p Wasserstein ball over the batch support (docs/method.md#wasserstein): q is reachable from p by
 //! a transport plan pi with sum_ij pi_ij c_ij <= rho^p, c_ij = d_ij^p. Targets are the support
 //! of p (points with p_j = 0 never get mass); sources with p_i = 0 carry none.
 //!

@@ -1,17 +1,31 @@
-"""dro_rebel.bench_table: the table it prints from pytest-benchmark's JSON."""
+"""benches/bench_table.py: the table it prints from pytest-benchmark's JSON."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
+from pathlib import Path
 
-from dro_rebel import bench_table
+import pytest
+
+BENCHES = Path(__file__).resolve().parent.parent / "benches"
+
+
+@pytest.fixture(scope="module")
+def bench_table():
+    sys.path.insert(0, str(BENCHES))
+    try:
+        yield importlib.import_module("bench_table")
+    finally:
+        sys.path.remove(str(BENCHES))
 
 
 def bench(implementation: str, median: float, **info) -> dict:
     return {"stats": {"median": median}, "extra_info": {"implementation": implementation, **info}}
 
 
-def test_rounds_of_several_calls_are_divided_into_calls(tmp_path):
+def test_rounds_of_several_calls_are_divided_into_calls(bench_table, tmp_path):
     # At n = 64 a round runs the call 100 times: 55 us a round is 0.55 us a call.
     rounds = [
         bench("rust", 55e-6, set="kl penalty", n=64, calls=100, matched=True),

@@ -1,4 +1,4 @@
-"""The edge cases SPEC.md section 2 names, for every set: rho = 0, a radius at or beyond the
+"""The edge cases docs/method.md#edge-cases names, for every set: rho = 0, a radius at or beyond the
 largest useful one, all-equal losses, n = 1, points with p_i = 0, losses of any scale; and
 2-D input (one problem per row) and groups against solving by hand."""
 

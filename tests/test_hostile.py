@@ -1,6 +1,6 @@
 """Hostile input through the Python API: the same invariants as the Rust fuzz targets
 (fuzz/src/lib.rs), on arbitrary floats, sizes, radii and references, and on the extremes
-SPEC.md section 2 names: losses from 1e-300 to 1e300 of mixed signs, float32 near its limits
+docs/method.md#edge-cases names: losses from 1e-300 to 1e300 of mixed signs, float32 near its limits
 (3.4e38, 1e-38, subnormals).
 
 The verdicts: a call either returns or raises ValueError (never a PanicException, TypeError or
@@ -147,7 +147,7 @@ def normalised_reference(losses, reference) -> np.ndarray:
 
 
 def check_solution(losses, reference, ambiguity, form, size, q, value, groups=None, dual=None):
-    """Every invariant of SPEC.md section 2 that holds for any input: see the module docs."""
+    """Every invariant of docs/method.md#invariants that holds for any input: see the module docs."""
     # Off the support, and in the caps p / alpha, overflow to inf is expected and harmless.
     with np.errstate(over="ignore"):
         _check_solution(losses, reference, ambiguity, form, size, q, value, groups, dual)

@@ -1,4 +1,4 @@
-"""The invariants of SPEC.md section 2 on random problems: q >= 0, sum q = 1, q inside U,
+"""The invariants of docs/method.md#invariants on random problems: q >= 0, sum q = 1, q inside U,
 V* = sum q l, sum p l <= V* <= max l, V* nondecreasing in the radius, and Danskin's theorem
 (the gradient of V* in the losses is q*). Losses of every scale from 1e-300 to 1e300, both
 signs, with ties, n = 1, and references with zeros."""

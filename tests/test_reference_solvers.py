@@ -2,7 +2,7 @@
 the weights against the numpy baseline (dro_rebel.baseline), the second oracle.
 
 The references solve each set's own convex program, independently of the core's method:
-the 1-D duals of SPEC.md section 2 with scipy's bounded Brent search at tight tolerance (kl,
+the 1-D duals of docs/method.md with scipy's bounded Brent search at tight tolerance (kl,
 chi2 and the chi2 penalised form), the CVaR and TV linear programs with HiGHS, the CVaR dual at
 every breakpoint, and the closed form of the KL penalised form. All work on the centred,
 scaled losses u = (l - max) / (max - min), so one tolerance fits every scale."""

@@ -1,5 +1,5 @@
 """The Wasserstein set against the exact linear program over transport plans (scipy HiGHS):
-the worst-case value, the plan's marginals and budget, and the edge cases of SPEC.md section 2
+the worst-case value, the plan's marginals and budget, and the edge cases of docs/method.md#wasserstein
 (radius 0, a radius beyond the diameter, ties, duplicate points, references with zeros, p = 1,
 2 and between, float32), the penalised form, the numpy baseline, and the errors."""
 

@@ -1,7 +1,7 @@
 //! What every fuzz target shares: a decoder from fuzzer bytes to a problem that hits the
 //! solvers' hard cases often (ties, zeros in the reference, losses from 1e-300 to 1e300 of
 //! both signs, float32 near its limits, NaN and inf, radii from 0 to inf), and the checker of
-//! the invariants of SPEC.md section 2.
+//! the invariants of docs/method.md#invariants.
 //!
 //! The checker's verdicts:
 //! - `_core::solve` never panics (libFuzzer reports a panic as a crash);
@@ -510,7 +510,7 @@ impl<'a> Checker<'a> {
             }
             sum += q;
         }
-        // SPEC.md: sum q = 1 to 1e-12 in float64; float32 rounds each weight once more.
+        // docs/method.md#invariants: sum q = 1 to 1e-12 in float64; float32 rounds each weight once more.
         let slack = if self.problem.float32 { 1e-6 } else { 1e-12 };
         assert!((sum - 1.0).abs() <= slack, "weights sum to {sum}\n{}", self.context());
     }

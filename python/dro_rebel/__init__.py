@@ -2,7 +2,7 @@
 
 ``robust_weights(losses, ambiguity, radius=...)`` solves the dual of a distributionally
 robust optimisation problem over the minibatch (KL, chi-square, CVaR, TV or type-p
-Wasserstein ambiguity sets; see SPEC.md section 2) and returns the worst-case weights q*.
+Wasserstein ambiguity sets; see docs/method.md) and returns the worst-case weights q*.
 Multiply your per-sample losses by them (detached) and you get the gradient of the robust
 objective: ``loss = (robust_weights(l.detach(), "chi2", radius=0.1) * l).sum()``.
 """

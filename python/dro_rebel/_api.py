@@ -300,8 +300,8 @@ def _host_from_torch(tensor: Any):
     dtype = tensor.dtype
     if tensor.is_cpu and tensor.layout is torch.strided and dtype in (torch.float64, torch.float32):
         # The hot path of a CPU training loop: share memory both ways, no dtype or device moves.
-        # (is_cpu, and detach only where needed: device.type and detach cost 1.5 of the 7 us
-        # a call on 8 losses took.)
+        # (is_cpu, and detach only where needed: device.type and detach are a sizeable share of
+        # a call on a few losses.)
         host = (tensor.detach() if tensor.requires_grad else tensor).numpy()
         if not host.flags.c_contiguous:
             host = np.ascontiguousarray(host)

@@ -48,7 +48,7 @@ def robust_weights(
         reference: the nominal distribution p (non-negative, normalised to sum 1); uniform by
             default. Shape (n,) shared by all rows, or the shape of ``losses``.
         groups: integer group labels, shape (n,) or the shape of ``losses``: the set then
-            applies to the mixture over groups (SPEC.md section 2, Groups).
+            applies to the mixture over groups (docs/method.md#groups).
         tol: tolerance of the iterative solves (default 1e-12, relative).
         p: the Wasserstein type (cost d_ij ** p), p >= 1.
         features: ``wasserstein``: (n, d) features; the cost is their Euclidean distance.

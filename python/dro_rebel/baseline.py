@@ -1,4 +1,4 @@
-"""The obvious numpy implementation of the worst-case weights (SPEC.md section 2).
+"""The obvious numpy implementation of the worst-case weights (docs/method.md).
 
 It is the comparison point of the benchmark and a second oracle in the tests, so it is
 written the way one would write it first: numpy passes, bisection on the one dual variable

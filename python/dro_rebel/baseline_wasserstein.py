@@ -7,7 +7,7 @@ comparison points of the benchmark and the oracles of the tests.
 program over transport plans, solved by scipy's HiGHS (scipy is imported only when it is
 called).
 
-The problem (SPEC.md section 2): maximise sum_j q_j l_j over the q reachable from the reference
+The problem (docs/method.md#wasserstein): maximise sum_j q_j l_j over the q reachable from the reference
 p by a transport plan pi >= 0 with row sums p and sum_ij pi_ij d_ij^p <= radius^p, targets on the
 support of p. Its dual, min_{lam >= 0} lam radius^p + sum_i p_i max_j (l_j - lam d_ij^p), is what
 the baseline bisects on.

@@ -2,8 +2,7 @@
 
     dro-rebel train CONFIG.toml [--resume]     train with any of the three trainers
     dro-rebel weights LOSSES [-o OUT] ...      worst-case weights of losses in a .npy/.csv file
-    dro-rebel bench [JSON]                     run the benchmarks (or read a run) and tabulate
-    dro-rebel demo [--preset NAME] [--out DIR] the offline demo (dro_rebel.demo, docs/demo.md)
+    dro-rebel demo [--preset NAME] [--out DIR] the offline demo (docs/demo.md in the repository)
     dro-rebel study radius [--out DIR]         the radius-coverage study (dro_rebel.study)
 
 Each subcommand is one ``add_<name>_parser(subparsers)`` function that declares its
@@ -35,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -205,54 +203,11 @@ def _read_matrix(path: Path) -> np.ndarray:
     return array.reshape(len(array), -1)
 
 
-# -- bench -----------------------------------------------------------------------------------
-
-
-def add_bench_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="run the benchmarks and print their table",
-        description="Without JSON: run `pytest benches/ --benchmark-only` from a source checkout, "
-        "writing runs/bench.json, then print its table (dro_rebel.bench_table). With JSON: print "
-        "the table of an earlier run.",
-    )
-    parser.add_argument("json", nargs="?", type=Path, help="pytest-benchmark's JSON of an earlier run")
-    parser.set_defaults(func=run_bench)
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    result = args.json
-    if result is None:
-        if not Path("benches").is_dir():
-            print(
-                "The benchmarks live in the source tree: from a checkout of dro-rebel run\n"
-                "    python -m pytest benches/ -m benchmark --benchmark-only\n"
-                "(or `make bench`).",
-                file=sys.stderr,
-            )
-            return 1
-        result = Path("runs") / "bench.json"
-        result.parent.mkdir(exist_ok=True)
-        command = [sys.executable, "-m", "pytest", "benches/", "-m", "benchmark", "--benchmark-only"]
-        status = subprocess.call(command + [f"--benchmark-json={result}"])
-        if status != 0:
-            return status
-    try:
-        bench_table = importlib.import_module("dro_rebel.bench_table")
-    except ModuleNotFoundError as error:
-        if error.name != "dro_rebel.bench_table":
-            raise
-        print(f"results in {result} (no dro_rebel.bench_table to tabulate them)", file=sys.stderr)
-        return 0
-    return int(bench_table.main([str(result)]) or 0)
-
-
 # -- the entry point -------------------------------------------------------------------------
 
 SUBCOMMANDS: List[Callable[[Any], None]] = [
     add_train_parser,
     add_weights_parser,
-    add_bench_parser,
     add_demo_parser,
     add_study_parser,
 ]

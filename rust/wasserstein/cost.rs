@@ -1,12 +1,12 @@
-//! The ground cost of the Wasserstein set, c_ij = d_ij^p (SPEC.md section 2): validated once,
+//! The ground cost of the Wasserstein set, c_ij = d_ij^p (docs/method.md#wasserstein): validated once,
 //! scaled so that no power overflows, and served one row at a time to the dual's passes.
 //!
 //! The matrix exists at most once. A caller's distance matrix with p = 1 is read in place. With
 //! features, or another p, rows are computed blockwise on the fly, one row per thread-local
 //! buffer; a solve that will make several passes (`cache`) first computes them all into a
-//! cache when n^2 entries fit in `CACHE_MAX_ENTRIES`. Measured at n = 4096, d = 16: a cached
-//! constrained solve takes about 15% less time than a streamed one; a single pass (the
-//! penalised form) is faster streamed, without the allocation.
+//! cache when n^2 entries fit in `CACHE_MAX_ENTRIES`: a constrained solve reads the costs
+//! several times, so computing them once pays; a single pass (the penalised form) is faster
+//! streamed, without the allocation.
 //!
 //! Scaling: distances are divided by a power of two s >= the largest distance, so the scaled
 //! costs c'_ij = (d_ij / s)^p lie in [0, 1], are exact multiples of the true ones for p = 1 and

@@ -1,62 +1,13 @@
-"""The dro-rebel command line: weights from files, training from TOML, the bench hook."""
+"""The dro-rebel command line: training from TOML (the `weights` subcommand: tests/test_cli_weights.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import types
 
-import numpy as np
 import pytest
 from tiny_models import PAIRS, PROMPTS, tiny_llama, tiny_reward_model
 
-from dro_rebel import robust_weights
 from dro_rebel.cli import main
-
-LOSSES = np.array([0.5, 2.0, 1.0, 3.0])
-
-
-def test_weights_printed_from_csv(tmp_path, capsys):
-    path = tmp_path / "losses.csv"
-    path.write_text("\n".join(map(str, LOSSES)))
-    assert main(["weights", str(path), "--ambiguity", "kl", "--radius", "0.1"]) == 0
-    printed = np.array([float(line) for line in capsys.readouterr().out.split()])
-    np.testing.assert_array_equal(printed, robust_weights(LOSSES, "kl", radius=0.1))
-
-
-def test_weights_written_to_npy_with_groups(tmp_path):
-    np.save(tmp_path / "losses.npy", LOSSES)
-    np.savetxt(tmp_path / "groups.csv", [0, 0, 1, 1])
-    out = tmp_path / "w.npy"
-    argv = [
-        "weights",
-        str(tmp_path / "losses.npy"),
-        "--alpha",
-        "0.5",
-        "-a",
-        "cvar",
-        "--groups",
-        str(tmp_path / "groups.csv"),
-    ]
-    assert main(argv + ["-o", str(out)]) == 0
-    np.testing.assert_array_equal(np.load(out), robust_weights(LOSSES, "cvar", alpha=0.5, groups=[0, 0, 1, 1]))
-
-
-def test_weights_wasserstein_on_features(tmp_path, capsys):
-    np.savetxt(tmp_path / "losses.csv", LOSSES)
-    features = np.array([[0.0], [1.0], [2.0], [3.5]])
-    np.savetxt(tmp_path / "features.csv", features, delimiter=",")
-    argv = ["weights", str(tmp_path / "losses.csv"), "-a", "wasserstein", "-r", "0.5"]
-    assert main(argv + ["--features", str(tmp_path / "features.csv")]) == 0
-    printed = np.array([float(line) for line in capsys.readouterr().out.split()])
-    np.testing.assert_array_equal(printed, robust_weights(LOSSES, "wasserstein", radius=0.5, features=features))
-
-
-def test_weights_needs_exactly_one_size(tmp_path):
-    np.save(tmp_path / "losses.npy", LOSSES)
-    with pytest.raises(SystemExit):
-        main(["weights", str(tmp_path / "losses.npy"), "--radius", "0.1", "--penalty", "1.0"])
 
 
 def _save(model, tokenizer, path):
@@ -108,32 +59,3 @@ def test_train_rejects_unknown_config_fields(tokenizer, tmp_path):
     )
     with pytest.raises(ValueError, match="unknown RobustDPOConfig fields: betta"):
         main(["train", str(tmp_path / "run.toml")])
-
-
-def test_bench_tabulates_an_earlier_run(monkeypatch, tmp_path):
-    seen = []
-    table = types.ModuleType("dro_rebel.bench_table")
-    table.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "dro_rebel.bench_table", table)
-    assert main(["bench", str(tmp_path / "bench.json")]) == 0
-    assert seen == [[str(tmp_path / "bench.json")]]
-
-
-def test_bench_runs_pytest_then_the_table(monkeypatch, tmp_path):
-    calls = []
-    table = types.ModuleType("dro_rebel.bench_table")
-    table.main = lambda argv: calls.append(("table", argv)) or 0
-    monkeypatch.setitem(sys.modules, "dro_rebel.bench_table", table)
-    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(("pytest", command)) or 0)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "benches").mkdir()
-    assert main(["bench"]) == 0
-    (_, command), (_, argv) = calls
-    assert command[1:6] == ["-m", "pytest", "benches/", "-m", "benchmark"]
-    assert "--benchmark-json=runs/bench.json" in command and argv == ["runs/bench.json"]
-
-
-def test_bench_says_how_outside_a_checkout(monkeypatch, tmp_path, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert main(["bench"]) == 1
-    assert "pytest benches/ -m benchmark --benchmark-only" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """Two CPU processes on the gloo backend solve the global problem, each keeps its slice
-(SPEC.md section 3, data parallelism), and a trainer on two ranks takes the same steps as on
+(docs/method.md#data-parallelism), and a trainer on two ranks takes the same steps as on
 one with the whole batch."""
 
 from __future__ import annotations

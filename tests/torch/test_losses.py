@@ -1,5 +1,5 @@
 """The per-sample losses and sequence log-probabilities against their definitions
-(SPEC.md sections 1 and 3)."""
+(docs/method.md#rebel, #dpo and #bradley-terry)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """RobustLoss: Danskin's gradient with detached weights, radius 0 as the plain mean, groups,
-non-finite losses, and the two Wasserstein gradient-penalty forms (SPEC.md section 3)."""
+non-finite losses, and the two Wasserstein gradient-penalty forms (docs/method.md#gradient-penalty)."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ noise: the DRO minimiser is then unbiased and every radius gives the parametric 
 skewed, heteroscedastic noise the minimiser is biased by O(sqrt(rho)), so a radius that shrinks
 slower than 1/n (which the coverage of the truth needs) slows the rate.
 
-The estimator is the exact minimiser over (theta, eta) of the chi-square dual (SPEC.md
-section 2, Cressie-Read k=2 convention):
+The estimator is the exact minimiser over (theta, eta) of the chi-square dual
+(docs/method.md#chi-square, Cressie-Read k=2 convention):
 
     F(theta, eta) = eta + sqrt(1 + 2 rho) * sqrt( sum_i p_i (l_i(theta) - eta)_+^2 ),
 

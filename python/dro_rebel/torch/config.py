@@ -51,8 +51,8 @@ class TrainingConfig:
     max_length: Optional[int] = 512
     """Prompt + completion tokens kept per sequence (the completion is cut first); None: all."""
     ambiguity: str = "chi2"
-    """Ambiguity set: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"`` (SPEC.md
-    section 2)."""
+    """Ambiguity set: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``
+    (docs/method.md)."""
     radius: Union[float, str, None] = None
     """Size of the ambiguity set (rho0 for the gradient penalty). None with no ``penalty`` or
     ``alpha`` means 0: the nominal, non-robust loss. ``"calibrated"`` (``chi2``, ``kl``): q /
@@ -72,7 +72,7 @@ class TrainingConfig:
     """CVaR level in (0, 1] (``ambiguity="cvar"``)."""
     gradient_penalty: Optional[str] = None
     """``"rebel"`` or ``"wdpo"``: with ``ambiguity="wasserstein"``, the gradient-regulariser form
-    of SPEC.md section 3 on the input embeddings (a double backward) instead of weights."""
+    (docs/method.md#gradient-penalty) on the input embeddings (a double backward) instead of weights."""
     group_column: Optional[str] = None
     """A dataset column of integer group labels (prompt category, preference type): the
     ambiguity set then ranges over mixtures of groups, and evaluation reports each group."""
@@ -152,11 +152,11 @@ class TrainingConfig:
 
 @dataclass
 class DroRebelConfig(TrainingConfig):
-    """Online DRO-REBEL (SPEC.md section 1). ``radius=0`` (the default) is REBEL."""
+    """Online DRO-REBEL (docs/method.md#dro-rebel). ``radius=0`` (the default) is REBEL."""
 
     eta: float = 1.0
     """REBEL's step size eta > 0: the log-ratio difference, divided by eta, regresses on the
-    reward difference (SPEC.md section 1)."""
+    reward difference (docs/method.md#rebel)."""
     max_new_tokens: int = 64
     """Tokens sampled per response."""
     temperature: float = 1.0

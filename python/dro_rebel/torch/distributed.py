@@ -1,7 +1,7 @@
 """Collectives over a ``torch.distributed`` process group, each a no-op without one.
 
 Under data parallelism each rank holds a shard of the global batch. The robust objective is
-over the global batch (SPEC.md section 3), so every rank gathers the (detached) losses of all
+over the global batch (docs/method.md#data-parallelism), so every rank gathers the (detached) losses of all
 ranks, solves the same problem and keeps its own slice of the weights. Shards may differ in
 size (the last batch of an epoch): sizes are exchanged first and the shards padded to the
 largest for the collective.

@@ -12,7 +12,7 @@ Usage::
 ``train_dataset`` is a ``datasets.Dataset`` (or a list of dicts) with string columns
 ``prompt``, ``chosen`` and ``rejected`` (plus ``config.group_column`` if set). The reference
 is ``ref_model``, else the policy with its LoRA adapters disabled (``use_peft``), else a frozen
-copy of the model as passed in. Each step computes the per-pair DPO loss (SPEC.md section 3)
+copy of the model as passed in. Each step computes the per-pair DPO loss (docs/method.md#dpo)
 and reduces it with :class:`~dro_rebel.torch.RobustLoss`.
 """
 

@@ -1,4 +1,4 @@
-"""The Wasserstein ambiguity set by gradient regularisation (SPEC.md section 3).
+"""The Wasserstein ambiguity set by gradient regularisation (docs/method.md#gradient-penalty).
 
 For a small radius rho0 the worst case over a type-2 Wasserstein ball around the empirical
 batch is, to first order, the nominal loss plus a penalty on how fast each sample's loss
@@ -7,7 +7,7 @@ embeddings, so g_i is the gradient of l_i with respect to the input embeddings o
 sequences of the pair. Two forms are in use:
 
 - DRO-REBEL (Sahu & Wells):  mean_i l_i + rho0 * sqrt(mean_i ||g_i||^2)
-- WDPO (Mandal et al.):      mean_i (l_i + rho0 * ||g_i||^2)
+- WDPO (Xu et al.):         mean_i (l_i + rho0 * ||g_i||^2)
 
 Both are trained through, so g_i is built with ``create_graph=True`` and the optimiser's
 backward is a double backward through the model.

@@ -1,8 +1,8 @@
 """Sequence log-probabilities of completions under a causal language model.
 
 The log-probability of a completion is the sum, over its tokens, of the log-probability
-the model gives each token from the logits at the previous position (SPEC.md section 1:
-"summed over response tokens"). Padding and prompt tokens are excluded by a mask.
+the model gives each token from the logits at the previous position (docs/method.md#rebel).
+Padding and prompt tokens are excluded by a mask.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-sample (unreduced) losses of SPEC.md section 3: REBEL, DPO and Bradley-Terry.
+"""Per-sample (unreduced) losses of docs/method.md: REBEL, DPO and Bradley-Terry.
 
 Every function returns one loss per pair, shape (n,), so that a robust reduction
 (:class:`dro_rebel.torch.RobustLoss`) can weight them; ``.mean()`` gives the usual,
@@ -23,7 +23,7 @@ def rebel_loss(
     other_rewards: torch.Tensor,
     eta: float,
 ) -> torch.Tensor:
-    """REBEL's regression loss (SPEC.md section 1), one value per prompt.
+    """REBEL's regression loss (docs/method.md#rebel), one value per prompt.
 
     ``((1/eta) * [(log pi(y|x) - log pi_t(y|x)) - (log pi(y'|x) - log pi_t(y'|x))]
     - (r(x, y) - r(x, y')))^2``
@@ -48,7 +48,7 @@ def dpo_loss(
     ref_rejected_logps: torch.Tensor,
     beta: float,
 ) -> torch.Tensor:
-    """DPO's loss, one value per pair (SPEC.md section 3):
+    """DPO's loss, one value per pair (docs/method.md#dpo):
     ``-log sigmoid(beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])``.
     """
     margin = (chosen_logps - ref_chosen_logps.detach()) - (rejected_logps - ref_rejected_logps.detach())
@@ -57,5 +57,5 @@ def dpo_loss(
 
 def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
     """The Bradley-Terry reward-model loss, one value per pair:
-    ``-log sigmoid(r(x, y_w) - r(x, y_l))`` (SPEC.md section 3)."""
+    ``-log sigmoid(r(x, y_w) - r(x, y_l))`` (docs/method.md#bradley-terry)."""
     return -F.logsigmoid(chosen_rewards - rejected_rewards)

@@ -17,7 +17,7 @@ with ``num_labels=1`` puts that linear head on an encoder (BERT-like) or a causa
 at the last non-padding token). With ``use_peft`` the head stays fully trainable and the
 backbone gets LoRA adapters. The dataset has string columns ``chosen`` and ``rejected`` and
 optionally ``prompt`` (prepended to both). Each step computes the per-pair Bradley-Terry
-loss (SPEC.md section 3) and reduces it with :class:`~dro_rebel.torch.RobustLoss`.
+loss (docs/method.md#bradley-terry) and reduces it with :class:`~dro_rebel.torch.RobustLoss`.
 """
 
 from __future__ import annotations

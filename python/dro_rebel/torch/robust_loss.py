@@ -3,10 +3,10 @@
 The robust objective is V*(theta) = max_{q in U} sum_i q_i l_i(theta). By Danskin's theorem
 its gradient is sum_i q*_i grad l_i(theta) with q* the worst-case weights held fixed, so the
 module solves for q* on the *detached* losses (``dro_rebel.robust_weights``) and returns
-``(q* * l).sum()``. Gradients never flow through the weights (SPEC.md section 3: through
-softmax or threshold weights they would push low-loss samples' losses up).
+``(q* * l).sum()``. Gradients never flow through the weights (docs/method.md#danskin-detached-weights:
+through softmax or threshold weights they would push low-loss samples' losses up).
 
-Data flow (SPEC.md section 5): losses (any device) -> host float64 array -> native solve ->
+Data flow: losses (any device) -> host float64 array -> native solve ->
 weights -> back to the losses' device and dtype. Only the loss vector visits the host.
 
 Under ``torch.distributed`` the losses of all ranks are gathered, every rank solves the same
@@ -70,8 +70,8 @@ class RobustLoss(nn.Module):
     """Map a vector of per-sample losses to the robust scalar.
 
     Args:
-        ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"`` (SPEC.md
-            section 2).
+        ambiguity: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``
+            (docs/method.md).
         radius: the size of the set; 0 gives the nominal (reference-weighted) mean.
             ``"calibrated"`` (``chi2``, ``kl``): q / (2n) for each batch, with n its global
             size (its number of groups with ``groups=``), so that V* is an upper confidence
@@ -82,7 +82,7 @@ class RobustLoss(nn.Module):
         p: the Wasserstein type (exact transport only).
         tol: solver tolerance (default: the core's).
         gradient_penalty: ``"rebel"`` or ``"wdpo"``: with ``ambiguity="wasserstein"``, use the
-            first-order gradient-regulariser form of SPEC.md section 3 with rho0 = ``radius``
+            first-order gradient-regulariser form (docs/method.md#gradient-penalty) with rho0 = ``radius``
             instead of the exact transport on the batch; ``forward`` then needs
             ``inputs_embeds``.
 

@@ -1,11 +1,11 @@
 """The table of ratios from one run of benches/test_bench_core.py.
 
-    python -m dro_rebel.bench_table runs/bench.json
+    python benches/bench_table.py runs/bench.json
 
 reads pytest-benchmark's JSON (``--benchmark-json``) and prints, per set and n, the median
 time of the Rust core and of the numpy baseline, the speed-up, the core's time per call, and at
 the largest n the core's time in copies of the input (np.copy, measured in the same run), with
-the targets of SPEC.md section 4 marked reached or missed. Ratios only mean something inside
+the development targets (docs/performance.md#targets) marked reached or missed. Ratios only mean something inside
 one run: every number here comes from the same file.
 """
 
@@ -109,7 +109,7 @@ def _ratio(value: Optional[float]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dro_rebel.bench_table",
+        prog="python benches/bench_table.py",
         description="Print the rust-vs-baseline table from pytest-benchmark's JSON output.",
     )
     parser.add_argument("json", help="the file written by pytest --benchmark-json=FILE")
