@@ -3,11 +3,14 @@ the pieces whose mistakes would not show in a table: the data split, the labels,
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 
 import numpy as np
 import pytest
+from scipy import stats
 
 for package in (
     "chitchat_dataset",
@@ -19,7 +22,7 @@ for package in (
     "sentence_transformers",
     "torch",
 ):
-    pytest.importorskip(package, reason="the demo needs requirements/demo.txt installed")
+    pytest.importorskip(package, reason='the demo needs pip install "dro-rebel[torch,demo]"')
 
 from dro_rebel.demo.data import load_corpus  # noqa: E402
 from dro_rebel.demo.preferences import bradley_terry_labels  # noqa: E402
@@ -43,25 +46,66 @@ def test_bradley_terry_labels_follow_the_reward_gap():
     assert labels.mean() == pytest.approx(1.0 / (1.0 + np.exp(-1.0)), abs=0.01)
 
 
-def test_demo_end_to_end_on_a_tiny_model(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The test preset, run once: its directory, its report and what it printed."""
+    out = tmp_path_factory.mktemp("demo")
+    printed = io.StringIO()
     started = time.perf_counter()
-    report = run_demo(PRESETS["test"], tmp_path)
-    elapsed = time.perf_counter() - started
+    with contextlib.redirect_stdout(printed):
+        report = run_demo(PRESETS["test"], out)
+    return out, report, printed.getvalue(), time.perf_counter() - started
+
+
+def test_demo_end_to_end_on_a_tiny_model(demo_run):
+    tmp_path, report, out, elapsed = demo_run
     assert elapsed < 120, f"the test preset took {elapsed:.0f} s"
 
     written = json.loads((tmp_path / "report.json").read_text())
-    assert written["methods"].keys() == report["methods"].keys()
-    expected = {"start", "REBEL", "DPO", "chi2-REBEL", "KL-REBEL", "W-REBEL", "chi2-DPO"}
-    assert set(written["methods"]) == expected
-    for name, row in written["methods"].items():
-        for key in ("average_reward", "worst_case_reward", "shift_reward", "kl_to_start"):
-            assert np.isfinite(row[key]["mean"]), (name, key)
-        assert row["worst_case_reward"]["mean"] <= row["average_reward"]["mean"] + 1e-12
-        assert len(row["per_seed"]) == len(PRESETS["test"].seeds)
-    assert written["methods"]["start"]["kl_to_start"]["mean"] == pytest.approx(0.0, abs=1e-6)
-    assert {c["robust"] for c in written["worst_case_comparisons"]} == {"chi2-REBEL", "KL-REBEL", "W-REBEL", "chi2-DPO"}
-    for row in written["reward_model"].values():
-        assert 0.0 <= row["human_ratings_agreement"] <= 1.0
+    primary = written["primary"]
+    seeds = len(PRESETS["test"].primary.seeds)
+    expected_arms = {
+        "REBEL", "chi2-REBEL (types)", "KL-REBEL (types)", "chi2-REBEL (samples)", "REBEL reweighted",
+        "oracle (uniform data)", "DPO", "chi2-DPO (types)",
+    }  # fmt: skip
+    assert set(primary["arms"]) == expected_arms
+    for name, arm in primary["arms"].items():
+        for key in ("worst_type_reward", "train_mixture_reward", "shifted_reward"):
+            assert len(arm[key]) == seeds and np.all(np.isfinite(arm[key])), (name, key)
+        # The worst type is the minimum over the types, below every mixture of them.
+        assert np.allclose(arm["worst_type_reward"], np.min(arm["type_rewards"], axis=1))
+        assert np.all(np.asarray(arm["worst_type_reward"]) <= np.asarray(arm["train_mixture_reward"]) + 1e-12)
+    assert {(c["robust"], c["metric"]) for c in primary["comparisons"]} == {
+        (arm, metric)
+        for arm in expected_arms - {"REBEL", "DPO", "oracle (uniform data)"}
+        for metric in ("worst_type_reward", "train_mixture_reward")
+    }
+    assert set(primary["hyperparameters"]) == {"rebel", "dpo", "size"}
+    assert primary["radii"]["chi2 (types)"] > 0 and primary["radii"]["KL (types)"] > 0
+    assert len(written["reward_model"]["heads"]["Bradley-Terry"]["held_out/worst type"]) == 3
+    assert set(written["pipeline"]["methods"]) == {"start", "REBEL", "DPO", "chi2-REBEL", "chi2-DPO"}
     assert (tmp_path / "reward_by_mixture.png").stat().st_size > 0
-    out = capsys.readouterr().out
-    assert "| method | average reward | worst-case reward" in out
+    assert "Primary study" in out and "Reward-model track" in out and "Real-LM pipeline check" in out
+    assert report["primary"]["training_mixture"] == primary["training_mixture"]
+
+
+def test_the_reports_intervals_follow_from_its_per_seed_lists(demo_run):
+    """Every comparison's mean, interval and Holm p, recomputed from the arms' per-seed lists."""
+    written = json.loads((demo_run[0] / "report.json").read_text())
+    for section in (written["primary"], written["reward_model"]):
+        arms = section["arms"] if "arms" in section else section["heads"]
+        comparisons = section["comparisons"]
+        raw = []
+        for c in comparisons:
+            robust, plain = np.asarray(arms[c["robust"]][c["metric"]]), np.asarray(arms[c["plain"]][c["metric"]])
+            test = stats.ttest_rel(robust, plain)
+            interval = test.confidence_interval(0.95)
+            assert c["mean_difference"] == pytest.approx(np.mean(robust - plain))
+            if np.std(robust - plain) > 0:
+                assert c["ci95"] == pytest.approx([interval.low, interval.high])
+                raw.append(test.pvalue)
+            else:
+                raw.append(c["p"])
+        order = np.argsort(raw)
+        holm = np.maximum.accumulate(np.minimum(1.0, (len(raw) - np.arange(len(raw))) * np.asarray(raw)[order]))
+        assert [c["p_holm"] for c in comparisons] == pytest.approx(holm[np.argsort(order)].tolist())

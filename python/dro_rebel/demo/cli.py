@@ -9,7 +9,7 @@ __all__ = ["add_demo_parser", "add_study_parser", "main"]
 
 
 def add_demo_parser(subparsers) -> None:
-    """``dro-rebel demo [--preset default|paper|test] [--out DIR]``."""
+    """``dro-rebel demo [--preset default|gpu|test] [--out DIR]``."""
     from dro_rebel.demo.presets import PRESETS
 
     parser = subparsers.add_parser(
@@ -23,7 +23,8 @@ def add_demo_parser(subparsers) -> None:
         "--preset",
         choices=sorted(PRESETS),
         default="default",
-        help="default: 2 CPU cores, about 15 minutes; paper: the larger study, for a GPU",
+        help="default: 2 CPU cores, about 15 minutes; gpu: the real-LM study at a size that can resolve an "
+        "effect, for a GPU",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where report.json and the plot go")
     parser.add_argument(

