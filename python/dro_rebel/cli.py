@@ -4,6 +4,7 @@
     dro-rebel weights LOSSES [-o OUT] ...      worst-case weights of losses in a .npy/.csv file
     dro-rebel demo [--preset NAME] [--out DIR] the offline demo (docs/demo.md in the repository)
     dro-rebel study radius [--out DIR]         the radius-coverage study (dro_rebel.study)
+    dro-rebel study shift [--out DIR]          the group-shift study (dro_rebel.study)
 
 Each subcommand is one ``add_<name>_parser(subparsers)`` function that declares its
 arguments and sets ``func`` to the function running it; :data:`SUBCOMMANDS` lists them, so a
