@@ -36,7 +36,7 @@ from dro_rebel.torch.checkpoint import (
     set_rng_state,
 )
 from dro_rebel.torch.config import TrainingConfig
-from dro_rebel.torch.data import batch_indices, select_rows
+from dro_rebel.torch.data import batch_indices, group_labels, select_rows
 from dro_rebel.torch.distributed import average_gradients, broadcast_parameters, gather_objects, rank, world_size
 from dro_rebel.torch.jsonl import JsonlLogger
 from dro_rebel.torch.model_setup import (
@@ -119,7 +119,7 @@ class Trainer:
     ) -> Dict[str, Any]:
         """Adds the rows' group labels (``group_column``) and dataset indices to a batch."""
         if self.config.group_column is not None:
-            batch["groups"] = torch.as_tensor(rows[self.config.group_column], dtype=torch.long)
+            batch["groups"] = group_labels(rows[self.config.group_column])
         batch["indices"] = indices
         return batch
 

@@ -74,8 +74,10 @@ class TrainingConfig:
     """``"rebel"`` or ``"wdpo"``: with ``ambiguity="wasserstein"``, the gradient-regulariser form
     (docs/method.md#gradient-penalty) on the input embeddings (a double backward) instead of weights."""
     group_column: Optional[str] = None
-    """A dataset column of integer group labels (prompt category, preference type): the
-    ambiguity set then ranges over mixtures of groups, and evaluation reports each group."""
+    """A dataset column of group labels (prompt category, preference type): the ambiguity set
+    then ranges over mixtures of groups, and evaluation reports each group. Integers, or
+    strings: ``group_column="prompt"`` is Mandal et al.'s DRO over prompts when a prompt has
+    several pairs (docs/method.md#prompt-dro)."""
     nonfinite: str = "skip"
     """A NaN/inf loss or gradient: ``"skip"`` the step (reported in the log) or ``"stop"`` the
     run with an error. Never folded into the weights."""

@@ -7,11 +7,24 @@ completion mask marks the completion and its EOS, whose log-probabilities DPO an
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-__all__ = ["encode_pairs", "batch_indices", "select_rows"]
+__all__ = ["encode_pairs", "batch_indices", "select_rows", "group_labels"]
+
+
+def group_labels(values: Sequence[Any]) -> torch.Tensor:
+    """A group column as integer labels. Integers are kept; strings (``group_column="prompt"``:
+    DRO over prompts, docs/method.md#prompt-dro) become a stable 62-bit hash of their text, so
+    that every process labels the same prompt alike and gathered labels stay comparable."""
+    if values and isinstance(values[0], str):
+        return torch.tensor(
+            [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") >> 2 for v in values],
+            dtype=torch.long,
+        )
+    return torch.as_tensor(values, dtype=torch.long)
 
 
 def encode_pairs(

@@ -12,6 +12,9 @@ import torch
 
 __all__ = ["pair_metrics"]
 
+MAX_GROUPS_LOGGED = 32
+"""Above this many groups (prompts as groups) only the worst group is logged, not each."""
+
 
 def pair_metrics(
     losses: torch.Tensor, margins: torch.Tensor, groups: Optional[torch.Tensor], prefix: str = "eval/"
@@ -27,12 +30,14 @@ def pair_metrics(
     if groups is None:
         return metrics
     group_losses, group_accuracies = [], []
-    for group in torch.unique(groups).tolist():
+    labels = torch.unique(groups).tolist()
+    for group in labels:
         members = (groups == group).to(losses.device)
         group_losses.append(float(losses[members].mean()))
         group_accuracies.append(float(correct[members].mean()))
-        metrics[f"{prefix}group_{group}/loss"] = group_losses[-1]
-        metrics[f"{prefix}group_{group}/accuracy"] = group_accuracies[-1]
+        if len(labels) <= MAX_GROUPS_LOGGED:
+            metrics[f"{prefix}group_{group}/loss"] = group_losses[-1]
+            metrics[f"{prefix}group_{group}/accuracy"] = group_accuracies[-1]
     metrics[f"{prefix}worst_group_loss"] = max(group_losses)
     metrics[f"{prefix}worst_group_accuracy"] = min(group_accuracies)
     return metrics

@@ -35,7 +35,8 @@ import torch
 
 from dro_rebel.torch.base_trainer import LossOutput, Trainer
 from dro_rebel.torch.config import DroRebelConfig
-from dro_rebel.torch.data import select_rows
+from dro_rebel.torch.data import group_labels, select_rows
+from dro_rebel.torch.eval_metrics import MAX_GROUPS_LOGGED
 from dro_rebel.torch.logprobs import completion_logprobs
 from dro_rebel.torch.losses import rebel_loss
 
@@ -159,7 +160,7 @@ class DroRebelTrainer(Trainer):
         batch["prompts"] = list(prompts)
         batch["indices"] = indices
         if groups is not None:
-            batch["groups"] = torch.as_tensor(groups, dtype=torch.long)
+            batch["groups"] = group_labels(list(groups))
         return batch
 
     def compute_losses(self, batch: Dict[str, Any]) -> LossOutput:
@@ -190,9 +191,10 @@ class DroRebelTrainer(Trainer):
         values = torch.tensor(rewards)
         metrics = {"eval/reward": float(values.mean())}
         if self.config.group_column is not None:
-            groups = torch.as_tensor(rows[self.config.group_column])
+            groups = group_labels(rows[self.config.group_column])
             means = {int(g): float(values[groups == g].mean()) for g in torch.unique(groups)}
-            metrics.update({f"eval/group_{g}/reward": mean for g, mean in means.items()})
+            if len(means) <= MAX_GROUPS_LOGGED:
+                metrics.update({f"eval/group_{g}/reward": mean for g, mean in means.items()})
             metrics["eval/worst_group_reward"] = min(means.values())
         return metrics
 
