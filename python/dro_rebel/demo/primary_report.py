@@ -103,7 +103,8 @@ def print_reward_track(track: Dict[str, Any]) -> None:
 
 def write_primary_plot(primary: Dict[str, Any], path) -> None:
     """Left: each arm's reward under each held-out mixture (bars, 95% intervals over seeds).
-    Right: the robust arms' worst-case weight of each type over training."""
+    Right: the weight the robust arms put on the majority type over training (the rest goes
+    to the minorities)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,16 +138,19 @@ def write_primary_plot(primary: Dict[str, Any], path) -> None:
     left.set_ylabel("expected reward on held-out prompts (standardised)")
     left.set_title("Reward under each held-out mixture (dotted: the minimax policy's worst type)")
     left.legend(fontsize=7, ncol=2)
+    majority = names.index(primary["majority_type"])
+    share = primary["training_mixture"][majority]
     for arm, row in primary["type_weights"].items():
         if arm in ("REBEL", "DPO") or "oracle" in arm:
             continue
-        course = np.asarray(row["course"])
-        for k, name in enumerate(names):
-            right.plot(np.linspace(0, 1, len(course)), course[:, k], label=f"{arm}: {name}", linewidth=1)
+        course = np.asarray(row["course"])[:, majority]
+        right.plot(np.linspace(0, 1, len(course)), course, label=arm, linewidth=1.5)
+    right.axhline(share, color="grey", linestyle="--", linewidth=1, label=f"its share of the data ({share:.2f})")
+    right.set_ylim(0, 1)
     right.set_xlabel("fraction of training")
-    right.set_ylabel("worst-case weight of the type")
-    right.set_title("Robust arms: weight per type over training")
-    right.legend(fontsize=6)
+    right.set_ylabel(f"weight of the majority type ({primary['majority_type']})")
+    right.set_title("Where the worst-case weights go over training")
+    right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
