@@ -23,14 +23,15 @@ from dro_rebel.demo.embeddings import Encoder
 from dro_rebel.demo.preferences import PreferenceTypes
 from dro_rebel.demo.rewards import Objectives
 
-__all__ = ["CandidateSet", "chat_exchanges", "dialogue_exchanges", "build_candidates", "standardise"]
+__all__ = ["CandidateSet", "chat_exchanges", "dialogue_exchanges", "build_candidates", "standardise", "cut"]
 
 # Chat turns are sometimes paragraphs; a reply is cut to what a chat partner would say.
-_REPLY_WORDS = 48
+REPLY_WORDS = 48
 
 
-def _cut(text: str) -> str:
-    return " ".join(text.split()[:_REPLY_WORDS])
+def cut(text: str) -> str:
+    """``text`` up to its first ``REPLY_WORDS`` words."""
+    return " ".join(text.split()[:REPLY_WORDS])
 
 
 @dataclass
@@ -69,7 +70,7 @@ def chat_exchanges(chats: Sequence[Chat]) -> List[Tuple[str, str]]:
             if question.endswith("?") and 4 <= len(question.split()) <= 30 and reply.strip():
                 if question.lower() not in seen:
                     seen.add(question.lower())
-                    out.append((_cut(question), _cut(reply)))
+                    out.append((cut(question), cut(reply)))
     return out
 
 
@@ -80,7 +81,7 @@ def dialogue_exchanges(dialogues: Sequence[Tuple[str, str, str]]) -> List[Tuple[
     for _, prompt, reply in dialogues:
         if prompt.lower() not in seen:
             seen.add(prompt.lower())
-            out.append((_cut(prompt), _cut(reply)))
+            out.append((cut(prompt), cut(reply)))
     return out
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dro_rebel.demo.candidates import cut
 from dro_rebel.demo.comparisons import holm, paired_difference
 from dro_rebel.demo.data import Chat
 from dro_rebel.demo.embeddings import Encoder
@@ -41,12 +42,6 @@ __all__ = ["PairSet", "chat_pairs", "shift_pairs", "train_head", "evaluate_head"
 
 # The opening exchange of a rated chat, as one response: enough to judge its tone.
 _EXCERPT_TURNS, _EXCERPT_WORDS = 4, 64
-# Chat turns are sometimes paragraphs; responses are cut to what a policy would say.
-_RESPONSE_WORDS = 48
-
-
-def _cut(text: str) -> str:
-    return " ".join(text.split()[:_RESPONSE_WORDS])
 
 
 @dataclass
@@ -103,9 +98,9 @@ def chat_pairs(
     for index in chosen:
         chat_index, turn = candidates[index]
         other = chats[(chat_index + 1 + rng.integers(len(chats) - 1)) % len(chats)]
-        prompts.append(_cut(chats[chat_index].turns[turn]))
-        a.append(_cut(chats[chat_index].turns[turn + 1]))
-        b.append(_cut(other.turns[rng.integers(1, len(other.turns))] if len(other.turns) > 1 else other.turns[0]))
+        prompts.append(cut(chats[chat_index].turns[turn]))
+        a.append(cut(chats[chat_index].turns[turn + 1]))
+        b.append(cut(other.turns[rng.integers(1, len(other.turns))] if len(other.turns) > 1 else other.turns[0]))
     return _pair_set(prompts, a, b, encoder, objectives, types)
 
 
@@ -122,9 +117,9 @@ def shift_pairs(
     prompts, a, b = [], [], []
     for index in chosen:
         other = dialogues[(index + 1 + rng.integers(len(dialogues) - 1)) % len(dialogues)]
-        prompts.append(_cut(dialogues[index][1]))
-        a.append(_cut(dialogues[index][2]))
-        b.append(_cut(other[2]))
+        prompts.append(cut(dialogues[index][1]))
+        a.append(cut(dialogues[index][2]))
+        b.append(cut(other[2]))
     return _pair_set(prompts, a, b, encoder, objectives, types)
 
 
