@@ -109,3 +109,20 @@ def test_the_reports_intervals_follow_from_its_per_seed_lists(demo_run):
         order = np.argsort(raw)
         holm = np.maximum.accumulate(np.minimum(1.0, (len(raw) - np.arange(len(raw))) * np.asarray(raw)[order]))
         assert [c["p_holm"] for c in comparisons] == pytest.approx(holm[np.argsort(order)].tolist())
+
+
+def test_the_sweep_reports_every_grid_point_for_every_arm(tmp_path):
+    from dro_rebel.demo.run import run_sweep
+
+    size = PRESETS["test"].primary
+    with contextlib.redirect_stdout(io.StringIO()):
+        sweep = run_sweep(PRESETS["test"], tmp_path, seeds=(0, 1))
+    points = {(p["learning_rate"], p["eta"], p["epochs"], p["iterations"]) for p in sweep["grid"]}
+    assert len(points) == len(size.rebel_learning_rates) * len(size.rebel_etas) * len(size.rebel_epochs) * len(
+        size.rebel_iterations
+    )
+    for point in sweep["grid"]:
+        assert set(point["arms"]) == set(sweep["arms"])
+        assert all(len(values) == 2 for arm in point["arms"].values() for values in arm.values())
+    assert json.loads((tmp_path / "sweep.json").read_text())["seeds"] == [0, 1]
+    assert (tmp_path / "sweep.png").stat().st_size > 0

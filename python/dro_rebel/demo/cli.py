@@ -30,14 +30,27 @@ def add_demo_parser(subparsers) -> None:
     parser.add_argument(
         "--build-dir", type=Path, default=Path("build"), help="where the dequantised SmolLM2 is cached (models/)"
     )
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        metavar="SEEDS",
+        default=None,
+        help="instead of the demo: the REBEL arms at every point of the primary study's tuning grid, over this "
+        "many seeds (the sensitivity of the REBEL comparison; writes sweep.json and sweep.png)",
+    )
     parser.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from dro_rebel.demo.presets import PRESETS
-    from dro_rebel.demo.run import run_demo
+    from dro_rebel.demo.run import run_demo, run_sweep
 
-    run_demo(PRESETS[args.preset], args.out, build_dir=args.build_dir)
+    if args.sweep is not None:
+        if args.sweep < 2:
+            raise SystemExit("--sweep needs at least 2 seeds (its intervals are over seeds)")
+        run_sweep(PRESETS[args.preset], args.out, seeds=tuple(range(args.sweep)))
+    else:
+        run_demo(PRESETS[args.preset], args.out, build_dir=args.build_dir)
     return 0
 
 

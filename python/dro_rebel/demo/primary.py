@@ -352,3 +352,64 @@ def _weights_over_training(weights: Dict[str, List[np.ndarray]], points: int = 2
             "course": [stacked[:, rows].mean(axis=(0, 1)).tolist() for rows in stretches if rows.size],
         }
     return out
+
+
+SWEPT_ARMS = ("REBEL", "chi2-REBEL (types)", "KL-REBEL (types)", "REBEL reweighted")
+
+
+def sweep_rebel(
+    pool: CandidateSet,
+    validation: CandidateSet,
+    test: CandidateSet,
+    types: PreferenceTypes,
+    size: StudySize,
+    seeds: Tuple[int, ...],
+    *,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """The sensitivity of the REBEL comparison to the hyper-parameters: every point of the
+    tuning grid (learning rate, eta, epochs, and each iteration checkpoint), each REBEL arm of
+    ``SWEPT_ARMS`` over ``seeds``, scored on the validation and the test prompts. Reports the
+    whole grid, not a choice from it."""
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        majority = majority_type(pool)
+        mixture = training_mixture(len(types.names), majority, size.majority_share)
+        by_name = {arm.name: arm for arm in arms(radii(mixture))}
+        grid = list(itertools.product(size.rebel_learning_rates, size.rebel_etas, size.rebel_epochs))
+        last = max(size.rebel_iterations)
+        rows: Dict[Tuple[float, float, int, int], Dict[str, Dict[str, List[float]]]] = {}
+        bar = tqdm(total=len(grid) * len(SWEPT_ARMS) * len(seeds), desc="REBEL sweep", disable=not progress)
+        for lr, eta, epochs in grid:
+            settings = RebelSettings(lr, eta, last, epochs, size.batch_size)
+            for name in SWEPT_ARMS:
+                for seed in seeds:
+                    data, types_of, rng = _draw(pool, size, mixture, seed, uniform=False)
+                    _, log = _train(by_name[name], data, types_of, settings, None, size, mixture, rng,
+                                    size.rebel_iterations)  # fmt: skip
+                    for iterations, theta in log.checkpoints.items():
+                        test_rewards, validation_rewards = (
+                            expected_rewards(theta, test),
+                            expected_rewards(theta, validation),
+                        )
+                        cell = rows.setdefault((lr, eta, epochs, iterations), {}).setdefault(name, {})
+                        for key, value in (
+                            ("worst_type_reward", float(test_rewards.min())),
+                            ("train_mixture_reward", float(mixture @ test_rewards)),
+                            ("validation_worst_type_reward", float(validation_rewards.min())),
+                            ("validation_train_mixture_reward", float(mixture @ validation_rewards)),
+                        ):
+                            cell.setdefault(key, []).append(value)
+                    bar.update(1)
+        bar.close()
+    finally:
+        torch.set_num_threads(torch_threads)
+    return {
+        "seeds": list(seeds),
+        "arms": list(SWEPT_ARMS),
+        "grid": [
+            {"learning_rate": lr, "eta": eta, "epochs": epochs, "iterations": iterations, "arms": cells}
+            for (lr, eta, epochs, iterations), cells in rows.items()
+        ],
+    }

@@ -9,7 +9,16 @@ import numpy as np
 
 from dro_rebel.demo.intervals import over_seeds
 
-__all__ = ["format_primary", "format_comparisons", "format_reward_track", "print_primary", "print_reward_track"]
+__all__ = [
+    "format_primary",
+    "format_comparisons",
+    "format_reward_track",
+    "format_sweep",
+    "print_primary",
+    "print_reward_track",
+    "write_primary_plot",
+    "write_sweep_plot",
+]
 
 COLUMNS = {
     "worst_type_reward": "worst type",
@@ -151,6 +160,58 @@ def write_primary_plot(primary: Dict[str, Any], path) -> None:
     right.set_ylabel(f"weight of the majority type ({primary['majority_type']})")
     right.set_title("Where the worst-case weights go over training")
     right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _sweep_differences(point: Dict[str, Any], robust: str, metric: str) -> List[float]:
+    arms = point["arms"]
+    return (np.asarray(arms[robust][metric]) - np.asarray(arms["REBEL"][metric])).tolist()
+
+
+def format_sweep(sweep: Dict[str, Any]) -> str:
+    """One row per grid point: plain REBEL's validation training-mixture reward (the tuning
+    criterion), then each robust arm minus REBEL on the test prompts' worst type and training
+    mixture (mean ± 95% t half-width over the sweep's seeds)."""
+    robust = [arm for arm in sweep["arms"] if arm != "REBEL"]
+    header = ["lr", "eta", "epochs", "iterations", "REBEL validation reward"]
+    for arm in robust:
+        header += [f"{arm}: worst type", f"{arm}: training mixture"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for point in sweep["grid"]:
+        criterion = np.mean(point["arms"]["REBEL"]["validation_train_mixture_reward"])
+        cells = [f"{point['learning_rate']:g}", f"{point['eta']:g}", str(point["epochs"]), str(point["iterations"])]
+        cells.append(f"{criterion:+.3f}")
+        for arm in robust:
+            cells += [_cell(_sweep_differences(point, arm, m)) for m in ("worst_type_reward", "train_mixture_reward")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_sweep_plot(sweep: Dict[str, Any], path) -> None:
+    """Each robust arm's worst-type gain over REBEL (test prompts) against plain REBEL's
+    validation reward, one point per grid point, coloured by learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    robust = [arm for arm in sweep["arms"] if arm != "REBEL"]
+    rates = sorted({point["learning_rate"] for point in sweep["grid"]})
+    fig, axes = plt.subplots(1, len(robust), figsize=(5 * len(robust), 4.2), sharey=True)
+    for axis, arm in zip(np.atleast_1d(axes), robust):
+        for rate, colour in zip(rates, plt.cm.viridis(np.linspace(0, 0.9, len(rates)))):
+            points = [p for p in sweep["grid"] if p["learning_rate"] == rate]
+            x = [np.mean(p["arms"]["REBEL"]["validation_train_mixture_reward"]) for p in points]
+            y = [np.mean(_sweep_differences(p, arm, "worst_type_reward")) for p in points]
+            axis.scatter(x, y, color=colour, label=f"lr {rate:g}", s=18)
+        axis.axhline(0.0, color="black", linewidth=0.5)
+        axis.set_title(f"{arm} minus REBEL")
+        axis.set_xlabel("plain REBEL's validation reward (tuning criterion)")
+    np.atleast_1d(axes)[0].set_ylabel("worst-type reward gain, test prompts")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.suptitle(f"Every point of the REBEL tuning grid, {len(sweep['seeds'])} seeds each")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

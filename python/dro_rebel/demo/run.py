@@ -33,8 +33,14 @@ from dro_rebel.demo.methods import GROUP_COLUMN, Method, methods
 from dro_rebel.demo.policy import format_prompts, load_smollm2, sample, tiny_policy, train_top_blocks
 from dro_rebel.demo.preferences import DEFAULT_TYPES, PreferenceTypes, bradley_terry_labels
 from dro_rebel.demo.presets import Preset
-from dro_rebel.demo.primary import radii, run_primary
-from dro_rebel.demo.primary_report import print_primary, print_reward_track, write_primary_plot
+from dro_rebel.demo.primary import radii, run_primary, sweep_rebel
+from dro_rebel.demo.primary_report import (
+    format_sweep,
+    print_primary,
+    print_reward_track,
+    write_primary_plot,
+    write_sweep_plot,
+)
 from dro_rebel.demo.report import build_report, print_report, write_plot
 from dro_rebel.demo.reward_model import run_reward_track
 from dro_rebel.demo.rewards import Objectives
@@ -45,7 +51,7 @@ from dro_rebel.torch import (
     RobustDPOTrainer,
 )
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "run_sweep"]
 
 START = "start"
 """The row of the untrained start model in every table."""
@@ -68,6 +74,27 @@ def run_demo(preset: Preset, out: Path, *, build_dir: Path = Path("build")) -> D
         return _run(preset, Path(out), build_dir)
     finally:
         torch.set_num_threads(threads)
+
+
+def run_sweep(preset: Preset, out: Path, *, seeds: Tuple[int, ...]) -> Dict[str, Any]:
+    """The REBEL arms of the primary study at every point of its tuning grid
+    (``primary.sweep_rebel``); writes ``sweep.json`` and ``sweep.png`` under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    corpus = load_corpus(preset.n_train, preset.n_test, preset.n_shift)
+    encoder = Encoder()
+    pool, validation, test, _ = primary_sets(
+        corpus, encoder, Objectives(encoder, length_scale=_REPLY_LENGTH_SCALE), DEFAULT_TYPES, preset
+    )
+    sweep = sweep_rebel(pool, validation, test, DEFAULT_TYPES, preset.primary, seeds)
+    sweep["preset"] = preset.name
+    sweep["seconds"] = time.perf_counter() - started
+    (out / "sweep.json").write_text(_json(sweep))
+    write_sweep_plot(sweep, out / "sweep.png")
+    print(format_sweep(sweep))
+    print(f"\nwrote {out / 'sweep.json'} and {out / 'sweep.png'} ({sweep['seconds']:.0f} s)")
+    return sweep
 
 
 def _run(preset: Preset, out: Path, build_dir: Path) -> Dict[str, Any]:
