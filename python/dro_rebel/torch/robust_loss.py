@@ -148,13 +148,32 @@ class RobustLoss(nn.Module):
             inputs_embeds: for ``gradient_penalty``: the input embeddings the losses were
                 computed from (see :func:`per_sample_grad_sq_norms`).
         """
-        if losses.ndim != 1:
-            raise ValueError(f"losses must be a vector of per-sample losses, got shape {tuple(losses.shape)}")
-        all_losses, offset = gather_rows(losses.detach())
-        host = all_losses.to(torch.float64).cpu().numpy()
-        _check_finite(host)
         if self.gradient_penalty is not None:
+            host = _checked_host(losses)
             return self._gradient_penalised(losses, host, inputs_embeds)
+        weights = self.weights(losses, groups=groups, reference=reference, features=features, cost=cost)
+        return self.reduce(losses, weights)
+
+    @torch.no_grad()
+    def weights(
+        self,
+        losses: torch.Tensor,
+        *,
+        groups: Any = None,
+        reference: Any = None,
+        features: Optional[torch.Tensor] = None,
+        cost: Any = None,
+    ) -> torch.Tensor:
+        """This rank's slice of the worst-case weights q* of the global batch (detached, on the
+        losses' device and dtype), without the reduction; ``self.last`` holds its stats.
+
+        With :meth:`reduce` it splits ``forward`` in two, so that the weights of one problem can
+        come from one pass over the losses and the gradient from another: a trainer solves once
+        over every micro-batch of an optimiser step and then backpropagates each micro-batch
+        with its slice. Same arguments as :meth:`forward`."""
+        if self.gradient_penalty is not None:
+            raise ValueError("gradient_penalty has no worst-case weights: it penalises gradients instead")
+        host, offset = _checked_host(losses, with_offset=True)
         group_labels = _gathered_host(groups, losses.device)
         radius = _resolve_radius(self.radius, self.confidence, self.ambiguity, self.penalty, host, group_labels)
         weights = dro_rebel.robust_weights(
@@ -178,10 +197,14 @@ class RobustLoss(nn.Module):
             n=host.size,
             radius=None if radius is None else float(radius),
         )
-        local = torch.from_numpy(weights[offset : offset + losses.shape[0]]).to(
-            device=losses.device, dtype=losses.dtype
-        )
-        robust = (local * losses).sum()
+        return torch.from_numpy(weights[offset : offset + losses.shape[0]]).to(device=losses.device, dtype=losses.dtype)
+
+    @staticmethod
+    def reduce(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """This rank's share of sum_i q_i l_i, for ``weights`` from :meth:`weights`: the sum
+        times the number of ranks, so that the mean over ranks (what DDP does to gradients) is
+        the global robust loss and its gradient."""
+        robust = (weights.detach() * losses).sum()
         ranks = world_size()
         return robust if ranks == 1 else ranks * robust
 
@@ -213,6 +236,17 @@ class RobustLoss(nn.Module):
             value = float(host.mean() + rho0 * root)
         self.last = RobustStats(value=value, mean=float(host.mean()), ess=float(total), max_weight=1.0 / total, n=total)
         return local
+
+
+def _checked_host(losses: torch.Tensor, with_offset: bool = False) -> Any:
+    """The (detached) losses of every rank as one float64 host array, checked finite; with
+    ``with_offset``, also the offset of this rank's losses in it."""
+    if losses.ndim != 1:
+        raise ValueError(f"losses must be a vector of per-sample losses, got shape {tuple(losses.shape)}")
+    all_losses, offset = gather_rows(losses.detach())
+    host = all_losses.to(torch.float64).cpu().numpy()
+    _check_finite(host)
+    return (host, offset) if with_offset else host
 
 
 def _check_finite(host: np.ndarray) -> None:
