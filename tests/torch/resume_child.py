@@ -40,6 +40,9 @@ def main() -> None:
         max_new_tokens=6,
         ambiguity="kl",
         radius=0.2,
+        # The schedule's state is part of the checkpoint: a resumed run must pick it up.
+        lr_scheduler_type="cosine",
+        warmup_steps=0.25,
         disable_tqdm=True,
     )
     prompts = [{"prompt": prompt} for prompt in PROMPTS]

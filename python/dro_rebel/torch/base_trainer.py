@@ -6,12 +6,20 @@ a batch, take a step, log, evaluate, checkpoint. A trainer supplies four pieces:
 ``next_batch(step)``, ``compute_losses(batch)`` (per-sample losses, unreduced),
 ``evaluate()`` and ``task_type``.
 
+A step's batch is ``gradient_accumulation_steps`` micro-batches, each forwarded and
+backpropagated on its own before the one update. With ``robust_scope="step"`` (the default) the
+worst case ranges over the whole step: a forward pass without gradients over its micro-batches
+gives the losses, one solve gives the weights, and each micro-batch's forward and backward then
+uses its slice of them (docs/method.md#accumulation). Forward passes run under
+``torch.autocast`` with ``bf16``/``fp16``; the learning rate follows ``lr_scheduler_type`` with
+``warmup_steps`` (transformers' schedules).
+
 Many processes (``torchrun``, one per GPU): when a ``torch.distributed`` process group is
-initialised, every rank takes its ``per_device_train_batch_size`` slice of each global batch,
-the robust reduction solves the problem of the global batch
-(:class:`~dro_rebel.torch.RobustLoss`), gradients are averaged over the ranks after each
-backward, and rank 0 alone writes the log, the checkpoints (with every rank's RNG state)
-and the model. Evaluation runs on every rank; rank 0 logs it.
+initialised, every rank takes its ``per_device_train_batch_size * gradient_accumulation_steps``
+slice of each global batch, the robust reduction solves the problem of the global batch
+(:class:`~dro_rebel.torch.RobustLoss`), gradients are averaged over the ranks before the
+update, and rank 0 alone writes the log, the checkpoints (with every rank's RNG state) and the
+model. Evaluation runs on every rank; rank 0 logs it.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from dro_rebel.torch.checkpoint import (
     latest_checkpoint,
@@ -36,7 +45,7 @@ from dro_rebel.torch.checkpoint import (
     set_rng_state,
 )
 from dro_rebel.torch.config import TrainingConfig
-from dro_rebel.torch.data import batch_indices, group_labels, select_rows
+from dro_rebel.torch.data import batch_indices, group_labels, pair_rows, select_rows
 from dro_rebel.torch.distributed import average_gradients, broadcast_parameters, gather_objects, rank, world_size
 from dro_rebel.torch.jsonl import JsonlLogger
 from dro_rebel.torch.model_setup import (
@@ -91,6 +100,16 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.trainable_parameters, lr=config.learning_rate, weight_decay=config.weight_decay
         )
+        self.lr_scheduler = get_scheduler(
+            config.lr_scheduler_type,
+            self.optimizer,
+            num_warmup_steps=config.num_warmup_steps(),
+            num_training_steps=config.optimizer_steps(),
+            scheduler_specific_kwargs=config.lr_scheduler_kwargs,
+        )
+        self.autocast_dtype = _autocast_dtype(config, self.device)
+        # A pass-through unless fp16: float16 gradients underflow without a loss scale.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.fp16)
         self.robust_loss = RobustLoss(config.ambiguity, **config.robust_kwargs())
         self.output_dir = Path(config.output_dir)
         self.logger = JsonlLogger(self.output_dir / "log.jsonl")
@@ -126,12 +145,20 @@ class Trainer:
     def compute_losses(self, batch: Dict[str, Any]) -> LossOutput:
         raise NotImplementedError
 
+    def num_samples(self, batch: Dict[str, Any]) -> int:
+        """The samples (pairs) in a batch; REBEL counts prompts."""
+        return batch["input_ids"].shape[0] // 2
+
+    def select_samples(self, batch: Dict[str, Any], rows: Sequence[int]) -> Dict[str, Any]:
+        """The part of a batch that holds the samples at positions ``rows`` (pairs here)."""
+        return pair_rows(batch, rows)
+
     def evaluate(self) -> Dict[str, float]:
         raise NotImplementedError
 
     def step_indices(self, step: int) -> List[int]:
         """The training-set rows of this rank's share of step ``step``'s global batch."""
-        size = self.config.per_device_train_batch_size
+        size = self.config.per_device_train_batch_size * self.config.gradient_accumulation_steps
         rows = batch_indices(len(self.train_dataset), size * self.world_size, step, self.config.seed)
         return rows[self.rank * size : (self.rank + 1) * size]
 
@@ -193,35 +220,103 @@ class Trainer:
 
     def samples_seen(self) -> int:
         """Samples drawn by every process up to and including the current step."""
-        return (self.step + 1) * self.config.per_device_train_batch_size * self.world_size
+        config = self.config
+        return (
+            (self.step + 1) * config.per_device_train_batch_size * config.gradient_accumulation_steps * self.world_size
+        )
 
     def train_step(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        """One optimiser step on ``batch``: per-sample losses, robust reduction, backward,
-        clip, update. Returns the metrics (``loss`` is the robust loss before the update;
-        ``skipped`` is 1.0 for a step dropped for a non-finite value)."""
+        """One optimiser step on ``batch``: per-sample losses, robust weights, backward (one
+        micro-batch at a time), clip, update, learning-rate schedule. Returns the metrics
+        (``loss`` is the robust loss before the update, averaged over the micro-batches'
+        problems with ``robust_scope="micro_batch"``; ``skipped`` is 1.0 for a step dropped for
+        a non-finite value)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        losses, inputs_embeds, metrics = self.compute_losses(batch)
         self.robust_loss.radius = self.config.radius_at(self.samples_seen())
-        try:
-            loss = self.robust_loss(losses, groups=batch.get("groups"), inputs_embeds=inputs_embeds)
-        except NonFiniteLossError as error:
-            return self._nonfinite("loss", error.indices, batch)
-        loss.backward()
+        parts = self.micro_batches(batch)
+        step_weights: Optional[Sequence[torch.Tensor]] = None
+        if self.config.robust_scope == "step" and len(parts) > 1:
+            try:
+                step_weights = self.step_weights(parts)
+            except NonFiniteLossError as error:
+                return self._nonfinite("loss", error.indices, batch)
+        stats: List[Dict[str, float]] = []
+        part_metrics: List[Dict[str, float]] = []
+        for i, part in enumerate(parts):
+            with self.autocast():
+                losses, inputs_embeds, metrics = self.compute_losses(part)
+            if step_weights is not None:
+                loss = RobustLoss.reduce(losses, step_weights[i])
+            else:
+                try:
+                    loss = self.robust_loss(losses, groups=part.get("groups"), inputs_embeds=inputs_embeds)
+                except NonFiniteLossError as error:
+                    return self._nonfinite("loss", error.indices, part)
+                loss = loss / len(parts)
+                stats.append(self._last_stats())
+            self.scaler.scale(loss).backward()
+            part_metrics.append(metrics)
+        if step_weights is not None:
+            stats.append(self._last_stats())
         average_gradients(self.trainable_parameters)
+        self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
+            if self.scaler.is_enabled():
+                # fp16 overflow: the scaler skips the update and lowers its scale.
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                return {**_mean(stats), "loss": _mean(stats)["robust/value"], "skipped": 1.0}
             return self._nonfinite("gradient", [], batch)
-        self.optimizer.step()
-        stats = self.robust_loss.last
-        assert stats is not None  # set by the call above
+        learning_rate = self.lr_scheduler.get_last_lr()[0]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.lr_scheduler.step()
+        robust = _mean(stats)
         return {
-            "loss": stats.value,
+            "loss": robust["robust/value"],
             "grad_norm": float(grad_norm),
+            "learning_rate": learning_rate,
             "skipped": 0.0,
-            **stats.as_dict(),
-            **metrics,
+            **robust,
+            **_mean(part_metrics),
         }
+
+    def micro_batches(self, batch: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """``batch`` in ``gradient_accumulation_steps`` parts of (nearly) equal size, in order."""
+        parts = self.config.gradient_accumulation_steps
+        if parts == 1:
+            return [batch]
+        rows = np.array_split(np.arange(self.num_samples(batch)), parts)
+        return [self.select_samples(batch, part.tolist()) for part in rows if len(part)]
+
+    @torch.no_grad()
+    def step_weights(self, parts: Sequence[Dict[str, Any]]) -> Sequence[torch.Tensor]:
+        """The worst case over every sample of a step (every micro-batch, every rank), each
+        micro-batch's slice of the weights in order. The losses come from a forward pass
+        without gradients, in training mode as the backward's forward is."""
+        losses = []
+        for part in parts:
+            with self.autocast():
+                losses.append(self.compute_losses(part)[0].detach())
+        groups = None
+        if parts[0].get("groups") is not None:
+            groups = torch.cat([torch.as_tensor(part["groups"]) for part in parts])
+        weights = self.robust_loss.weights(torch.cat(losses), groups=groups)
+        return weights.split([len(part_losses) for part_losses in losses])
+
+    def autocast(self) -> ContextManager[Any]:
+        """``torch.autocast`` in the config's half precision, or nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _last_stats(self) -> Dict[str, float]:
+        stats = self.robust_loss.last
+        assert stats is not None  # set by the reduction just made
+        return stats.as_dict()
 
     def _nonfinite(self, what: str, indices: Sequence[int], batch: Dict[str, Any]) -> Dict[str, float]:
         """Report a NaN/inf loss or gradient; skip the step or stop, as configured."""
@@ -291,6 +386,8 @@ class Trainer:
             {
                 "model": {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad},
                 "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "rng": rng,
                 "config": self.config.to_dict(),
             },
@@ -313,6 +410,11 @@ class Trainer:
                 f"{path} was written by {len(state['rng'])} process(es): resume it with as many, not {self.world_size}"
             )
         self.optimizer.load_state_dict(state["optimizer"])
+        # Checkpoints written before the schedule and the loss scale existed have neither.
+        if "lr_scheduler" in state:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][self.rank])
         self.step = int(state["step"])
         if self.rank == 0:
@@ -323,6 +425,24 @@ class Trainer:
         self.model.save_pretrained(directory)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
+
+
+def _autocast_dtype(config: TrainingConfig, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype ``bf16``/``fp16`` ask for, checked against the device."""
+    if not (config.bf16 or config.fp16):
+        return None
+    name, dtype = ("bf16", torch.bfloat16) if config.bf16 else ("fp16", torch.float16)
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"{name}=True: torch has no autocast on {device.type}")
+    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"bf16=True: {torch.cuda.get_device_name(device)} has no bfloat16; use fp16=True")
+    return dtype
+
+
+def _mean(records: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    """Each key's mean over the records that have it (the micro-batches' metrics)."""
+    keys = dict.fromkeys(key for record in records for key in record)
+    return {key: float(np.mean([record[key] for record in records if key in record])) for key in keys}
 
 
 def _seed_everything(seed: int) -> None:

@@ -6,6 +6,7 @@ Configuration is data: every field is documented here, and the CLI builds these 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
@@ -16,6 +17,9 @@ __all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardC
 
 NONFINITE_POLICIES = ("skip", "stop")
 RADIUS_SCHEDULES = ("constant", "inverse_samples")
+ROBUST_SCOPES = ("step", "micro_batch")
+# transformers' schedules that step on an evaluation metric, not on the optimiser step.
+_METRIC_SCHEDULES = ("reduce_lr_on_plateau", "greedy")
 
 Config = TypeVar("Config", bound="TrainingConfig")
 
@@ -28,13 +32,44 @@ class TrainingConfig:
     """Where checkpoints (``checkpoint-<step>.pt``), the log (``log.jsonl``) and the final
     model (``model/``) go."""
     learning_rate: float = 1e-6
-    """AdamW learning rate (constant)."""
+    """AdamW's peak learning rate (``lr_scheduler_type`` shapes it over the run)."""
+    lr_scheduler_type: str = "constant"
+    """A schedule of ``transformers.get_scheduler`` (``"linear"``, ``"cosine"``,
+    ``"constant_with_warmup"``, ...), over the run's optimiser steps. ``"constant"`` (the
+    default here; TRL's is ``"linear"``) keeps ``learning_rate`` throughout."""
+    lr_scheduler_kwargs: Optional[Dict[str, Any]] = None
+    """Extra arguments of the schedule (``{"min_lr": ...}`` for ``"cosine_with_min_lr"``)."""
+    warmup_steps: float = 0
+    """Optimiser steps of linear warm-up from 0 to ``learning_rate``; a number in (0, 1) is a
+    share of the run's optimiser steps (transformers' and TRL's convention, which replaced
+    ``warmup_ratio``)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm."""
     per_device_train_batch_size: int = 8
-    """Prompts (REBEL) or preference pairs (DPO, reward) per step on each process."""
+    """Prompts (REBEL) or preference pairs (DPO, reward) per forward pass on each process; a
+    step draws ``gradient_accumulation_steps`` times as many (TRL's convention)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimiser step: a step's batch on each process is
+    ``per_device_train_batch_size * gradient_accumulation_steps`` samples (a REBEL rollout that
+    many prompts), forwarded and backpropagated ``per_device_train_batch_size`` at a time (a
+    REBEL mini-batch ``per_device_train_batch_size / num_mini_batches`` prompts at a time), the
+    gradients summed before one update."""
+    robust_scope: str = "step"
+    """Which samples one worst case ranges over. ``"step"``: every sample of the optimiser step,
+    across its micro-batches and processes, the same problem as without accumulation; with
+    ``gradient_accumulation_steps > 1`` this costs one extra forward pass without gradients over
+    the step (its losses, for the solve) before the forward and backward of each micro-batch.
+    ``"micro_batch"``: each micro-batch (across processes) is its own problem and the step
+    averages their robust losses, no extra forward (docs/method.md#accumulation)."""
+    bf16: bool = False
+    """Forward passes under ``torch.autocast`` in bfloat16 (CUDA with bf16 support, the CPU);
+    the parameters, the optimiser and the worst-case solve stay in float32."""
+    fp16: bool = False
+    """Forward passes under ``torch.autocast`` in float16, the loss scaled by a
+    ``torch.amp.GradScaler``: a step whose scaled gradients overflow is skipped and the scale
+    lowered (``skipped`` = 1 in the log, not a ``nonfinite`` event)."""
     per_device_eval_batch_size: int = 8
     """Prompts or pairs per evaluation batch."""
     max_steps: int = 1000
@@ -115,9 +150,36 @@ class TrainingConfig:
                 f"radius_schedule={self.radius_schedule!r} scales a number: set radius to its constant c, "
                 f"got radius={self.radius!r}"
             )
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_steps", "logging_steps"):
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "max_steps",
+            "logging_steps",
+            "gradient_accumulation_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.robust_scope not in ROBUST_SCOPES:
+            raise ValueError(f"robust_scope must be one of {ROBUST_SCOPES}, got {self.robust_scope!r}")
+        if self.gradient_penalty is not None and self.robust_scope == "step" and self.gradient_accumulation_steps > 1:
+            raise ValueError(
+                "gradient_penalty is computed on each micro-batch (it needs the gradients of its own forward): "
+                "with gradient_accumulation_steps > 1 set robust_scope='micro_batch'"
+            )
+        if self.bf16 and self.fp16:
+            raise ValueError("set bf16 or fp16, not both")
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        from transformers import SchedulerType
+
+        names = [kind.value for kind in SchedulerType if kind.value not in _METRIC_SCHEDULES]
+        if self.lr_scheduler_type not in names:
+            raise ValueError(f"lr_scheduler_type must be one of {names}, got {self.lr_scheduler_type!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be non-negative, got {self.warmup_steps}")
+        if self.warmup_steps > 0 and self.lr_scheduler_type == "constant":
+            raise ValueError("lr_scheduler_type='constant' has no warm-up: use 'constant_with_warmup'")
 
     def robust_kwargs(self) -> Dict[str, Any]:
         """The keyword arguments of :class:`dro_rebel.torch.RobustLoss` this config asks for."""
@@ -138,6 +200,16 @@ class TrainingConfig:
         if self.radius_schedule == "inverse_samples":
             return float(radius) / max(int(samples_seen), 1)
         return radius
+
+    def optimizer_steps(self) -> int:
+        """Optimiser steps in the run (the length of the learning-rate schedule)."""
+        return self.max_steps
+
+    def num_warmup_steps(self) -> int:
+        """``warmup_steps`` in optimiser steps (a share of the run when below 1)."""
+        if self.warmup_steps >= 1:
+            return int(self.warmup_steps)
+        return math.ceil(self.optimizer_steps() * self.warmup_steps)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -177,7 +249,9 @@ class DroRebelConfig(TrainingConfig):
     dominates a step's cost."""
     num_mini_batches: int = 1
     """Mini-batches per epoch (TRL's name): each is its own optimiser step and its own robust
-    problem, over ``per_device_train_batch_size / num_mini_batches`` prompts."""
+    problem, over ``per_device_train_batch_size * gradient_accumulation_steps /
+    num_mini_batches`` prompts of each process (forwarded ``per_device_train_batch_size /
+    num_mini_batches`` at a time)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -194,6 +268,10 @@ class DroRebelConfig(TrainingConfig):
         if self.log_ratio_reference not in ("sampler", "initial"):
             raise ValueError(f"log_ratio_reference must be 'sampler' or 'initial', got {self.log_ratio_reference!r}")
 
+    def optimizer_steps(self) -> int:
+        """Every rollout takes ``rollout_epochs * num_mini_batches`` optimiser steps."""
+        return self.max_steps * self.rollout_epochs * self.num_mini_batches
+
 
 @dataclass
 class RobustDPOConfig(TrainingConfig):
@@ -208,4 +286,4 @@ class RobustRewardConfig(TrainingConfig):
     """Robust Bradley-Terry reward-model training."""
 
     learning_rate: float = 1e-5
-    """AdamW learning rate (constant)."""
+    """AdamW's peak learning rate (``lr_scheduler_type`` shapes it over the run)."""

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-__all__ = ["encode_pairs", "batch_indices", "select_rows", "group_labels"]
+__all__ = ["encode_pairs", "pair_rows", "batch_indices", "select_rows", "group_labels"]
 
 
 def group_labels(values: Sequence[Any]) -> torch.Tensor:
@@ -62,6 +62,29 @@ def encode_pairs(
         attention_mask[row, :end] = 1
         completion_mask[row, len(prompt) : end] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def pair_rows(batch: Dict[str, Any], rows: Sequence[int]) -> Dict[str, Any]:
+    """The pairs at positions ``rows`` of a pair batch (a micro-batch): rows ``r`` and ``n + r``
+    of the (2n, T) tensors, entry ``r`` of the per-pair ones (``groups``, ``indices``), and the
+    columns that are padding in every remaining row dropped (the batch is right-padded)."""
+    n = batch["input_ids"].shape[0] // 2
+    pair = torch.as_tensor(list(rows), dtype=torch.long)
+    both = torch.cat([pair, pair + n])
+    width = int(batch["attention_mask"][both].sum(dim=1).max())
+    part: Dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape[0] == 2 * n:
+            part[key] = value[both.to(value.device), :width]
+        elif isinstance(value, torch.Tensor) and value.shape[:1] == (2 * n,):
+            part[key] = value[both.to(value.device)]
+        elif isinstance(value, torch.Tensor) and value.shape[:1] == (n,):
+            part[key] = value[pair.to(value.device)]
+        elif isinstance(value, list) and len(value) == n:
+            part[key] = [value[int(r)] for r in pair]
+        else:
+            part[key] = value
+    return part
 
 
 def _truncate(prompt: List[int], completion: List[int], max_length: Optional[int]):

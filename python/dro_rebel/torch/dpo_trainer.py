@@ -74,7 +74,8 @@ class RobustDPOTrainer(Trainer):
         self.model.eval()
         losses, margins, groups = [], [], []
         for batch in self.eval_batches():
-            chosen, rejected, ref_chosen, ref_rejected = self._pair_logps(batch)
+            with self.autocast():
+                chosen, rejected, ref_chosen, ref_rejected = self._pair_logps(batch)
             losses.append(dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.config.beta))
             margins.append(self.config.beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))
             if "groups" in batch:
@@ -82,11 +83,16 @@ class RobustDPOTrainer(Trainer):
         return pair_metrics(torch.cat(losses), torch.cat(margins), torch.cat(groups) if groups else None)
 
     def _pair_logps(self, batch: Dict[str, Any]):
-        """log pi and log pi_ref of the chosen and rejected completions."""
+        """log pi and log pi_ref of the chosen and rejected completions. The reference is
+        frozen: its log-probs are computed once per batch and kept in it (``ref_logps``), so a
+        step that forwards a micro-batch twice (``robust_scope="step"``) runs it once."""
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
         completion_mask = batch["completion_mask"].to(self.device)
         logps = completion_logprobs(self.model, input_ids, attention_mask, completion_mask)
-        with torch.no_grad(), self.reference() as reference:
-            ref_logps = completion_logprobs(reference, input_ids, attention_mask, completion_mask)
+        ref_logps = batch.get("ref_logps")
+        if ref_logps is None:
+            with torch.no_grad(), self.reference() as reference:
+                ref_logps = completion_logprobs(reference, input_ids, attention_mask, completion_mask)
+            batch["ref_logps"] = ref_logps
         return (*logps.chunk(2), *ref_logps.chunk(2))

@@ -18,7 +18,10 @@ callable from the prompts and the completion texts to one number each) and regre
 ``rollout_epochs`` passes over the rollout in ``num_mini_batches`` shuffled mini-batches, one
 optimiser step on the robust REBEL regression loss each, the worst-case weights solved anew on
 every mini-batch's current losses (docs/method.md#rebel-epochs). ``radius=0`` (the default)
-is REBEL.
+is REBEL. With ``gradient_accumulation_steps`` a rollout has that many times
+``per_device_train_batch_size`` prompts on each process and each mini-batch is forwarded in as
+many micro-batches; with ``robust_scope="step"`` its worst case is still over the whole
+mini-batch (docs/method.md#accumulation).
 The log-ratios are against pi_t, whose log-probs are kept from sampling time
 (``log_ratio_reference="sampler"``), or against the frozen initial model (``"initial"``).
 
@@ -85,6 +88,12 @@ class DroRebelTrainer(Trainer):
             epoch_losses.append(float(np.mean(losses)))
         return {**metrics, "loss/first_epoch": epoch_losses[0], "loss/last_epoch": epoch_losses[-1]}
 
+    def num_samples(self, batch: Dict[str, Any]) -> int:
+        return len(batch["prompts"])
+
+    def select_samples(self, batch: Dict[str, Any], rows: Sequence[int]) -> Dict[str, Any]:
+        return rollout_rows(batch, rows)
+
     def next_batch(self, step: int) -> Dict[str, Any]:
         indices = self.step_indices(step)
         rows = select_rows(self.train_dataset, indices)
@@ -145,14 +154,16 @@ class DroRebelTrainer(Trainer):
         self, prompts: List[str], groups: Optional[Sequence[int]] = None, indices: Optional[List[int]] = None
     ) -> Dict[str, Any]:
         """Sample two responses per prompt, score them, and record the log-probs the
-        log-ratios are taken against (pi_t's at sampling time, or the initial model's)."""
-        batch = self.sample(prompts, num_samples=2)
-        args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-        if self.config.log_ratio_reference == "sampler":
-            batch["base_logps"] = completion_logprobs(self.model, *args)
-        else:
-            with self.reference() as reference:
-                batch["base_logps"] = completion_logprobs(reference, *args)
+        log-ratios are taken against (pi_t's at sampling time, or the initial model's), in the
+        precision of the training forward (``bf16``/``fp16``), so that the log-ratios start at 0."""
+        with self.autocast():
+            batch = self.sample(prompts, num_samples=2)
+            args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+            if self.config.log_ratio_reference == "sampler":
+                batch["base_logps"] = completion_logprobs(self.model, *args)
+            else:
+                with self.reference() as reference:
+                    batch["base_logps"] = completion_logprobs(reference, *args)
         rewards = self.reward_fn(list(prompts) * 2, batch["completions"])
         batch["rewards"] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
         if len(batch["rewards"]) != 2 * len(prompts):
@@ -182,7 +193,7 @@ class DroRebelTrainer(Trainer):
         devices = [self.device] if self.device.type == "cuda" else []
         rewards: List[float] = []
         size = self.config.per_device_eval_batch_size
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), self.autocast():
             torch.manual_seed(self.config.seed)
             for start in range(0, len(rows["prompt"]), size):
                 prompts = rows["prompt"][start : start + size]

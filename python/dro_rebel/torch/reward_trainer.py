@@ -80,7 +80,8 @@ class RobustRewardTrainer(Trainer):
         self.model.eval()
         losses, margins, groups = [], [], []
         for batch in self.eval_batches():
-            chosen, rejected = self.rewards(batch).chunk(2)
+            with self.autocast():
+                chosen, rejected = self.rewards(batch).chunk(2)
             losses.append(bradley_terry_loss(chosen, rejected))
             margins.append(chosen - rejected)
             if "groups" in batch:
