@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-from tiny_models import PAIRS, tiny_llama, tiny_reward_model  # noqa: E402
+from tiny_models import PAIRS, perturbed, tiny_llama, tiny_reward_model  # noqa: E402
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer  # noqa: E402
 
+import dro_rebel  # noqa: E402
 from dro_rebel import worst_case  # noqa: E402
 from dro_rebel.integrations.trl import DRODPOConfig, DRODPOTrainer, DRORewardConfig, DRORewardTrainer  # noqa: E402
+from dro_rebel.torch import robust_loss as robust_loss_module  # noqa: E402
+from dro_rebel.torch import sequence_logprobs  # noqa: E402
 
 COMMON = dict(
     per_device_train_batch_size=8,
@@ -26,6 +30,8 @@ COMMON = dict(
     use_cpu=True,
     disable_tqdm=True,
 )
+# TRL turns bf16 on by default; the checks that recompute losses outside TRL need float32.
+NO_AMP = dict(bf16=False, fp16=False)
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +117,193 @@ def test_reward_radius_zero_is_trls_own_loss_and_robust_trains(tokenizer, datase
     robust = _reward(DRORewardTrainer, DRORewardConfig, tokenizer, dataset, tmp_path / "robust", radius=0.3)
     robust.train()
     assert {"loss", "robust/ess", "accuracy"} <= set(robust.state.log_history[0])
+
+
+# -- groups ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grouped():
+    """The pairs with their group column (integer labels, two groups)."""
+    return datasets.Dataset.from_list([dict(row) for row in PAIRS])
+
+
+def _sequence_logps(model, batch):
+    """log pi of the chosen and rejected completions, computed here rather than by TRL."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sequence_logprobs(logits, batch["input_ids"], batch["completion_mask"]).chunk(2)
+
+
+@pytest.mark.parametrize("setting", ["ref_model", "precomputed", "lora"])
+def test_dpo_group_column_gives_the_worst_case_over_group_mixtures(tokenizer, grouped, tmp_path, setting):
+    reference = tiny_llama(tokenizer)
+    model = copy.deepcopy(reference)
+    kwargs = {"ref_model": copy.deepcopy(reference)}
+    fields = {}
+    if setting == "precomputed":
+        kwargs, fields = {}, {"precompute_ref_log_probs": True}
+    elif setting == "lora":
+        peft = pytest.importorskip("peft")
+        kwargs = {"peft_config": peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")}
+    args = DRODPOConfig(
+        output_dir=str(tmp_path),
+        beta=0.1,
+        ambiguity="chi2",
+        radius=0.5,
+        group_column="group",
+        **COMMON,
+        **NO_AMP,
+        **fields,
+    )
+    trainer = DRODPOTrainer(model=model, args=args, train_dataset=grouped, processing_class=tokenizer, **kwargs)
+    batch = _batch(trainer)
+    assert batch["groups"].dtype == torch.long and len(batch["groups"]) == len(PAIRS)
+    perturbed(trainer.model)
+    loss = trainer.compute_loss(trainer.model, batch)
+    with torch.no_grad():
+        chosen, rejected = _sequence_logps(trainer.model, batch)
+        ref_chosen, ref_rejected = _sequence_logps(reference, batch)
+    per_pair = -torch.nn.functional.logsigmoid(0.1 * ((chosen - ref_chosen) - (rejected - ref_rejected)))
+    groups = batch["groups"].numpy()
+    solution = worst_case(per_pair.double().numpy(), "chi2", radius=0.5, groups=groups)
+    assert loss.item() == pytest.approx(solution.value, rel=1e-4)
+    # The groups change the answer: the per-pair set would give another value.
+    assert solution.value != pytest.approx(worst_case(per_pair.double().numpy(), "chi2", radius=0.5).value, rel=1e-3)
+    # Within a group every pair has the same weight.
+    for group in set(groups.tolist()):
+        weights = solution.weights[groups == group]
+        np.testing.assert_allclose(weights, weights[0])
+    trainer.train()
+    assert "robust/ess" in trainer.state.log_history[0]
+
+
+def test_reward_group_column_gives_the_worst_case_over_group_mixtures(tokenizer, grouped, tmp_path):
+    args = DRORewardConfig(
+        output_dir=str(tmp_path), ambiguity="kl", radius=0.3, group_column="group", **COMMON, **NO_AMP
+    )
+    trainer = DRORewardTrainer(
+        model=tiny_reward_model(tokenizer), args=args, train_dataset=grouped, processing_class=tokenizer
+    )
+    batch = _batch(trainer)
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    with torch.no_grad():
+        scores = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    chosen, rejected = scores.squeeze(-1).chunk(2)
+    per_pair = -torch.nn.functional.logsigmoid(chosen - rejected).double().numpy()
+    solution = worst_case(per_pair, "kl", radius=0.3, groups=batch["groups"].numpy())
+    assert loss.item() == pytest.approx(solution.value, rel=1e-4)
+    assert solution.value != pytest.approx(worst_case(per_pair, "kl", radius=0.3).value, rel=1e-3)
+    trainer.train()
+    assert {"loss", "robust/value", "accuracy"} <= set(trainer.state.log_history[0])
+
+
+def test_a_group_column_must_exist_and_hold_integers(tokenizer, grouped, tmp_path):
+    with pytest.raises(ValueError, match="'kind' is not a column of train_dataset"):
+        _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, grouped, tmp_path, radius=0.1, group_column="kind")
+    named = grouped.map(lambda row: {"group": "ab"[row["group"]]})
+    trainer = _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, named, tmp_path, radius=0.1, group_column="group")
+    with pytest.raises(ValueError, match="class_encode_column"):
+        _batch(trainer)
+
+
+# -- one robust problem per optimiser step --------------------------------------------------
+
+
+@pytest.fixture
+def solves(monkeypatch):
+    """Every (losses, groups, weights) the robust reduction solves, in order."""
+    calls = []
+    solve = dro_rebel.robust_weights
+
+    def recording(losses, ambiguity, **kwargs):
+        weights = solve(losses, ambiguity, **kwargs)
+        calls.append((np.array(losses), kwargs.get("groups"), np.array(weights)))
+        return weights
+
+    monkeypatch.setattr(robust_loss_module.dro_rebel, "robust_weights", recording)
+    return calls
+
+
+def _sgd_step(tokenizer, grouped, tmp_path, batch_size, accumulation, scope, group_column="group"):
+    """One SGD step of robust DPO on all eight pairs, from a policy off its reference."""
+    reference = tiny_llama(tokenizer)
+    args = DRODPOConfig(
+        output_dir=str(tmp_path),
+        beta=0.1,
+        ambiguity="chi2",
+        radius=0.5,
+        group_column=group_column,
+        robust_scope=scope,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=0.5,
+        max_steps=1,
+        **{k: v for k, v in COMMON.items() if k not in ("per_device_train_batch_size", "max_steps", "learning_rate")},
+        **NO_AMP,
+    )
+    trainer = DRODPOTrainer(
+        model=perturbed(copy.deepcopy(reference)),
+        ref_model=reference,
+        args=args,
+        train_dataset=grouped,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}, trainer
+
+
+def test_accumulation_with_the_step_scope_solves_one_problem_over_the_step(tokenizer, grouped, tmp_path, solves):
+    whole, _ = _sgd_step(tokenizer, grouped, tmp_path / "whole", 8, 1, "step")
+    assert [len(call[0]) for call in solves] == [8]
+    solves.clear()
+    accumulated, trainer = _sgd_step(tokenizer, grouped, tmp_path / "accumulated", 4, 2, "step")
+    # One solve, over the losses of both micro-batches, with their groups.
+    assert [len(call[0]) for call in solves] == [8]
+    losses, groups, weights = solves[0]
+    np.testing.assert_array_equal(weights, dro_rebel.robust_weights(losses, "chi2", radius=0.5, groups=groups))
+    assert sorted(groups.tolist()) == sorted(row["group"] for row in PAIRS)
+    # The same update as one micro-batch holding the whole step.
+    for name, parameter in whole.items():
+        torch.testing.assert_close(accumulated[name], parameter, rtol=1e-4, atol=1e-6)
+    assert "robust/ess" in trainer.state.log_history[0]
+
+    # Per pair (with two groups, a micro-batch's weights depend only on which group is worse):
+    # each micro-batch its own problem is another update.
+    solves.clear()
+    whole, _ = _sgd_step(tokenizer, grouped, tmp_path / "whole-pairs", 8, 1, "step", None)
+    per_micro_batch, _ = _sgd_step(tokenizer, grouped, tmp_path / "micro", 4, 2, "micro_batch", None)
+    assert [len(call[0]) for call in solves] == [8, 4, 4]
+    assert any(not torch.allclose(per_micro_batch[name], whole[name]) for name in whole)
+
+
+def _reward_sgd_step(tokenizer, grouped, tmp_path, batch_size, accumulation, scope):
+    """One SGD step of the robust reward model on all eight pairs (the per-pair set)."""
+    fields = {k: v for k, v in COMMON.items() if k not in ("per_device_train_batch_size", "max_steps", "learning_rate")}
+    args = DRORewardConfig(
+        output_dir=str(tmp_path),
+        ambiguity="kl",
+        radius=0.3,
+        robust_scope=scope,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=0.5,
+        max_steps=1,
+        **fields,
+        **NO_AMP,
+    )
+    trainer = DRORewardTrainer(
+        model=tiny_reward_model(tokenizer), args=args, train_dataset=grouped, processing_class=tokenizer
+    )
+    trainer.train()
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+
+def test_reward_accumulation_with_the_step_scope_is_one_problem(tokenizer, grouped, tmp_path, solves):
+    whole = _reward_sgd_step(tokenizer, grouped, tmp_path / "whole", 8, 1, "step")
+    accumulated = _reward_sgd_step(tokenizer, grouped, tmp_path / "accumulated", 4, 2, "step")
+    assert [len(call[0]) for call in solves] == [8, 8]
+    np.testing.assert_allclose(np.sort(solves[1][0]), np.sort(solves[0][0]), rtol=1e-5)
+    for name, parameter in whole.items():
+        torch.testing.assert_close(accumulated[name], parameter, rtol=1e-4, atol=1e-6)

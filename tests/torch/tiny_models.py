@@ -106,3 +106,14 @@ def tiny_bert_reward_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) ->
         attention_probs_dropout_prob=0.0,
     )
     return BertForSequenceClassification(config)
+
+
+def perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> torch.nn.Module:
+    """``model`` with its trainable weights moved off their values (in place), so that a policy
+    and its reference differ and the per-pair losses differ from the first step on."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    return model

@@ -17,27 +17,46 @@ compute the per-pair losses, and reduce them with :class:`dro_rebel.torch.Robust
 processes). They log TRL's usual metrics plus ``robust/value``, ``robust/mean``,
 ``robust/ess`` and ``robust/max_weight``. With ``radius=0`` the loss is TRL's own.
 
+Groups (``group_column="preference_type"``, a dataset column of integer labels): the column is
+kept through TRL's tokenisation and collation and reaches the loss step as ``groups``; the
+worst case then ranges over mixtures of the groups (docs/method.md#groups): prompt-level DRO
+with one label per prompt (docs/method.md#prompt-dro). A column of strings becomes one of
+integers with ``dataset.class_encode_column(name)``.
+
+Gradient accumulation (``robust_scope``): with ``"step"`` (the default) the worst case ranges
+over every pair of the optimiser step, across its ``gradient_accumulation_steps``
+micro-batches and every process. Before the step's micro-batches are backpropagated, one forward
+pass without gradients over them gives their losses (and the reference log-probs, which
+the backward pass then reuses), one solve on the gathered losses gives the weights, and each
+micro-batch is backpropagated with its slice: one extra forward pass of the policy per step,
+and none without accumulation. ``"micro_batch"`` makes each micro-batch (across processes) its
+own problem, at no extra cost (docs/method.md#accumulation).
+
 Supported: DPO's ``loss_type`` ``"sigmoid"`` (standard DPO), ``"hinge"`` or ``"ipo"``, one at a
 time, with ``f_divergence_type="reverse_kl"`` and without ``ld_alpha``, WPO weighting or MoE
 auxiliary losses; the ``kl``, ``chi2``, ``cvar`` and ``tv`` sets; the reward trainer as TRL has it
-(``margin`` column and ``center_rewards_coefficient`` included). With gradient accumulation each micro-batch is its
-own robust problem.
+(``margin`` column and ``center_rewards_coefficient`` included); TRL's precomputed reference
+log-probabilities and LoRA (``peft_config``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
+from dro_rebel.torch.config import ROBUST_SCOPES
 from dro_rebel.torch.robust_loss import RobustLoss
 
 __all__ = ["DRODPOConfig", "DRODPOTrainer", "DRORewardConfig", "DRORewardTrainer"]
 
 _SUPPORTED_DPO_LOSSES = ("sigmoid", "hinge", "ipo")
+# Entries the robust trainers add to a batch, which the model never sees.
+_ROBUST_KEYS = ("groups", "robust_weights")
 
 
 @dataclass
@@ -59,6 +78,26 @@ class _RobustFields:
     )
     penalty: Optional[float] = field(default=None, metadata={"help": "A fixed dual variable instead of a radius."})
     alpha: Optional[float] = field(default=None, metadata={"help": "CVaR level in (0, 1] (ambiguity='cvar')."})
+    group_column: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A dataset column of integer group labels (prompt id, preference type): the worst case ranges "
+            "over mixtures of the groups (docs/method.md#groups). None: over the pairs."
+        },
+    )
+    robust_scope: str = field(
+        default="step",
+        metadata={
+            "help": "'step': one worst case over every pair of the optimiser step, across its accumulation "
+            "micro-batches and processes (one extra forward pass without gradients per step when "
+            "gradient_accumulation_steps > 1). 'micro_batch': each micro-batch its own problem."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.robust_scope not in ROBUST_SCOPES:
+            raise ValueError(f"robust_scope must be one of {ROBUST_SCOPES}, got {self.robust_scope!r}")
 
     def robust_loss(self) -> RobustLoss:
         if self.ambiguity == "wasserstein":
@@ -81,21 +120,120 @@ class _RobustFields:
 
 @dataclass
 class DRODPOConfig(_RobustFields, DPOConfig):
-    """TRL's ``DPOConfig`` plus ``ambiguity``, ``radius``, ``penalty`` and ``alpha``."""
+    """TRL's ``DPOConfig`` plus the ambiguity set (``ambiguity``, ``radius``, ``confidence``,
+    ``penalty``, ``alpha``), ``group_column`` and ``robust_scope``."""
 
 
 @dataclass
 class DRORewardConfig(_RobustFields, RewardConfig):
-    """TRL's ``RewardConfig`` plus ``ambiguity``, ``radius``, ``penalty`` and ``alpha``."""
+    """TRL's ``RewardConfig`` plus the ambiguity set (``ambiguity``, ``radius``, ``confidence``,
+    ``penalty``, ``alpha``), ``group_column`` and ``robust_scope``."""
 
 
 def _log_robust(metrics: Dict[str, list], robust: RobustLoss) -> None:
-    assert robust.last is not None  # logged right after a reduction
+    assert robust.last is not None  # logged right after a solve
     for key, value in robust.last.as_dict().items():
         metrics[key].append(value)
 
 
-class DRODPOTrainer(DPOTrainer):
+class _GroupCollator:
+    """TRL's collator, with the group column of the examples as integer labels (``groups``)."""
+
+    def __init__(self, collator: Callable[[List[Dict[str, Any]]], Dict[str, Any]], column: str):
+        self.collator = collator
+        self.column = column
+
+    def __call__(self, examples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        if self.column not in examples[0]:
+            raise KeyError(f"group_column={self.column!r} is not a column of the dataset (keys: {sorted(examples[0])})")
+        labels = [example[self.column] for example in examples]
+        if not all(isinstance(label, (int, np.integer)) and not isinstance(label, bool) for label in labels):
+            raise ValueError(
+                f"group_column={self.column!r} must hold one integer label per pair, got {labels[:4]!r}...; a column "
+                f"of strings becomes one with dataset.class_encode_column({self.column!r})"
+            )
+        batch = self.collator([{k: v for k, v in example.items() if k != self.column} for example in examples])
+        batch["groups"] = torch.as_tensor(labels, dtype=torch.long)
+        return batch
+
+
+class _RobustTrainerMixin:
+    """What both TRL subclasses share: the group column through TRL's data pipeline, the
+    robust reduction of a micro-batch, and the one worst case per optimiser step.
+
+    A subclass supplies ``_pair_losses(model, inputs)``: the per-pair losses of a batch
+    (shape (n,), with gradient when enabled) and a dict of what its loss step logs (the model
+    outputs under ``"outputs"``), with no side effects."""
+
+    args: Any
+    accelerator: Any
+    robust_loss: RobustLoss
+
+    def _init_robust(self) -> None:
+        self.robust_loss = self.args.robust_loss()
+        column = self.args.group_column
+        if column is not None:
+            names = getattr(self.train_dataset, "column_names", None)
+            if names is not None and column not in names:
+                raise ValueError(f"group_column={column!r} is not a column of train_dataset (columns: {names})")
+            self.data_collator = _GroupCollator(self.data_collator, column)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # remove_unused_columns keeps TRL's columns only: add the group column to them.
+        super()._set_signature_columns_if_needed()  # type: ignore[misc]
+        column = self.args.group_column
+        if column is not None and column not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, column]
+
+    def _pair_losses(self, model: Any, inputs: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        raise NotImplementedError
+
+    def _robust_reduce(self, losses: torch.Tensor, inputs: Dict[str, Any], metrics: Dict[str, list]) -> torch.Tensor:
+        """The robust loss of a micro-batch, in the scale TRL's ``training_step`` expects
+        (it divides by the number of micro-batches)."""
+        weights = inputs.get("robust_weights")
+        if weights is None:
+            loss = self.robust_loss(losses, groups=inputs.get("groups"))
+            _log_robust(metrics, self.robust_loss)
+            return loss
+        # This micro-batch's share of the step's one problem: training_step divides it by the
+        # number of micro-batches, and the step sums them.
+        return RobustLoss.reduce(losses, weights) * self.current_gradient_accumulation_steps
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any):
+        """transformers fetches every micro-batch of an optimiser step here, before any of
+        them is backpropagated: with ``robust_scope="step"`` and more than one micro-batch,
+        solve the step's worst case now and hand each micro-batch its slice of the weights."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(  # type: ignore[misc]
+            epoch_iterator, num_batches, device
+        )
+        if self.args.robust_scope == "step" and len(batch_samples) > 1:
+            self._solve_over_step(batch_samples)
+        return batch_samples, num_items_in_batch
+
+    @torch.no_grad()
+    def _solve_over_step(self, batch_samples: Sequence[Dict[str, Any]]) -> None:
+        model = self.model_wrapped
+        model.train()
+        losses, groups = [], []
+        for batch in batch_samples:
+            inputs = self._prepare_inputs(batch)
+            with self.compute_loss_context_manager():
+                part, scored = self._pair_losses(model, inputs)
+            losses.append(part.detach())
+            groups.append(inputs.get("groups"))
+            self._keep_from_scoring(batch, scored)
+        weights = self.robust_loss.weights(torch.cat(losses), groups=None if groups[0] is None else torch.cat(groups))
+        for batch, part in zip(batch_samples, weights.split([len(x) for x in losses])):
+            batch["robust_weights"] = part
+        _log_robust(self._metrics["train"], self.robust_loss)
+
+    def _keep_from_scoring(self, batch: Dict[str, Any], scored: Dict[str, Any]) -> None:
+        """Put into ``batch`` what the scoring pass computed that the backward pass can reuse
+        (DPO: the reference log-probs)."""
+
+
+class DRODPOTrainer(_RobustTrainerMixin, DPOTrainer):
     """TRL's ``DPOTrainer`` with the per-pair loss reduced by the worst case; see the module
     docstring for what is supported."""
 
@@ -116,36 +254,54 @@ class DRODPOTrainer(DPOTrainer):
             unsupported.append("MoE auxiliary loss")
         if unsupported:
             raise ValueError(f"DRODPOTrainer does not support {', '.join(unsupported)}")
-        self.robust_loss = self.args.robust_loss()
+        self._init_robust()
 
-    def _compute_loss(self, model, inputs, return_outputs):
-        """TRL's forward and reference log-probs, then per-pair losses, then the robust
-        reduction in place of TRL's ``.mean()``."""
-        mode = "train" if self.model.training else "eval"
+    def compute_ref_log_probs(self, model, inputs):
+        # TRL passes every key but its own to the model: leave out the robust ones.
+        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in _ROBUST_KEYS})
+
+    def _pair_losses(self, model, inputs):
+        """TRL's forward and reference log-probs (from the batch when precomputed, or kept
+        from the step's scoring pass), then the per-pair losses."""
         completion_mask = inputs["completion_mask"]
         model_kwargs = {
             key: value
             for key, value in inputs.items()
-            if key not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
+            if key not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps", *_ROBUST_KEYS)
         }
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True)
         # Prompt-learning PEFT prepends virtual tokens to the outputs: keep the real positions.
         seq_len = completion_mask.size(1) - 1
         chosen_logps, rejected_logps = outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2)
-        if self.precompute_ref_logps:
-            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        if "ref_chosen_logps" in inputs:
+            ref_logps = (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])
         else:
             reference = self.ref_model if self.ref_model is not None else self.model
-            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, inputs)
-
-        chosen_logratios = chosen_logps - ref_chosen_logps
-        rejected_logratios = rejected_logps - ref_rejected_logps
+            ref_logps = self.compute_ref_log_probs(reference, inputs)
+        chosen_logratios = chosen_logps - ref_logps[0]
+        rejected_logratios = rejected_logps - ref_logps[1]
         losses = self._per_pair_loss(chosen_logratios, rejected_logratios, completion_mask)
-        loss = self.robust_loss(losses)
+        return losses, {
+            "outputs": outputs,
+            "logps": (chosen_logps, rejected_logps),
+            "ref_logps": ref_logps,
+            "logratios": (chosen_logratios, rejected_logratios),
+        }
 
+    def _keep_from_scoring(self, batch, scored):
+        # The reference is frozen: the backward pass reuses the scoring pass's log-probs.
+        if "ref_chosen_logps" not in batch:
+            batch["ref_chosen_logps"], batch["ref_rejected_logps"] = scored["ref_logps"]
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        """Per-pair losses, then the robust reduction in place of TRL's ``.mean()``."""
+        mode = "train" if self.model.training else "eval"
+        losses, scored = self._pair_losses(model, inputs)
         metrics = self._metrics[mode]
-        _log_robust(metrics, self.robust_loss)
+        loss = self._robust_reduce(losses, inputs, metrics)
+        chosen_logratios, rejected_logratios = scored["logratios"]
+        chosen_logps, rejected_logps = scored["logps"]
         chosen_rewards = self.beta * chosen_logratios.detach()
         rejected_rewards = self.beta * rejected_logratios.detach()
         gather = self.accelerator.gather
@@ -155,7 +311,7 @@ class DRODPOTrainer(DPOTrainer):
         metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
-        return (loss, outputs) if return_outputs else loss
+        return (loss, scored["outputs"]) if return_outputs else loss
 
     def _per_pair_loss(
         self, chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, completion_mask: torch.Tensor
@@ -174,23 +330,33 @@ class DRODPOTrainer(DPOTrainer):
         return (delta - 1 / (2 * self.beta)) ** 2
 
 
-class DRORewardTrainer(RewardTrainer):
+class DRORewardTrainer(_RobustTrainerMixin, RewardTrainer):
     """TRL's ``RewardTrainer`` with the per-pair Bradley-Terry loss reduced by the worst case."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, DRORewardConfig):
             raise TypeError("DRORewardTrainer needs args=DRORewardConfig(...) (TRL's RewardConfig plus the set)")
-        self.robust_loss = self.args.robust_loss()
+        self._init_robust()
+
+    def _pair_losses(self, model, inputs):
+        """The model's scores of the chosen and rejected sequences, then the per-pair
+        Bradley-Terry losses (less the ``margin`` column when there is one)."""
+        model_kwargs = {key: value for key, value in inputs.items() if key not in ("margin", *_ROBUST_KEYS)}
+        outputs = model(**model_kwargs, use_cache=False)
+        rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+        difference = rewards_chosen - rewards_rejected
+        margin = inputs.get("margin")
+        losses = -F.logsigmoid(difference if margin is None else difference - margin)
+        return losses, {"outputs": outputs, "rewards": (rewards_chosen, rewards_rejected)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        margin = inputs.pop("margin", None)
-        outputs = model(**inputs, use_cache=False)
-        rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-        difference = rewards_chosen - rewards_rejected
-        losses = -F.logsigmoid(difference if margin is None else difference - margin)
-        loss = self.robust_loss(losses)
+        losses, scored = self._pair_losses(model, inputs)
+        outputs = scored["outputs"]
+        rewards_chosen, rewards_rejected = scored["rewards"]
+        metrics = self._metrics[mode]
+        loss = self._robust_reduce(losses, inputs, metrics)
         if self.args.center_rewards_coefficient is not None:
             # A regulariser on the scale of the rewards, not part of the risk: kept as a plain mean.
             loss = loss + self.args.center_rewards_coefficient * torch.mean((rewards_chosen + rewards_rejected) ** 2)
@@ -198,10 +364,9 @@ class DRORewardTrainer(RewardTrainer):
         if mode == "train":
             tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
             self._total_train_tokens += tokens // self._tp_size
-        metrics = self._metrics[mode]
         metrics["num_tokens"] = [self._total_train_tokens]
-        _log_robust(metrics, self.robust_loss)
         with torch.no_grad():
+            difference = rewards_chosen - rewards_rejected
             all_rewards = self.accelerator.gather(outputs.logits)
             metrics["min_reward"].append(all_rewards.min().item())
             metrics["mean_reward"].append(all_rewards.mean().item())
