@@ -205,3 +205,28 @@ def test_bf16_accumulation_on_the_gpu(tokenizer, tmp_path, solves):
     trainer = dpo(tokenizer, tmp_path, **fields)
     metrics = trainer.train_step(trainer.next_batch(1))
     assert np.isfinite(metrics["loss"]) and [len(call[0]) for call in solves] == [8]
+
+
+def nan_for_second_prompt(prompts, completions):
+    return [float("nan") if i == 1 else 0.0 for i in range(len(completions))]
+
+
+@pytest.mark.parametrize("scope", ["step", "micro_batch"])
+def test_a_nan_loss_in_a_micro_batch_names_its_place_in_the_step(tokenizer, prompts, tmp_path, scope):
+    config = DroRebelConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        robust_scope=scope,
+        rollout_epochs=1,
+        max_new_tokens=4,
+        max_steps=1,
+        disable_tqdm=True,
+        ambiguity="chi2",
+        radius=0.3,
+    )
+    trainer = DroRebelTrainer(tiny_llama(tokenizer), tokenizer, config, prompts, nan_for_second_prompt)
+    # Position 1 of the step's 8 prompts (the first micro-batch's second), and its dataset row.
+    message = rf"non-finite loss at batch position\(s\) \[1\] \(dataset rows \[{trainer.step_indices(1)[1]}\]\)"
+    with pytest.warns(RuntimeWarning, match=message):
+        assert trainer.train()["skipped"] == 1.0
