@@ -89,7 +89,9 @@ class RobustLoss(nn.Module):
     ``forward(losses, groups=None, reference=None, features=None, cost=None,
     inputs_embeds=None)`` returns the robust loss; ``self.last`` holds its
     :class:`RobustStats`. NaN or infinite losses raise :class:`NonFiniteLossError` (on every
-    rank alike) and are never passed to the solver.
+    rank alike) and are never passed to the solver. ``weights(...)`` and ``reduce(losses,
+    weights)`` are its two halves, for a loop that solves on one pass over the losses and
+    backpropagates another (gradient accumulation, docs/method.md#accumulation).
     """
 
     def __init__(
