@@ -19,6 +19,7 @@ from dro_rebel import worst_case  # noqa: E402
 from dro_rebel.integrations.trl import DRODPOConfig, DRODPOTrainer, DRORewardConfig, DRORewardTrainer  # noqa: E402
 from dro_rebel.torch import robust_loss as robust_loss_module  # noqa: E402
 from dro_rebel.torch import sequence_logprobs  # noqa: E402
+from dro_rebel.torch.data import group_labels  # noqa: E402
 
 COMMON = dict(
     per_device_train_batch_size=8,
@@ -197,12 +198,20 @@ def test_reward_group_column_gives_the_worst_case_over_group_mixtures(tokenizer,
     assert {"loss", "robust/value", "accuracy"} <= set(trainer.state.log_history[0])
 
 
-def test_a_group_column_must_exist_and_hold_integers(tokenizer, grouped, tmp_path):
+def test_prompt_groups_and_the_misuse_of_a_group_column(tokenizer, grouped, tmp_path):
+    # group_column="prompt": DRO over prompts, the pairs of a prompt one group.
+    repeated = datasets.Dataset.from_list([dict(row) for row in PAIRS[:4] for _ in range(2)])
+    trainer = _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, repeated, tmp_path, radius=0.1, group_column="prompt")
+    batch = _batch(trainer)
+    prompts = [row["prompt"] for row in PAIRS[:4] for _ in range(2)]
+    # The loader shuffles the pairs: the same labels, in another order.
+    assert sorted(batch["groups"].tolist()) == sorted(group_labels(prompts).tolist())
+    assert len(set(batch["groups"].tolist())) == 4
     with pytest.raises(ValueError, match="'kind' is not a column of train_dataset"):
         _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, grouped, tmp_path, radius=0.1, group_column="kind")
-    named = grouped.map(lambda row: {"group": "ab"[row["group"]]})
-    trainer = _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, named, tmp_path, radius=0.1, group_column="group")
-    with pytest.raises(ValueError, match="class_encode_column"):
+    scored = grouped.map(lambda row: {"group": row["group"] + 0.5})
+    trainer = _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, scored, tmp_path, radius=0.1, group_column="group")
+    with pytest.raises(ValueError, match="one integer or string label per pair"):
         _batch(trainer)
 
 

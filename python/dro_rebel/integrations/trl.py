@@ -17,11 +17,11 @@ compute the per-pair losses, and reduce them with :class:`dro_rebel.torch.Robust
 processes). They log TRL's usual metrics plus ``robust/value``, ``robust/mean``,
 ``robust/ess`` and ``robust/max_weight``. With ``radius=0`` the loss is TRL's own.
 
-Groups (``group_column="preference_type"``, a dataset column of integer labels): the column is
-kept through TRL's tokenisation and collation and reaches the loss step as ``groups``; the
-worst case then ranges over mixtures of the groups (docs/method.md#groups): prompt-level DRO
-with one label per prompt (docs/method.md#prompt-dro). A column of strings becomes one of
-integers with ``dataset.class_encode_column(name)``.
+Groups (``group_column="preference_type"``, a dataset column of integer or string labels): the
+column is kept through TRL's tokenisation and collation and reaches the loss step as integer
+``groups``; the worst case then ranges over mixtures of the groups (docs/method.md#groups).
+``group_column="prompt"`` is DRO over prompts when a prompt has several pairs
+(docs/method.md#prompt-dro).
 
 Gradient accumulation (``robust_scope``): with ``"step"`` (the default) the worst case ranges
 over every pair of the optimiser step, across its ``gradient_accumulation_steps``
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
 from dro_rebel.torch.config import ROBUST_SCOPES
+from dro_rebel.torch.data import group_labels
 from dro_rebel.torch.robust_loss import RobustLoss
 
 __all__ = ["DRODPOConfig", "DRODPOTrainer", "DRORewardConfig", "DRORewardTrainer"]
@@ -81,8 +82,8 @@ class _RobustFields:
     group_column: Optional[str] = field(
         default=None,
         metadata={
-            "help": "A dataset column of integer group labels (prompt id, preference type): the worst case ranges "
-            "over mixtures of the groups (docs/method.md#groups). None: over the pairs."
+            "help": "A dataset column of group labels, integers or strings ('prompt': DRO over prompts): the worst "
+            "case ranges over mixtures of the groups (docs/method.md#groups). None: over the pairs."
         },
     )
     robust_scope: str = field(
@@ -137,7 +138,8 @@ def _log_robust(metrics: Dict[str, list], robust: RobustLoss) -> None:
 
 
 class _GroupCollator:
-    """TRL's collator, with the group column of the examples as integer labels (``groups``)."""
+    """TRL's collator, with the group column of the examples as integer labels (``groups``):
+    integers as they are, strings hashed alike on every process (:func:`group_labels`)."""
 
     def __init__(self, collator: Callable[[List[Dict[str, Any]]], Dict[str, Any]], column: str):
         self.collator = collator
@@ -147,13 +149,12 @@ class _GroupCollator:
         if self.column not in examples[0]:
             raise KeyError(f"group_column={self.column!r} is not a column of the dataset (keys: {sorted(examples[0])})")
         labels = [example[self.column] for example in examples]
-        if not all(isinstance(label, (int, np.integer)) and not isinstance(label, bool) for label in labels):
+        if not all(isinstance(label, (int, np.integer, str)) and not isinstance(label, bool) for label in labels):
             raise ValueError(
-                f"group_column={self.column!r} must hold one integer label per pair, got {labels[:4]!r}...; a column "
-                f"of strings becomes one with dataset.class_encode_column({self.column!r})"
+                f"group_column={self.column!r} must hold one integer or string label per pair, got {labels[:4]!r}..."
             )
         batch = self.collator([{k: v for k, v in example.items() if k != self.column} for example in examples])
-        batch["groups"] = torch.as_tensor(labels, dtype=torch.long)
+        batch["groups"] = group_labels(labels)
         return batch
 
 
