@@ -230,3 +230,15 @@ def test_a_nan_loss_in_a_micro_batch_names_its_place_in_the_step(tokenizer, prom
     message = rf"non-finite loss at batch position\(s\) \[1\] \(dataset rows \[{trainer.step_indices(1)[1]}\]\)"
     with pytest.warns(RuntimeWarning, match=message):
         assert trainer.train()["skipped"] == 1.0
+
+
+def test_an_fp16_overflow_skips_the_update_and_lowers_the_loss_scale(tokenizer, tmp_path):
+    trainer = dpo(tokenizer, tmp_path, fp16=True)
+    # A scale so large that the float16 gradients overflow.
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+    before = [p.detach().clone() for p in trainer.trainable_parameters]
+    metrics = trainer.train_step(trainer.next_batch(1))
+    assert metrics["skipped"] == 1.0 and np.isfinite(metrics["loss"])
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.trainable_parameters))
+    assert trainer.scaler.get_scale() == 2.0**99
+    assert trainer.lr_scheduler.last_epoch == 0  # the schedule follows the updates taken
