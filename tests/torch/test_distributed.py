@@ -1,6 +1,6 @@
 """Two CPU processes on the gloo backend solve the global problem, each keeps its slice
 (docs/method.md#data-parallelism), and a trainer on two ranks takes the same steps as on
-one with the whole batch."""
+one with the whole batch, with gradient accumulation too (docs/method.md#accumulation)."""
 
 from __future__ import annotations
 
@@ -49,16 +49,21 @@ def _rank(rank: int, port: int, results: str) -> None:
         trainer = _dpo_trainer(f"{results}/dpo", per_device_train_batch_size=4)
         trainer.train()
         out["dpo"] = {name: p.detach() for name, p in trainer.model.named_parameters()}
+        # Two micro-batches of 2 pairs on each rank, one worst case over the step's 8 pairs.
+        trainer = _dpo_trainer(f"{results}/accumulated", per_device_train_batch_size=2, gradient_accumulation_steps=2)
+        trainer.train()
+        out["accumulated"] = {name: p.detach() for name, p in trainer.model.named_parameters()}
         torch.save(out, f"{results}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def _dpo_trainer(output_dir: str, per_device_train_batch_size: int) -> RobustDPOTrainer:
+def _dpo_trainer(output_dir: str, per_device_train_batch_size: int, **fields) -> RobustDPOTrainer:
     tokenizer = tiny_tokenizer()
     config = RobustDPOConfig(
         output_dir=output_dir,
         per_device_train_batch_size=per_device_train_batch_size,
+        **fields,
         max_steps=2,
         learning_rate=1e-2,
         ambiguity="chi2",
@@ -112,10 +117,11 @@ def test_gradient_penalty_is_over_the_global_batch(ranks, form):
     assert per_rank[0][2] == pytest.approx(expected.item())
 
 
-def test_a_trainer_on_two_ranks_matches_one_rank_with_the_whole_batch(ranks, tmp_path):
+@pytest.mark.parametrize("run", ["dpo", "accumulated"])
+def test_a_trainer_on_two_ranks_matches_one_rank_with_the_whole_batch(ranks, tmp_path, run):
     single = _dpo_trainer(str(tmp_path), per_device_train_batch_size=8)
     single.train()
     for name, parameter in single.model.named_parameters():
-        torch.testing.assert_close(ranks[0]["dpo"][name], ranks[1]["dpo"][name], rtol=0, atol=0)
+        torch.testing.assert_close(ranks[0][run][name], ranks[1][run][name], rtol=0, atol=0)
         # Only the order of the float sums differs (gradients averaged over ranks).
-        torch.testing.assert_close(ranks[0]["dpo"][name], parameter.detach(), rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(ranks[0][run][name], parameter.detach(), rtol=1e-3, atol=1e-4)
