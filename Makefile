@@ -66,13 +66,13 @@ wheel: $(DEPS_STAMP)
 	$(VENV)/bin/maturin build --profile dist --out dist
 
 # Installs the wheel into a fresh venv that has only numpy and calls robust_weights there.
-# Also under the oldest Python the abi3 wheel serves, 3.9, where the machine has one (pyenv's
+# Also under the oldest Python the abi3 wheel serves, 3.10, where the machine has one (pyenv's
 # or on the PATH).
-PYTHON39 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.9*/bin/python3.9) python3.9)
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
 wheel-check: wheel
 	bash tests/wheel_check.sh dist
-	if $(PYTHON39) -c '' 2>/dev/null; then PYTHON=$(PYTHON39) bash tests/wheel_check.sh dist; \
-	else echo "wheel-check: no Python 3.9 here, checked under $$($(PYTHON) -V) only"; fi
+	if $(PYTHON310) -c '' 2>/dev/null; then PYTHON=$(PYTHON310) bash tests/wheel_check.sh dist; \
+	else echo "wheel-check: no Python 3.10 here, checked under $$($(PYTHON) -V) only"; fi
 
 # ruff (check and format, pyproject.toml), rustfmt (rustfmt.toml: 120 columns) and clippy with
 # warnings as errors, on every target and with the python feature (the bindings) on.

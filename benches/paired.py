@@ -2,6 +2,7 @@
 at n = 2^20, timed in pairs.
 
     .venv/bin/python benches/paired.py [--seconds 1.0] [--sizes 64 1024] [--large-sizes 1048576]
+                                       [--batch 4096 64]
 
 On a shared machine whose speed drifts by 2x within minutes, the medians of pytest-benchmark
 (benches/test_bench_core.py) time the core and the baseline at different moments, and the
@@ -17,6 +18,10 @@ The copies at n = 2^20 are paired here, a round being one call of the core and t
 `np.copy` of the same losses: two passes over memory of the same size, neither of which leaves
 the other cold, where pytest-benchmark times the copy once and the sets minutes later, and a
 single copy's time swings with the moment it is taken.
+
+Last, many problems in one call: a 2-D array of `rows` problems of n losses each, one call,
+against one call per row of the same array in a Python loop, paired the same way; the time
+per row of each, and whether the weights of the two are the same to the last bit.
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from bench_table import LARGE_COPIES, LARGE_N, SMALL_MICROSECONDS, SMALL_N, SMALL_SPEEDUP, verdict
-from problems import CALLS, losses
+from problems import CALLS, call, losses
 
 from dro_rebel import baseline, robust_weights
 
 # Each side of a round runs for about this long (at least one call).
 ROUND_SECONDS = 2e-3
 MIN_ROUNDS = 5
+
+# Many problems per call: the sets of the target, and the target per row of 64 losses.
+BATCH_SETS = ("kl radius", "chi2 radius", "cvar alpha", "tv radius", "chi2 penalty", "kl penalty")
+BATCH_N, BATCH_MICROSECONDS_PER_ROW = 64, 0.3
 
 # Seconds that `count` calls take: timeit's loop around the statement, as a training loop
 # would write the call (no function of the harness between the loop and the call).
@@ -115,6 +124,29 @@ def copies_row(name: str, n: int, seconds: float) -> str:
     )
 
 
+def batch_row(name: str, rows: int, n: int, seconds: float) -> str:
+    values = losses(rows * n).reshape(rows, n)
+    statement = CALLS[name]
+    batch = run_of(statement, solve=robust_weights, values=values)
+    one_per_row = run_of(
+        f"for row in values: {statement.replace('values', 'row')}", solve=robust_weights, values=values
+    )
+    solve = call(name)
+    together = solve(robust_weights, values)
+    same = all(np.array_equal(weights, solve(robust_weights, row)) for weights, row in zip(together, values))
+    rounds = paired(batch, one_per_row, seconds=seconds)
+    per_row = statistics.median(first for first, _ in rounds) / rows
+    looped = statistics.median(second for _, second in rounds) / rows
+    target = ""
+    if n == BATCH_N:
+        us = per_row * 1e6
+        target = f"<={BATCH_MICROSECONDS_PER_ROW} us a row: {verdict(us <= BATCH_MICROSECONDS_PER_ROW, f'{us:.2f} us')}"
+    return (
+        f"{'batch ' + name:<20}{f'{rows} x {n}':>12}{_time(per_row):>12}{_time(looped):>12}  "
+        f"{spread(ratios(rounds)):<24}{len(rounds):>7}  {'yes' if same else 'NO':<5}{target}"
+    )
+
+
 def _time(seconds: float) -> str:
     return f"{seconds * 1e6:.2f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
 
@@ -133,6 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="rounds per set and size, in seconds")
     parser.add_argument("--sizes", type=int, nargs="+", default=[SMALL_N], help="sizes of the speed-ups")
     parser.add_argument("--large-sizes", type=int, nargs="*", default=[LARGE_N], help="sizes of the copies")
+    parser.add_argument(
+        "--batch", type=int, nargs=2, default=[4096, BATCH_N], metavar=("ROWS", "N"), help="problems per call, and n"
+    )
     args = parser.parse_args(argv)
     table(
         "paired rounds: the core, then its comparison straight after; median [quartiles] over rounds",
@@ -145,6 +180,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "paired rounds: one call of the core, then 2 ms of np.copy; the core's time in copies",
             f"{'set':<14}{'n':>9}{'core':>12}{'np.copy':>12}  {'copies':<24}{'rounds':>7}  target",
             (copies_row(name, n, args.seconds) for n in args.large_sizes for name in CALLS),
+        )
+    if args.batch[0] > 0:
+        rows, n = args.batch
+        print()
+        table(
+            "paired rounds: one call on a 2-D array, then one call per row in a loop; time per row",
+            f"{'set':<20}{'rows x n':>12}{'2-D call':>12}{'per row':>12}  {'speed-up':<24}{'rounds':>7}  "
+            f"{'same':<5}target",
+            (batch_row(name, rows, n, args.seconds) for name in BATCH_SETS),
         )
     return 0
 

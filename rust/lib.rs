@@ -3,10 +3,11 @@
 //! type-p Wasserstein ambiguity sets, constrained (a radius) or penalised (a fixed dual
 //! variable), with any reference distribution and over groups.
 //!
-//! Nothing here knows Python: the bindings live in `python.rs` behind the `python` feature.
+//! Nothing here knows Python: the bindings live in `python/` behind the `python` feature.
 
 pub mod batch;
 pub mod binned;
+pub mod calibrated;
 pub mod chi2;
 pub mod cvar;
 pub mod error;
@@ -49,6 +50,19 @@ pub enum Ambiguity {
     Wasserstein,
 }
 
+impl Ambiguity {
+    /// The name the set goes by in the API: "kl", "chi2", "cvar", "tv", "wasserstein".
+    pub fn name(self) -> &'static str {
+        match self {
+            Ambiguity::Kl => "kl",
+            Ambiguity::Chi2 => "chi2",
+            Ambiguity::Cvar => "cvar",
+            Ambiguity::Tv => "tv",
+            Ambiguity::Wasserstein => "wasserstein",
+        }
+    }
+}
+
 impl std::str::FromStr for Ambiguity {
     type Err = CoreError;
 
@@ -78,13 +92,7 @@ pub enum Budget {
 impl Budget {
     /// Checks that exactly the arguments the set takes are given, and that they are in range.
     pub fn new(set: Ambiguity, radius: Option<f64>, penalty: Option<f64>, alpha: Option<f64>) -> Result<Self> {
-        let name = match set {
-            Ambiguity::Kl => "kl",
-            Ambiguity::Chi2 => "chi2",
-            Ambiguity::Cvar => "cvar",
-            Ambiguity::Tv => "tv",
-            Ambiguity::Wasserstein => "wasserstein",
-        };
+        let name = set.name();
         let budget = match (set, radius, penalty, alpha) {
             (Ambiguity::Cvar, None, None, Some(a)) => Budget::Alpha(a),
             (Ambiguity::Cvar, _, _, None) => return Err(CoreError::Budget("cvar needs alpha in (0, 1]".into())),

@@ -3,6 +3,8 @@ confidence on simulated data, and every misuse is a ValueError that names it."""
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,6 +21,13 @@ def expected_radius(n: int, confidence: float) -> float:
 @given(n=st.integers(1, 10_000), confidence=st.floats(0.51, 0.999))
 def test_the_radius_is_the_chi_square_quantile_over_2n(n, confidence):
     assert calibrated_radius(n, confidence) == pytest.approx(expected_radius(n, confidence), rel=1e-9)
+
+
+@given(n=st.integers(1, 10_000), confidence=st.floats(0.5, 1.0, exclude_min=True, exclude_max=True))
+def test_the_radius_is_the_one_python_s_normal_quantile_gives_to_the_last_bit(n, confidence):
+    # The core computes Phi^-1 with AS241, as statistics.NormalDist does, in the same operations.
+    z = NormalDist().inv_cdf(confidence)
+    assert calibrated_radius(n, confidence) == z * z / (2.0 * n)
 
 
 def test_at_95_percent_it_is_1_353_over_n():

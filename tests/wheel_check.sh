@@ -41,11 +41,11 @@ for ambiguity, size in [
     q = robust_weights(losses, ambiguity, **size)
     assert q.shape == losses.shape and abs(q.sum() - 1.0) < 1e-12 and q.min() >= 0, (ambiguity, q)
     assert q[3] == q.max(), (ambiguity, q)
-# A list and a reference go through the Python conversion that the native entry point calls.
+# A list and a reference go through the core's one conversion path.
 q = robust_weights(losses, "kl", radius=0.2)
 assert np.array_equal(robust_weights(losses.tolist(), "kl", radius=0.2), q)
 assert np.array_equal(robust_weights(losses, "kl", radius=0.2, reference=np.ones(5)), q)
-# Arguments bind as in Python (rust/python/fastcall.rs) on every version the wheel serves.
+# Arguments bind as in Python (PyO3's METH_FASTCALL binding) on every version the wheel serves.
 assert np.array_equal(robust_weights(losses=losses, ambiguity="kl", **{"".join(["rad", "ius"]): 0.2}), q)
 try:
     robust_weights(losses, "kl", radiu=0.2)

@@ -1,20 +1,41 @@
-"""The native core (rust/python.rs). ``robust_weights`` is public, as
-:func:`dro_rebel.robust_weights`; ``worst_case`` is private: it takes contiguous
-float64/float32 numpy arrays, which ``dro_rebel._api`` makes of any other input."""
+"""The native core (rust/python/). ``robust_weights`` and ``calibrated_radius`` are public, as
+:func:`dro_rebel.robust_weights` and :func:`dro_rebel.calibrated_radius`, and so are the
+exception classes; ``worst_case`` returns a tuple that :func:`dro_rebel.worst_case` wraps, and
+``resolve_radius`` serves the torch layer."""
 
 from typing import Any, Literal, Optional, Union
 
-import numpy as np
-import numpy.typing as npt
-
-_Losses = Union[npt.NDArray[np.float64], npt.NDArray[np.float32]]
-_Plan = Optional[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]]
-
-__all__ = ["__version__", "build_profile", "robust_weights", "worst_case"]
+__all__ = [
+    "__version__",
+    "build_profile",
+    "robust_weights",
+    "worst_case",
+    "calibrated_radius",
+    "resolve_radius",
+    "DroRebelError",
+    "LossesError",
+    "ShapeError",
+    "BudgetError",
+    "ReferenceDistributionError",
+    "GroupsError",
+    "AmbiguityError",
+    "GeometryError",
+    "InternalError",
+]
 
 __version__: str
 # "release" or "debug": benchmarks refuse a debug build.
 build_profile: str
+
+class DroRebelError(ValueError): ...
+class LossesError(DroRebelError): ...
+class ShapeError(DroRebelError): ...
+class BudgetError(DroRebelError): ...
+class ReferenceDistributionError(DroRebelError): ...
+class GroupsError(DroRebelError): ...
+class AmbiguityError(DroRebelError): ...
+class GeometryError(DroRebelError): ...
+class InternalError(RuntimeError): ...
 
 def robust_weights(
     losses: Any,
@@ -60,25 +81,54 @@ def robust_weights(
         torch tensor, a tensor of the same dtype on the same device.
 
     Raises:
-        ValueError: NaN or inf losses, a negative or NaN radius, a non-positive penalty, a bad
-            reference or group labels, an empty batch, a wrong shape, an unknown set, a
-            ``confidence`` outside (0.5, 1) or without ``radius="calibrated"``.
+        DroRebelError: a subclass of ValueError for each kind of bad input: LossesError (NaN,
+            inf, empty, not real numbers), ShapeError (not 1-D or 2-D, shapes that do not fit),
+            BudgetError (a negative or NaN radius, a non-positive penalty, alpha outside (0, 1],
+            a ``confidence`` outside (0.5, 1) or without ``radius="calibrated"``),
+            ReferenceDistributionError, GroupsError, AmbiguityError (an unknown set) and
+            GeometryError (Wasserstein features, cost or p).
+        TypeError: an argument of the wrong type.
     """
 
 def worst_case(
-    losses: _Losses,
-    ambiguity: str,
-    radius: Optional[float],
+    losses: Any,
+    ambiguity: str = "chi2",
+    *,
+    radius: Union[float, Literal["calibrated"], None] = None,
+    penalty: Optional[float] = None,
+    alpha: Optional[float] = None,
+    reference: Any = None,
+    groups: Any = None,
+    tol: Optional[float] = None,
+    p: float = 1.0,
+    features: Any = None,
+    cost: Any = None,
+    confidence: Optional[float] = None,
+) -> tuple[Any, Any, Any, Any, Optional[float], Any]:
+    """The arguments of ``robust_weights``; returns (weights, value, dual, iterations, radius as
+    used, plan). For 1-D losses value is a float, dual a float or None, iterations an int and
+    plan a (source, target, mass) tuple or None; for 2-D losses value, dual and iterations are
+    arrays with one entry per row (dual None when no set has one) and plan a list of per-row
+    plans or None. ``dro_rebel.worst_case`` wraps it in a ``WorstCase``."""
+
+def calibrated_radius(n: int, confidence: float = 0.95) -> float:
+    """The radius rho = q / (2n) of ``radius="calibrated"``: q is the (2 * confidence - 1)
+    quantile of the chi-square distribution with one degree of freedom, n the number of
+    samples (or groups) in the problem.
+
+    With it, the worst-case value V* of the ``"chi2"`` or ``"kl"`` ball is an asymptotically
+    exact one-sided upper confidence bound, at ``confidence``, for the mean loss
+    (docs/method.md#calibrated-radius). For confidence 0.95, q = 2.706 and rho = 1.353 / n.
+    """
+
+def resolve_radius(
+    radius: Union[float, str, None],
+    confidence: Optional[float],
+    ambiguity: Any,
     penalty: Optional[float],
-    alpha: Optional[float],
-    reference: Optional[npt.NDArray[np.float64]],
-    groups: Optional[npt.NDArray[np.int64]],
-    tol: Optional[float],
-    p: float,
-    features: Optional[npt.NDArray[np.float64]],
-    cost: Optional[npt.NDArray[np.float64]],
-) -> tuple[_Losses, Any, Any, Any, Optional[float], Any]:
-    """(weights, value, dual, iterations, radius as used, plan). For 1-D losses value is a
-    float, dual a float or None, iterations an int and plan a (source, target, mass) tuple or
-    None; for 2-D losses value, dual and iterations are arrays with one entry per row (dual None
-    when no set has one) and plan a list of per-row plans or None."""
+    losses: Any = None,
+    groups: Any = None,
+) -> Optional[float]:
+    """The radius a call of ``robust_weights`` would solve with (None without one), after the same
+    checks: for ``radius="calibrated"`` the number for ``losses`` and ``groups`` (None when
+    ``losses`` is None: the arguments are only checked). ``ambiguity`` may be any value."""
