@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # Every extra of pyproject.toml, the one list of dependencies (requirements/extras.py reads it).
 EXTRAS := torch trl peft study demo dev
 # The extension is rebuilt when any Rust source or build file changes.
-RUST_SOURCES := $(wildcard rust/*.rs rust/*/*.rs) Cargo.toml Cargo.lock pyproject.toml
+RUST_SOURCES := $(wildcard rust/*.rs rust/*/*.rs rust/*/*/*.rs) Cargo.toml Cargo.lock pyproject.toml
 EXTENSION_STAMP := $(VENV)/.extension-stamp
 DEPS_STAMP := $(VENV)/.deps-stamp
 

@@ -3,7 +3,7 @@
 //! that pass only, repeated, for counting its instructions with callgrind (subtract a run of
 //! fewer repetitions to cancel the set-up):
 //!
-//!     cargo build --release --example pass_times
+//!     cargo build --release --features internals --example pass_times
 //!     RAYON_NUM_THREADS=1 target/release/examples/pass_times
 //!     RAYON_NUM_THREADS=1 valgrind --tool=callgrind target/release/examples/pass_times histogram 12
 //!
@@ -15,7 +15,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use _core::{batch::Batch, binned, kl, passes, Reference};
+use _core::internals::{binned, kl, passes, Batch, Reference};
 
 #[path = "../benches/common/mod.rs"]
 mod common;

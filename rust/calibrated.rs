@@ -1,6 +1,8 @@
 //! The calibrated radius (docs/method.md#calibrated-radius):
 //!
-//!     rho = q / (2n),   q = z^2,   z = Phi^-1(confidence),
+//! ```text
+//! rho = q / (2n),   q = z^2,   z = Phi^-1(confidence),
+//! ```
 //!
 //! q the (2 confidence - 1) quantile of the chi-square distribution with one degree of freedom
 //! (chi2_1 is the law of Z^2, so P(Z^2 <= z^2) = 2 confidence - 1), n the samples of a row or,

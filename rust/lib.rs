@@ -3,21 +3,16 @@
 //! type-p Wasserstein ambiguity sets, constrained (a radius) or penalised (a fixed dual
 //! variable), with any reference distribution and over groups.
 //!
-//! Nothing here knows Python: the bindings live in `python/` behind the `python` feature.
+//! Layout: `sets/` the mathematics, one file per ambiguity set (and groups), each opening with
+//! its equations and a link to docs/method.md; `kernels/` the machinery they share (the
+//! validated batch, the passes over the losses, the weighted selection, the binned warm start,
+//! the float trait); `python/` the bindings, the only code that knows PyO3, behind the `python`
+//! feature. This file: the problem's options and the dispatch to a set, one row or many.
 
-pub mod batch;
-pub mod binned;
 pub mod calibrated;
-pub mod chi2;
-pub mod cvar;
 pub mod error;
-pub mod groups;
-pub mod kl;
-pub mod passes;
-pub mod real;
-pub mod select;
-pub mod tv;
-pub mod wasserstein;
+pub(crate) mod kernels;
+pub(crate) mod sets;
 
 #[cfg(test)]
 mod testing;
@@ -27,10 +22,21 @@ mod python;
 
 use rayon::prelude::*;
 
-pub use batch::{Batch, Reference};
 pub use error::{CoreError, Result};
-pub use real::Real;
-pub use wasserstein::{Geometry, Plan};
+pub use kernels::real::Real;
+pub use sets::wasserstein::{Geometry, Plan};
+
+use kernels::batch::{Batch, Reference};
+use sets::{chi2, cvar, groups, kl, tv, wasserstein};
+
+/// The machinery under the sets, for the examples that time it one pass at a time
+/// (`--features internals`); no part of the API.
+#[cfg(feature = "internals")]
+pub mod internals {
+    pub use crate::kernels::batch::{Batch, Reference, Scale};
+    pub use crate::kernels::{binned, passes};
+    pub use crate::sets::kl;
+}
 
 /// "release" or "debug": benchmarks refuse a debug build.
 pub const BUILD_PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };

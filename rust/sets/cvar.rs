@@ -3,10 +3,10 @@
 //! stops is the alpha-quantile eta of the dual V* = min_eta eta + (1/alpha) sum p (l - eta)_+.
 //! Losses tied at eta share what is left in proportion to p.
 
-use crate::batch::Batch;
-use crate::passes;
-use crate::real::Real;
-use crate::select::{quantile, Quantile};
+use crate::kernels::batch::Batch;
+use crate::kernels::passes;
+use crate::kernels::real::Real;
+use crate::kernels::select::{quantile, Quantile};
 use crate::Outcome;
 
 pub fn solve<T: Real>(batch: &Batch<T>, alpha: f64, out: &mut [T]) -> Outcome {

@@ -3,10 +3,10 @@
 //! the sum of their p; the solver runs on the groups, and each sample gets its group's weight
 //! shared in proportion to p inside the group.
 
-use crate::batch::Reference;
 use crate::error::{CoreError, Result};
-use crate::real::Real;
-use crate::wasserstein::Geometry;
+use crate::kernels::batch::Reference;
+use crate::kernels::real::Real;
+use crate::sets::wasserstein::Geometry;
 
 /// The group-level problem and the map back to samples.
 pub struct Grouped {

@@ -33,9 +33,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
-use crate::batch::{Batch, Scale};
 use crate::error::{CoreError, Result};
-use crate::real::Real;
+use crate::kernels::batch::{Batch, Scale};
+use crate::kernels::real::Real;
 use crate::{Budget, Outcome};
 use cost::GroundCost;
 

@@ -15,9 +15,9 @@
 //! q_i = p_i (l_i - t)_+ / lam with sum_i p_i (l_i - t)_+ = lam: Michelot's fixed point
 //! t = (sum_A p l - lam) / P_A, which rises monotonically to the exact threshold.
 
-use crate::batch::{Batch, Scale};
-use crate::passes;
-use crate::real::Real;
+use crate::kernels::batch::{Batch, Scale};
+use crate::kernels::passes;
+use crate::kernels::real::Real;
 use crate::Outcome;
 
 /// Passes of the active-set iteration before the exact sort takes over.
@@ -366,7 +366,7 @@ fn shrunk_into_the_ball<T: Real>(batch: &Batch<T>, scale: &Scale, radius: f64, o
 
 #[cfg(test)]
 pub(crate) fn sorted_threshold_for_tests(losses: &[f64], radius: f64) -> (f64, f64) {
-    let batch = Batch::new(losses, crate::batch::Reference::uniform(losses.len())).unwrap();
+    let batch = Batch::new(losses, crate::kernels::batch::Reference::uniform(losses.len())).unwrap();
     let scale = batch.scale();
     let exact = sorted_threshold(&batch, &scale, radius).unwrap_or(f64::NAN);
     let fast = active_set_threshold(&batch, &scale, radius).map_or(f64::NAN, |(eta, _, _, _)| eta);

@@ -10,9 +10,9 @@
 //! eight passes with an exp each from the small-radius guess (three on average over the test
 //! distributions of 256 to 2048 losses).
 
-use crate::batch::{Batch, Reference, Scale};
-use crate::passes;
-use crate::real::Real;
+use crate::kernels::batch::{Batch, Reference, Scale};
+use crate::kernels::passes;
+use crate::kernels::real::Real;
 use crate::Outcome;
 
 /// Below this many losses the usual first guess costs less than the histogram saves: the

@@ -5,8 +5,8 @@
 //! useful one).
 
 use crate::error::{CoreError, Result};
-use crate::passes::{self, Extremes};
-use crate::real::Real;
+use crate::kernels::passes::{self, Extremes};
+use crate::kernels::real::Real;
 
 /// The reference distribution p: uniform, or non-negative weights normalised on the fly.
 #[derive(Clone, Copy, Debug)]

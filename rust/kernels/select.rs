@@ -7,9 +7,9 @@
 
 use std::cmp::Ordering::Equal;
 
-use crate::batch::Batch;
-use crate::passes;
-use crate::real::Real;
+use crate::kernels::batch::Batch;
+use crate::kernels::passes;
+use crate::kernels::real::Real;
 
 /// Below this many losses the histogram costs more than it saves.
 const HISTOGRAM_MIN: usize = 1024;
@@ -384,7 +384,7 @@ mod tests {
     /// decides between two neighbouring values that both satisfy the definition.
     #[test]
     fn the_uniform_shortcut_matches_the_weighted_selection() {
-        use crate::batch::Reference;
+        use crate::kernels::batch::Reference;
         let mut rng = crate::testing::Rng::new(777);
         let mut next = || rng.uniform();
         for n in 1..90 {
@@ -427,7 +427,7 @@ mod tests {
     /// reference with zeros, both tails, on one and on several chunks.
     #[test]
     fn the_histogram_path_matches_a_full_sort() {
-        use crate::batch::{Batch, Reference};
+        use crate::kernels::batch::{Batch, Reference};
         let mut rng = crate::testing::Rng::new(41);
         for n in [HISTOGRAM_MIN, 5003, 70_001] {
             let squared: Vec<f64> = (0..n).map(|_| (rng.uniform() * 3.0).powi(4)).collect();

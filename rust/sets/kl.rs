@@ -7,10 +7,10 @@
 //! to -log P(argmax) as beta -> inf, with h'(beta) = beta*Var_q(u). Safeguarded Newton: each
 //! step one pass over the losses, a bracket [lo, hi] that bisects whenever Newton leaves it.
 
-use crate::batch::{Batch, Scale};
-use crate::binned;
-use crate::passes;
-use crate::real::Real;
+use crate::kernels::batch::{Batch, Scale};
+use crate::kernels::binned;
+use crate::kernels::passes;
+use crate::kernels::real::Real;
 use crate::Outcome;
 
 /// Iteration cap; Newton converges in a handful of steps, the bisection safeguard in < 200.

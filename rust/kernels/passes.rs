@@ -7,8 +7,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::batch::{Reference, Scale};
-use crate::real::Real;
+use crate::kernels::batch::{Reference, Scale};
+use crate::kernels::real::Real;
 
 /// Independent accumulators per quantity.
 const LANES: usize = 4;
@@ -811,7 +811,7 @@ mod tests {
     /// the losses, lengths that are not multiples of four, one chunk and several, f64 and f32.
     #[test]
     fn sums_above_a_threshold_match_the_generic_sums() {
-        use crate::batch::Batch;
+        use crate::kernels::batch::Batch;
         use crate::testing::Rng;
         fn check<T: Real>(losses: &[T], reference: Reference) {
             let batch = Batch::new(losses, reference).unwrap();

@@ -1,11 +1,13 @@
-//! Total-variation ball: (1/2) sum_i |q_i - p_i| <= rho. The worst case moves rho of mass from
-//! the smallest losses onto the largest (ties at the max share it in proportion to p, and the
-//! smallest losses tied at the cut give up mass in proportion to p). No dual variable.
+//! Total-variation ball: (1/2) sum_i |q_i - p_i| <= rho (docs/method.md#total-variation). The
+//! worst case moves rho of mass from the smallest losses onto the largest (ties at the max share
+//! it in proportion to p, and the smallest losses tied at the cut give up mass in proportion to
+//! p): q* = p + r (mass on the arg-max) - r (mass off the smallest losses), r = min(rho, the mass
+//! of p off the arg-max). No dual variable.
 
-use crate::batch::Batch;
-use crate::passes;
-use crate::real::Real;
-use crate::select::{quantile, Quantile};
+use crate::kernels::batch::Batch;
+use crate::kernels::passes;
+use crate::kernels::real::Real;
+use crate::kernels::select::{quantile, Quantile};
 use crate::Outcome;
 
 pub fn solve<T: Real>(batch: &Batch<T>, radius: f64, out: &mut [T]) -> Outcome {
