@@ -41,6 +41,12 @@ pub mod internals {
 /// "release" or "debug": benchmarks refuse a debug build.
 pub const BUILD_PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
 
+/// The build of the kernels this process runs: "avx2" (AVX2 and FMA) or "portable"
+/// (rust/kernels/cpu.rs; `DRO_REBEL_PORTABLE=1` or the `portable` feature force the latter).
+pub fn kernels() -> &'static str {
+    kernels::cpu::name()
+}
+
 /// Default tolerance of the iterative solves (relative).
 pub const DEFAULT_TOL: f64 = 1e-12;
 

@@ -12,6 +12,7 @@ __all__ = [
     "worst_case",
     "calibrated_radius",
     "resolve_radius",
+    "kernels",
     "DroRebelError",
     "LossesError",
     "ShapeError",
@@ -132,3 +133,7 @@ def resolve_radius(
     """The radius a call of ``robust_weights`` would solve with (None without one), after the same
     checks: for ``radius="calibrated"`` the number for ``losses`` and ``groups`` (None when
     ``losses`` is None: the arguments are only checked). ``ambiguity`` may be any value."""
+
+def kernels() -> str:
+    """The build of the kernels this process runs: ``"avx2"`` (AVX2 and FMA) or ``"portable"``;
+    ``DRO_REBEL_PORTABLE=1`` in the environment forces the portable one."""

@@ -207,20 +207,10 @@ impl Scale {
         ((l * self.pre - self.max_pre) * self.inv_range).clamp(-1.0, 0.0)
     }
 
-    /// `u` of four losses at once, with the same operations in the same order: the same bits.
-    ///
-    /// # Safety
-    /// The processor supports AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    pub unsafe fn u4(&self, l: std::arch::x86_64::__m256d) -> std::arch::x86_64::__m256d {
-        use std::arch::x86_64::*;
-        let shifted = _mm256_sub_pd(_mm256_mul_pd(l, _mm256_set1_pd(self.pre)), _mm256_set1_pd(self.max_pre));
-        let u = _mm256_mul_pd(shifted, _mm256_set1_pd(self.inv_range));
-        // f64::clamp(-1, 0): max_pd(a, b) is `if a > b { a } else { b }` (min_pd likewise), so
-        // with the bound first, u passes through where it is within, -0 included.
-        _mm256_min_pd(_mm256_setzero_pd(), _mm256_max_pd(_mm256_set1_pd(-1.0), u))
+    /// (pre, max_pre, inv_range): what `u` computes with, for the AVX2 kernels'.
+    #[inline(always)]
+    pub(crate) fn parts(&self) -> (f64, f64, f64) {
+        (self.pre, self.max_pre, self.inv_range)
     }
 
     /// The inverse map, for reporting a threshold in the losses' units.
@@ -229,12 +219,12 @@ impl Scale {
     }
 
     /// A difference of losses (a temperature, a penalty) in the units of u.
-    pub fn to_u_units(&self, dl: f64) -> f64 {
+    pub fn to_u_units(self, dl: f64) -> f64 {
         (dl * self.pre) * self.inv_range
     }
 
     /// A difference in the units of u back in the losses' units.
-    pub fn to_loss_units(&self, du: f64) -> f64 {
+    pub fn to_loss_units(self, du: f64) -> f64 {
         (du / self.inv_range) / self.pre
     }
 }

@@ -11,6 +11,7 @@
 //! distributions of 256 to 2048 losses).
 
 use crate::kernels::batch::{Batch, Reference, Scale};
+use crate::kernels::cpu;
 use crate::kernels::passes;
 use crate::kernels::real::Real;
 use crate::Outcome;
@@ -31,7 +32,7 @@ fn bin_count(n: usize) -> usize {
 /// of the bin's width (`add_block`): sum p, sum p d, sum p d^2 and sum p d^3. Aligned so that adding a loss's four terms is one AVX2 load-add-store.
 #[derive(Clone, Copy, Default)]
 #[repr(align(32))]
-struct Moments([f64; 4]);
+pub(crate) struct Moments([f64; 4]);
 
 /// The dual variable that `solve` finds on the binned problem (two points a bin, in the units
 /// of u), or None below BINNED_MIN or where the binned solve reports none.
@@ -132,9 +133,11 @@ fn add_block<T: Real, const AVX2: bool>(
     let (index, offset) = (&index[..block.len()], &offset[..block.len()]);
     #[cfg(target_arch = "x86_64")]
     if AVX2 {
-        // SAFETY: AVX2 is set in chunk_avx2 alone, which runs where the processor supports it;
-        // every index is below histogram.len().
-        return unsafe { scatter_avx2(histogram, index, offset, ws, p_scale) };
+        // SAFETY: AVX2 is set in chunk_avx2 alone, which runs where `cpu::avx2()` is Some; index
+        // and offset have the block's length, as the weights do (`chunk`), and every index is
+        // below histogram.len() (clamped to bins - 1 above).
+        let done = unsafe { cpu::avx2::scatter(histogram, index, offset, ws, p_scale) };
+        return scatter(histogram, &index[done..], &offset[done..], ws.map(|w| &w[done..]), p_scale);
     }
     scatter(histogram, index, offset, ws, p_scale);
 }
@@ -155,46 +158,6 @@ fn scatter(histogram: &mut [Moments], index: &[u32], offset: &[f64], ws: Option<
     }
 }
 
-/// `scatter` four losses at a time: their terms computed across the four (one vector a term),
-/// transposed into one vector a loss, and each added to its bin with one load-add-store. The
-/// same products and the same sums in the same order as `scatter`, so the same bits. Left to
-/// the compiler, every loss's vector was assembled from scalars.
-///
-/// # Safety
-/// The processor supports AVX2, and every index is below histogram.len().
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn scatter_avx2(histogram: &mut [Moments], index: &[u32], offset: &[f64], ws: Option<&[f64]>, p_scale: f64) {
-    use std::arch::x86_64::*;
-    let whole = offset.len() - offset.len() % 4;
-    let bins = histogram.as_mut_ptr() as *mut f64;
-    for k in (0..whole).step_by(4) {
-        let d = _mm256_loadu_pd(offset.as_ptr().add(k));
-        let p = match ws {
-            None => _mm256_set1_pd(p_scale),
-            Some(w) => _mm256_mul_pd(_mm256_loadu_pd(w.as_ptr().add(k)), _mm256_set1_pd(p_scale)),
-        };
-        let pd = _mm256_mul_pd(p, d);
-        let pd2 = _mm256_mul_pd(pd, d);
-        let pd3 = _mm256_mul_pd(pd2, d);
-        // Rows (p, pd, pd2, pd3) of four losses a, b, c, e into one vector a loss.
-        let (low, high) = (_mm256_unpacklo_pd(p, pd), _mm256_unpackhi_pd(p, pd)); // [pa pda pc pdc], [pb pdb pe pde]
-        let (low2, high2) = (_mm256_unpacklo_pd(pd2, pd3), _mm256_unpackhi_pd(pd2, pd3));
-        let losses = [
-            _mm256_permute2f128_pd(low, low2, 0x20),
-            _mm256_permute2f128_pd(high, high2, 0x20),
-            _mm256_permute2f128_pd(low, low2, 0x31),
-            _mm256_permute2f128_pd(high, high2, 0x31),
-        ];
-        for (j, terms) in losses.into_iter().enumerate() {
-            // SAFETY: the caller's index is in bounds, and Moments is 32-byte aligned.
-            let bin = bins.add(4 * *index.get_unchecked(k + j) as usize);
-            _mm256_store_pd(bin, _mm256_add_pd(_mm256_load_pd(bin), terms));
-        }
-    }
-    scatter(histogram, &index[whole..], &offset[whole..], ws.map(|w| &w[whole..]), p_scale);
-}
-
 /// The moments of every bin, one histogram per chunk, added up.
 fn histogram<T: Real>(batch: &Batch<T>, scale: &Scale, bins: usize) -> Vec<Moments> {
     let p_scale = batch.reference.scale();
@@ -203,8 +166,8 @@ fn histogram<T: Real>(batch: &Batch<T>, scale: &Scale, bins: usize) -> Vec<Momen
         &batch.reference,
         |ls, ws| {
             #[cfg(target_arch = "x86_64")]
-            if passes::has_avx2() {
-                // SAFETY: the processor supports AVX2.
+            if cpu::avx2().is_some() {
+                // SAFETY: `cpu::avx2()` is Some: the processor has AVX2 and FMA, and no switch forces the portable build.
                 return unsafe { chunk_avx2(ls, ws, p_scale, scale, bins) };
             }
             chunk::<T, false>(ls, ws, p_scale, scale, bins)
@@ -279,7 +242,7 @@ mod tests {
     #[test]
     fn the_vectorised_scatter_matches_the_plain_one() {
         #[cfg(target_arch = "x86_64")]
-        if passes::has_avx2() {
+        if cpu::avx2().is_some() {
             let mut rng = crate::testing::Rng::new(13);
             let bins = 64;
             for len in [1, 4, 7, 256] {
@@ -290,8 +253,10 @@ mod tests {
                 for ws in [None, Some(&weights[..])] {
                     let (mut plain, mut wide) = (vec![Moments::default(); bins], vec![Moments::default(); bins]);
                     scatter(&mut plain, &index, &offset, ws, 0.37);
-                    // SAFETY: AVX2 is there, and every index is below bins.
-                    unsafe { scatter_avx2(&mut wide, &index, &offset, ws, 0.37) };
+                    // SAFETY: AVX2 is there; index, offset and weights have one length, and every
+                    // index is below bins.
+                    let done = unsafe { cpu::avx2::scatter(&mut wide, &index, &offset, ws, 0.37) };
+                    scatter(&mut wide, &index[done..], &offset[done..], ws.map(|w| &w[done..]), 0.37);
                     let bits = |h: &[Moments]| h.iter().flat_map(|m| m.0.map(f64::to_bits)).collect::<Vec<_>>();
                     assert_eq!(bits(&plain), bits(&wide), "len {len}, weighted {}", ws.is_some());
                 }

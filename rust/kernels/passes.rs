@@ -8,6 +8,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::kernels::batch::{Reference, Scale};
+use crate::kernels::cpu;
 use crate::kernels::real::Real;
 
 /// Independent accumulators per quantity.
@@ -28,8 +29,9 @@ pub fn sum<T: Real, const K: usize>(
 
 /// The sums of the chi-square solves over the active set A = {i : u_i > threshold, p_i > 0}:
 /// the count of A, sum_A p, sum_A p d, sum_A p d^2 with d = u - shift, and the mass of p
-/// outside A. `sum` computes them on any processor; on AVX2 a kernel of its own gives the same
-/// bits faster (through `sum`, the selects on A keep the terms from vectorising).
+/// outside A. `sum` computes them on any processor; on AVX2 a kernel of its own
+/// (`cpu::avx2::sum_above`) gives the same bits faster (through `sum`, the selects on A keep the
+/// terms from vectorising).
 pub fn sum_above<T: Real>(losses: &[T], reference: &Reference, scale: &Scale, threshold: f64, shift: f64) -> [f64; 5] {
     let p_scale = reference.scale();
     let term = |l: f64, p: f64| {
@@ -43,61 +45,15 @@ pub fn sum_above<T: Real>(losses: &[T], reference: &Reference, scale: &Scale, th
         reference,
         |part, weights| {
             #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: the processor supports AVX2.
-                return unsafe { sum_above_avx2(part, weights, p_scale, (scale, threshold, shift), &term) };
+            if cpu::avx2().is_some() {
+                // SAFETY: `cpu::avx2()` is Some: the processor has AVX2. A chunk's weights have
+                // its length (`fold_chunks`).
+                return unsafe { cpu::avx2::sum_above(part, weights, p_scale, (scale, threshold, shift), &term) };
             }
             sum_dispatch(part, weights, p_scale, &term)
         },
         add,
     )
-}
-
-/// `sum_above` on one chunk: element k to lane k mod 4 and the lanes added in order at the end,
-/// as `sum`'s columns do, and the terms by the same operations (float32 losses widened first);
-/// the last losses of a chunk that are not a whole vector go through `term` itself.
-///
-/// # Safety
-/// The processor supports AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sum_above_avx2<T: Real>(
-    losses: &[T],
-    weights: Option<&[f64]>,
-    p_scale: f64,
-    (scale, threshold, shift): (&Scale, f64, f64),
-    term: &impl Fn(f64, f64) -> [f64; 5],
-) -> [f64; 5] {
-    use std::arch::x86_64::*;
-    let (zero, one) = (_mm256_setzero_pd(), _mm256_set1_pd(1.0));
-    let (threshold4, shift4, p_scale4) = (_mm256_set1_pd(threshold), _mm256_set1_pd(shift), _mm256_set1_pd(p_scale));
-    let mut acc = [zero; 5];
-    let whole = losses.len() - losses.len() % LANES;
-    for k in (0..whole).step_by(LANES) {
-        let u = scale.u4(T::load4(losses, k));
-        let p = match weights {
-            None => p_scale4,
-            Some(w) => _mm256_mul_pd(_mm256_loadu_pd(w.as_ptr().add(k)), p_scale4),
-        };
-        let on = _mm256_and_pd(_mm256_cmp_pd(u, threshold4, _CMP_GT_OQ), _mm256_cmp_pd(p, zero, _CMP_GT_OQ));
-        let (m, d) = (_mm256_and_pd(on, p), _mm256_sub_pd(u, shift4));
-        let md = _mm256_mul_pd(m, d);
-        let terms = [_mm256_and_pd(on, one), m, md, _mm256_mul_pd(md, d), _mm256_sub_pd(p, m)];
-        for (a, t) in acc.iter_mut().zip(terms) {
-            *a = _mm256_add_pd(*a, t);
-        }
-    }
-    let mut lanes = [[0.0; LANES]; 5];
-    for (lane, a) in lanes.iter_mut().zip(acc) {
-        _mm256_storeu_pd(lane.as_mut_ptr(), a);
-    }
-    for (j, k) in (whole..losses.len()).enumerate() {
-        let p = weights.map_or(p_scale, |w| w[k] * p_scale);
-        for (lane, t) in lanes.iter_mut().zip(term(losses[k].to_f64(), p)) {
-            lane[j] += t;
-        }
-    }
-    lanes.map(|lane| lane.iter().sum())
 }
 
 /// out_i = weight(l_i, p_i) for every i, and returns sum_i stats(l_i, out_i) (K sums in f64).
@@ -178,8 +134,8 @@ pub fn extremes<T: Real>(losses: &[T], reference: &Reference) -> Option<Extremes
     let scale = reference.scale();
     let serial = |part: &[T], weights: Option<&[f64]>| {
         #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the processor supports AVX2.
+        if cpu::avx2().is_some() {
+            // SAFETY: `cpu::avx2()` is Some: the processor has AVX2 and FMA, and no switch forces the portable build.
             return unsafe { extremes_serial_avx2(part, weights, scale) };
         }
         extremes_serial(part, weights, scale)
@@ -318,8 +274,8 @@ pub fn normalise<T: Real>(losses: &[T], out: &mut [T], total: f64) -> f64 {
 pub fn normalise_by<T: Real>(losses: &[T], out: &mut [T], total: f64, factor: impl Fn(f64) -> f64 + Sync) -> f64 {
     let serial = |part: &[T], out: &mut [T]| {
         #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the processor supports AVX2.
+        if cpu::avx2().is_some() {
+            // SAFETY: `cpu::avx2()` is Some: the processor has AVX2 and FMA, and no switch forces the portable build.
             return unsafe { normalise_serial_avx2(part, out, total, &factor) };
         }
         normalise_serial(part, out, total, &factor)
@@ -366,8 +322,7 @@ unsafe fn normalise_serial_avx2<T: Real>(part: &[T], out: &mut [T], total: f64, 
 }
 
 /// The serial passes compiled a second time for AVX2 and FMA (four doubles a vector, against
-/// two for baseline x86-64), and the function that picks one at run time, AVX2 where the
-/// processor has it (every AVX2 processor has FMA too). `#[inline(always)]` on the passes makes
+/// two for baseline x86-64), and the function that picks one at run time (`cpu::avx2()`). `#[inline(always)]` on the passes makes
 /// each copy carry its own inlined body and closure. A pass with a `FUSED` parameter gets the
 /// first of the bracketed values in the AVX2 copy and the second elsewhere.
 macro_rules! vectorised {
@@ -380,8 +335,8 @@ macro_rules! vectorised {
 
         fn $dispatch<T: Real, const K: usize>($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
-            if has_avx2() && has_fma() {
-                // SAFETY: the processor supports AVX2 and FMA.
+            if cpu::avx2().is_some() {
+                // SAFETY: `cpu::avx2()` is Some: the processor has AVX2 and FMA, and no switch forces the portable build.
                 return unsafe { $wide($($arg),*) };
             }
             $pass::<T, K $(, $unfused)?>($($arg),*)
@@ -395,22 +350,6 @@ vectorised!(write_serial, write_serial_avx2, write_dispatch,
     (part: &[T], weights: Option<&[f64]>, scale: f64, out: &mut [T], weight: &impl Fn(f64, f64) -> f64, stats: &impl Fn(f64, f64) -> [f64; K]) -> [f64; K]);
 vectorised!(write_exp_serial[true, false], write_exp_serial_avx2, write_exp_dispatch,
     (part: &[T], weights: Option<&[f64]>, scale: f64, out: &mut [T], tilt: (&impl Fn(f64) -> f64, f64), weight: &impl Fn(f64, f64) -> f64, stats: &impl Fn(f64, f64) -> [f64; K]) -> [f64; K]);
-
-#[inline(always)]
-pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
-}
-
-#[inline(always)]
-fn has_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
-}
 
 /// The chunks of a parallel pass: 2 to 16 of them, at least 2^15 losses each, fixed by n alone
 /// (not by the number of threads), and their results added in order. Then the order of every

@@ -8,6 +8,7 @@
 use std::cmp::Ordering::Equal;
 
 use crate::kernels::batch::Batch;
+use crate::kernels::cpu;
 use crate::kernels::passes;
 use crate::kernels::real::Real;
 
@@ -167,8 +168,8 @@ fn histogram<T: Real>(batch: &Batch<T>, sign: f64, bins: Bins) -> Vec<f64> {
         &batch.reference,
         |ls, ws| {
             #[cfg(target_arch = "x86_64")]
-            if passes::has_avx2() {
-                // SAFETY: the processor supports AVX2.
+            if cpu::avx2().is_some() {
+                // SAFETY: `cpu::avx2()` is Some: the processor has AVX2 and FMA, and no switch forces the portable build.
                 return unsafe { histogram_chunk_avx2(ls, ws, scale, sign, bins) };
             }
             histogram_chunk(ls, ws, scale, sign, bins)
@@ -229,8 +230,8 @@ fn collect<T: Real>(batch: &Batch<T>, sign: f64, keep: Option<(Bins, usize)>) ->
                 return kept;
             };
             #[cfg(target_arch = "x86_64")]
-            if passes::has_avx2() {
-                // SAFETY: the processor supports AVX2.
+            if cpu::avx2().is_some() {
+                // SAFETY: `cpu::avx2()` is Some: the processor has AVX2 and FMA, and no switch forces the portable build.
                 return unsafe { collect_bin_avx2(ls, ws, points, (bins, crossing)) };
             }
             collect_bin(ls, ws, points, (bins, crossing))

@@ -353,6 +353,13 @@ fn resolve_radius(
     })
 }
 
+/// The build of the kernels this process runs: ``"avx2"`` (AVX2 and FMA) or ``"portable"``;
+/// ``DRO_REBEL_PORTABLE=1`` in the environment forces the portable one.
+#[pyfunction]
+fn kernels() -> &'static str {
+    crate::kernels()
+}
+
 // No global state and the solves only read their inputs: safe without the GIL, so the
 // module does not ask free-threaded Python to re-enable it (for builds that are not abi3).
 #[pymodule(gil_used = false)]
@@ -363,7 +370,7 @@ mod _core {
         ReferenceDistributionError, ShapeError,
     };
     #[pymodule_export]
-    use super::{calibrated_radius, resolve_radius, robust_weights, worst_case};
+    use super::{calibrated_radius, kernels, resolve_radius, robust_weights, worst_case};
 
     #[allow(non_upper_case_globals)]
     #[pymodule_export]

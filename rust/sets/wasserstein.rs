@@ -145,8 +145,8 @@ impl Bracket<'_> {
     /// for the lists to pay (then the list is left incomplete).
     fn collect(&self, u: &[f64], row: &[f64], i: usize, list: &mut Vec<(usize, f64)>) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
+        if crate::kernels::cpu::avx2().is_some() {
+            // SAFETY: `cpu::avx2()` is Some: the processor has AVX2.
             return unsafe { self.collect_avx2(u, row, i, list) };
         }
         self.collect_portable(u, row, i, list)
@@ -469,8 +469,8 @@ impl<'a> Dual<'a> {
 #[inline]
 fn best_target(u: &[f64], costs: &[f64], lam: f64, source: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
+    if crate::kernels::cpu::avx2().is_some() {
+        // SAFETY: `cpu::avx2()` is Some: the processor has AVX2.
         return unsafe { best_target_avx2(u, costs, lam, source) };
     }
     best_target_portable(u, costs, lam, source)

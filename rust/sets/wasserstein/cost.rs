@@ -225,8 +225,8 @@ impl<'a> GroundCost<'a> {
 #[inline]
 fn features_row(blocks: &[f64], x: &[f64], power: Power, out: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
+    if crate::kernels::cpu::avx2().is_some() {
+        // SAFETY: `cpu::avx2()` is Some: the processor has AVX2.
         return unsafe { features_row_avx2(blocks, x, power, out) };
     }
     features_row_portable(blocks, x, power, out)
