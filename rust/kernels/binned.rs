@@ -95,6 +95,8 @@ fn chunk<T: Real, const AVX2: bool>(
     histogram
 }
 
+/// # Safety
+/// The processor has AVX2 (`cpu::avx2()` is Some).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn chunk_avx2<T: Real>(ls: &[T], ws: Option<&[f64]>, p_scale: f64, scale: &Scale, bins: usize) -> Vec<Moments> {
@@ -122,7 +124,9 @@ fn add_block<T: Real, const AVX2: bool>(
         // x86-64, and it took a fifth of the pass. max/min (not clamp) return the bound for a
         // NaN too, which validated losses cannot give.
         let bin = t.max(0.0).min(last);
-        // SAFETY: bin is finite and in [0, bins - 1]. The saturating `as` cast compiled to
+        debug_assert!((0.0..=last).contains(&bin) && last < i32::MAX as f64);
+        // SAFETY: bin is in [0, bins - 1] (max and min return the bound for a NaN too), and
+        // bins <= 2^10 fits an i32. The saturating `as` cast compiled to
         // scalar code and cost a third of the pass; converting back from i32, not u32, is one
         // instruction, not three.
         let x = unsafe { bin.to_int_unchecked::<i32>() };

@@ -236,6 +236,8 @@ fn mass_at<T: Real>(ls: &[T], ps: Option<&[f64]>, scale: f64, max: f64) -> f64 {
     }
 }
 
+/// # Safety
+/// The processor has AVX2 (`cpu::avx2()` is Some).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn extremes_serial_avx2<T: Real>(part: &[T], weights: Option<&[f64]>, scale: f64) -> Option<Extremes> {
@@ -315,6 +317,8 @@ fn normalise_serial<T: Real>(part: &[T], out: &mut [T], total: f64, factor: &imp
     acc.iter().sum::<f64>()
 }
 
+/// # Safety
+/// The processor has AVX2 (`cpu::avx2()` is Some).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn normalise_serial_avx2<T: Real>(part: &[T], out: &mut [T], total: f64, factor: &impl Fn(f64) -> f64) -> f64 {
@@ -327,6 +331,8 @@ unsafe fn normalise_serial_avx2<T: Real>(part: &[T], out: &mut [T], total: f64, 
 /// first of the bracketed values in the AVX2 copy and the second elsewhere.
 macro_rules! vectorised {
     ($pass:ident $([$fused:literal, $unfused:literal])?, $wide:ident, $dispatch:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        /// # Safety
+        /// The processor has AVX2 and FMA (`cpu::avx2()` is Some).
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $wide<T: Real, const K: usize>($($arg: $ty),*) -> $ret {
@@ -374,13 +380,17 @@ const BLOCK: usize = 256;
 /// column by column (`Lanes::add_columns`). Summing the terms as they come, in LANES accumulators
 /// of K quantities, leaves the compiler to vectorise across lanes, which it does not: scalar
 /// code.
-struct Columns<const K: usize>([[MaybeUninit<f64>; BLOCK]; K]);
+struct Columns<const K: usize> {
+    terms: [[MaybeUninit<f64>; BLOCK]; K],
+    /// How many elements of every column the last `map` wrote.
+    written: usize,
+}
 
 impl<const K: usize> Columns<K> {
     /// Uninitialised: zeroing K x 256 doubles cost more than a whole solve at n = 64, and `map`
     /// writes every element that `column` then reads.
     fn new() -> Self {
-        Columns([[MaybeUninit::uninit(); BLOCK]; K])
+        Columns { terms: [[MaybeUninit::uninit(); BLOCK]; K], written: 0 }
     }
 
     /// columns[k][i] = term(i, l_i, p_i)[k], and out_i = weight (the first output of `term`)
@@ -398,7 +408,7 @@ impl<const K: usize> Columns<K> {
         assert!(
             len <= BLOCK && weights.map_or(true, |w| w.len() == len) && out.as_ref().map_or(true, |o| o.len() == len)
         );
-        let columns = &mut self.0;
+        let columns = &mut self.terms;
         let mut put = |i: usize, l: T, p: f64, out: &mut Option<&mut [T]>| {
             let (w, terms) = term(i, l.to_f64(), p);
             if let Some(o) = out {
@@ -420,14 +430,17 @@ impl<const K: usize> Columns<K> {
                 }
             }
         }
+        self.written = len;
     }
 
     /// The first `len` terms of quantity k, as written by the last `map` of `len` elements.
     #[inline(always)]
     fn column(&self, k: usize, len: usize) -> &[f64] {
-        let written = &self.0[k][..len];
-        // SAFETY: `map` wrote elements 0..len of every column, and MaybeUninit<f64> has the
-        // layout of f64.
+        debug_assert!(len <= self.written);
+        let written = &self.terms[k][..len];
+        // SAFETY: the last `map` wrote elements 0..self.written of every column, and len <=
+        // self.written (the callers pass the length of the block they mapped last); the slice
+        // is in bounds (indexed above); MaybeUninit<f64> has the size and alignment of f64.
         unsafe { &*(written as *const [MaybeUninit<f64>] as *const [f64]) }
     }
 }
@@ -568,8 +581,10 @@ fn write_exp_serial<T: Real, const K: usize, const FUSED: bool>(
             u.write(x);
             e.write(beta * x);
         }
-        // SAFETY: the loop above wrote the first ls.len() elements of both (ls.len() <= BLOCK),
-        // and MaybeUninit<f64> has the layout of f64.
+        debug_assert!(ls.len() <= BLOCK);
+        // SAFETY: the loop above wrote the first ls.len() elements of both (it zips them with
+        // ls), ls.len() <= BLOCK (a chunk of BLOCK) so the slices are in bounds, the two arrays
+        // do not overlap, and MaybeUninit<f64> has the size and alignment of f64.
         let (us, es) = unsafe {
             let us = &*(&positions[..ls.len()] as *const [MaybeUninit<f64>] as *const [f64]);
             let es = &mut *(&mut exps[..ls.len()] as *mut [MaybeUninit<f64>] as *mut [f64]);

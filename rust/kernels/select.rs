@@ -139,7 +139,9 @@ impl Bins {
     #[inline(always)]
     fn of(&self, v: f64) -> usize {
         let x = ((v * 0.5 - self.low) * self.per_unit).clamp(0.0, self.last);
-        // SAFETY: x is finite and in [0, MAX_BINS - 1] (clamped; v and low are finite).
+        debug_assert!((0.0..=self.last).contains(&x) && self.last < i32::MAX as f64);
+        // SAFETY: x is in [0, count - 1]: clamped, and not NaN (v and low are finite, and
+        // per_unit is finite for the range of a batch whose extremes differ); count fits an i32.
         unsafe { x.to_int_unchecked::<i32>() as usize }
     }
 }
@@ -189,26 +191,30 @@ fn histogram<T: Real>(batch: &Batch<T>, sign: f64, bins: Bins) -> Vec<f64> {
 #[inline(always)]
 fn histogram_chunk<T: Real>(ls: &[T], ws: Option<&[f64]>, scale: f64, sign: f64, bins: Bins) -> Vec<f64> {
     let mut histogram = vec![0.0; bins.count()];
+    // The bounds checks would cost as much as a good part of the adds.
+    let add = |histogram: &mut [f64], k: u32, mass: f64| {
+        debug_assert!((k as usize) < histogram.len());
+        // SAFETY: k comes from `Bins::of`, which clamps to [0, count - 1], and the histogram
+        // has count entries.
+        unsafe { *histogram.get_unchecked_mut(k as usize) += mass };
+    };
     let mut index = [0_u32; BLOCK];
     for (b, block) in ls.chunks(BLOCK).enumerate() {
         let index = bin_block(block, sign, bins, &mut index);
-        // SAFETY (both arms): `Bins::of` clamps to [0, count - 1]. The bounds checks would cost
-        // as much as a good part of the adds.
         match ws {
-            None => index.iter().for_each(|&k| unsafe { *histogram.get_unchecked_mut(k as usize) += 1.0 }),
+            None => index.iter().for_each(|&k| add(&mut histogram, k, 1.0)),
             // p = 0 adds nothing, wherever its (clamped) bin is.
             Some(ws) => {
                 let ws = &ws[b * BLOCK..b * BLOCK + block.len()];
-                index
-                    .iter()
-                    .zip(ws)
-                    .for_each(|(&k, &w)| unsafe { *histogram.get_unchecked_mut(k as usize) += w * scale });
+                index.iter().zip(ws).for_each(|(&k, &w)| add(&mut histogram, k, w * scale));
             }
         }
     }
     histogram
 }
 
+/// # Safety
+/// The processor has AVX2 (`cpu::avx2()` is Some).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn histogram_chunk_avx2<T: Real>(ls: &[T], ws: Option<&[f64]>, scale: f64, sign: f64, bins: Bins) -> Vec<f64> {
@@ -291,6 +297,8 @@ fn collect_bin<T: Real>(
     kept
 }
 
+/// # Safety
+/// The processor has AVX2 (`cpu::avx2()` is Some).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn collect_bin_avx2<T: Real>(

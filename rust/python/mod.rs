@@ -142,15 +142,21 @@ fn solve_rows<'py, T: Real + Element>(
     let py = losses.py();
     let shape = losses.shape();
     let columns = shape[shape.len() - 1];
-    // SAFETY: C-contiguous (`HostLosses` holds no other kind), and nothing in this module writes
-    // to the losses or holds a mutable view of them. A readonly borrow (rust-numpy's tracking
-    // through its global table of borrows) would guard against no more than that, and cost a
-    // noticeable share of a small call.
+    debug_assert!(losses.is_c_contiguous());
+    // SAFETY: C-contiguous (`HostLosses` holds no other kind), so the slice covers the array's
+    // len() elements exactly; nothing in this module writes to the losses or holds a mutable
+    // view of them, and the GIL is held or the array kept alive (`losses` is borrowed for the
+    // whole solve). A readonly borrow (rust-numpy's tracking through its global table of
+    // borrows) would guard against no more than that, and cost a noticeable share of a small
+    // call.
     let values = unsafe { losses.as_slice() }.map_err(|e| CoreError::Shape(format!("losses: {e}")))?;
-    // SAFETY: a fresh array of the same shape; every element is written by the solver before
-    // Python can see it (on error the array is dropped unread).
+    // SAFETY: a fresh array of the same shape, C order (`false`); its elements are
+    // uninitialised, and the solver writes every one of them (`solve_rows` fills each row)
+    // before Python can see it (on error the array is dropped unread).
     let out = unsafe { PyArrayDyn::<T>::new(py, shape, false) };
-    // SAFETY: the fresh array is C-contiguous and no one else has seen it yet.
+    debug_assert!(out.is_c_contiguous() && out.len() == values.len());
+    // SAFETY: the fresh array is C-contiguous with values.len() elements, and no one else has
+    // seen it yet: this is the only view of it until the solve returns.
     let out_slice = unsafe { out.as_slice_mut() }.expect("a fresh array is contiguous");
     let mut work = move || crate::solve_rows(values, columns, options, out_slice);
     let solutions = if values.len() >= DETACH_MIN_ELEMENTS { py.detach(work) } else { work() }?;

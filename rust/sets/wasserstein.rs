@@ -152,6 +152,8 @@ impl Bracket<'_> {
         self.collect_portable(u, row, i, list)
     }
 
+    /// # Safety
+    /// The processor has AVX2 (`cpu::avx2()` is Some).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn collect_avx2(&self, u: &[f64], row: &[f64], i: usize, list: &mut Vec<(usize, f64)>) -> bool {
@@ -476,6 +478,8 @@ fn best_target(u: &[f64], costs: &[f64], lam: f64, source: usize) -> usize {
     best_target_portable(u, costs, lam, source)
 }
 
+/// # Safety
+/// The processor has AVX2 (`cpu::avx2()` is Some).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn best_target_avx2(u: &[f64], costs: &[f64], lam: f64, source: usize) -> usize {

@@ -232,6 +232,8 @@ fn features_row(blocks: &[f64], x: &[f64], power: Power, out: &mut [f64]) {
     features_row_portable(blocks, x, power, out)
 }
 
+/// # Safety
+/// The processor has AVX2 (`cpu::avx2()` is Some).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn features_row_avx2(blocks: &[f64], x: &[f64], power: Power, out: &mut [f64]) {
