@@ -163,17 +163,18 @@ def table(title: str, header: str, rows: Iterable[str]) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="benches/paired.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="rounds per set and size, in seconds")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[SMALL_N], help="sizes of the speed-ups")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[SMALL_N], help="sizes of the speed-ups")
     parser.add_argument("--large-sizes", type=int, nargs="*", default=[LARGE_N], help="sizes of the copies")
     parser.add_argument(
         "--batch", type=int, nargs=2, default=[4096, BATCH_N], metavar=("ROWS", "N"), help="problems per call, and n"
     )
     args = parser.parse_args(argv)
-    table(
-        "paired rounds: the core, then its comparison straight after; median [quartiles] over rounds",
-        f"{'set':<14}{'n':>9}{'core':>12}  {'speed-up':<24}{'rounds':>7}  target",
-        (row(name, n, args.seconds) for n in args.sizes for name in CALLS),
-    )
+    if args.sizes:
+        table(
+            "paired rounds: the core, then its comparison straight after; median [quartiles] over rounds",
+            f"{'set':<14}{'n':>9}{'core':>12}  {'speed-up':<24}{'rounds':>7}  target",
+            (row(name, n, args.seconds) for n in args.sizes for name in CALLS),
+        )
     if args.large_sizes:
         print()
         table(
