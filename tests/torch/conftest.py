@@ -19,6 +19,26 @@ if not all(importlib.util.find_spec(name) for name in ("torch", "transformers", 
     collect_ignore_glob = ["test_*.py"]
 
 
+@pytest.fixture
+def solves(monkeypatch):
+    """Every (losses, groups, weights) the robust reduction solves, in order."""
+    import numpy as np
+
+    import dro_rebel
+    from dro_rebel.torch import robust_loss
+
+    calls = []
+    solve = dro_rebel.robust_weights
+
+    def recording(losses, ambiguity, **kwargs):
+        weights = solve(losses, ambiguity, **kwargs)
+        calls.append((np.array(losses), kwargs.get("groups"), np.array(weights)))
+        return weights
+
+    monkeypatch.setattr(robust_loss.dro_rebel, "robust_weights", recording)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from tiny_models import tiny_tokenizer

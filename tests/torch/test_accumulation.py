@@ -13,22 +13,6 @@ from tiny_models import PAIRS, tiny_llama
 
 import dro_rebel
 from dro_rebel.torch import DroRebelConfig, DroRebelTrainer, RobustDPOConfig, RobustDPOTrainer
-from dro_rebel.torch import robust_loss as robust_loss_module
-
-
-@pytest.fixture
-def solves(monkeypatch):
-    """Every (losses, groups, weights) the robust reduction solves, in order."""
-    calls = []
-    solve = dro_rebel.robust_weights
-
-    def recording(losses, ambiguity, **kwargs):
-        weights = solve(losses, ambiguity, **kwargs)
-        calls.append((np.array(losses), kwargs.get("groups"), np.array(weights)))
-        return weights
-
-    monkeypatch.setattr(robust_loss_module.dro_rebel, "robust_weights", recording)
-    return calls
 
 
 def dpo(tokenizer, tmp_path, **fields):

@@ -17,7 +17,6 @@ from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer  # noqa: E402
 import dro_rebel  # noqa: E402
 from dro_rebel import worst_case  # noqa: E402
 from dro_rebel.integrations.trl import DRODPOConfig, DRODPOTrainer, DRORewardConfig, DRORewardTrainer  # noqa: E402
-from dro_rebel.torch import robust_loss as robust_loss_module  # noqa: E402
 from dro_rebel.torch import sequence_logprobs  # noqa: E402
 from dro_rebel.torch.data import group_labels  # noqa: E402
 
@@ -216,21 +215,6 @@ def test_prompt_groups_and_the_misuse_of_a_group_column(tokenizer, grouped, tmp_
 
 
 # -- one robust problem per optimiser step --------------------------------------------------
-
-
-@pytest.fixture
-def solves(monkeypatch):
-    """Every (losses, groups, weights) the robust reduction solves, in order."""
-    calls = []
-    solve = dro_rebel.robust_weights
-
-    def recording(losses, ambiguity, **kwargs):
-        weights = solve(losses, ambiguity, **kwargs)
-        calls.append((np.array(losses), kwargs.get("groups"), np.array(weights)))
-        return weights
-
-    monkeypatch.setattr(robust_loss_module.dro_rebel, "robust_weights", recording)
-    return calls
 
 
 def _sgd_step(tokenizer, grouped, tmp_path, batch_size, accumulation, scope, group_column="group"):
