@@ -208,6 +208,13 @@ def test_prompt_groups_and_the_misuse_of_a_group_column(tokenizer, grouped, tmp_
     assert len(set(batch["groups"].tolist())) == 4
     with pytest.raises(ValueError, match="'kind' is not a column of train_dataset"):
         _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, grouped, tmp_path, radius=0.1, group_column="kind")
+    model = tiny_llama(tokenizer)
+    args = DRODPOConfig(output_dir=str(tmp_path), beta=0.1, **COMMON, radius=0.1, group_column="group")
+    with pytest.raises(ValueError, match="'group' is not a column of eval_dataset"):
+        DRODPOTrainer(
+            model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=grouped,
+            eval_dataset=grouped.remove_columns("group"), processing_class=tokenizer,
+        )  # fmt: skip
     scored = grouped.map(lambda row: {"group": row["group"] + 0.5})
     trainer = _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, scored, tmp_path, radius=0.1, group_column="group")
     with pytest.raises(ValueError, match="one integer or string label per pair"):

@@ -174,9 +174,17 @@ class _RobustTrainerMixin:
         self.robust_loss = self.args.robust_loss()
         column = self.args.group_column
         if column is not None:
-            names = getattr(self.train_dataset, "column_names", None)
-            if names is not None and column not in names:
-                raise ValueError(f"group_column={column!r} is not a column of train_dataset (columns: {names})")
+            # Checked here, not at the first batch of training or of an evaluation hours later.
+            evaluation = getattr(self, "eval_dataset", None)
+            named = {"train_dataset": self.train_dataset}
+            if isinstance(evaluation, dict):
+                named.update({f"eval_dataset[{key!r}]": value for key, value in evaluation.items()})
+            elif evaluation is not None:
+                named["eval_dataset"] = evaluation
+            for name, dataset in named.items():
+                names = getattr(dataset, "column_names", None)
+                if names is not None and column not in names:
+                    raise ValueError(f"group_column={column!r} is not a column of {name} (columns: {names})")
             self.data_collator = _GroupCollator(self.data_collator, column)
 
     def _set_signature_columns_if_needed(self) -> None:
