@@ -16,7 +16,7 @@ the candidates), labelled by the Bradley-Terry model under the prompt's preferen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -200,17 +200,9 @@ def _step(
     """One optimiser step on the robust loss (over mixtures of ``groups`` when given); records
     each type's share of the weights."""
     optimiser.zero_grad()
-    kwargs: Dict[str, Any] = {}
-    if groups is not None:
-        kwargs["groups"] = groups
-    if reference is not None:
-        kwargs["reference"] = reference
-    probe = losses.detach().requires_grad_()
-    # The weights q* are the gradient of the robust loss in the losses (Danskin): solved once,
-    # read off a detached copy, then applied to the real losses.
-    robust(probe, **kwargs).backward()
-    weights = probe.grad
-    assert weights is not None
-    (weights * losses).sum().backward()
+    # forward() in its two halves, so that the step's weights can be logged: q* solved once on
+    # the detached losses, then sum_i q_i l_i backpropagated (Danskin).
+    weights = robust.weights(losses, groups=groups, reference=reference)
+    robust.reduce(losses, weights).backward()
     optimiser.step()
     log.group_weights.append(_group_mass(weights, types, group_count))
