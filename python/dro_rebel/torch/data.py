@@ -64,14 +64,17 @@ def encode_pairs(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
-def pair_rows(batch: Dict[str, Any], rows: Sequence[int]) -> Dict[str, Any]:
-    """The pairs at positions ``rows`` of a pair batch (a micro-batch): rows ``r`` and ``n + r``
-    of the (2n, T) tensors, entry ``r`` of the per-pair ones (``groups``, ``indices``), and the
-    columns that are padding in every remaining row dropped (the batch is right-padded)."""
+def pair_rows(batch: Dict[str, Any], rows: Sequence[int], *, trim_padding: bool = True) -> Dict[str, Any]:
+    """The pairs at positions ``rows`` of a batch of n pairs (a micro-batch, a REBEL mini-batch):
+    rows ``r`` and ``n + r`` of the per-sequence entries (2n rows: a pair batch's chosen then
+    rejected sequences, a rollout's first then second responses), entry ``r`` of the per-pair
+    ones (``groups``, ``indices``, ``prompts``). With ``trim_padding`` the columns that are
+    padding in every remaining row are dropped (right-padded batches only: not a rollout, whose
+    prompts are left-padded)."""
     n = batch["input_ids"].shape[0] // 2
     pair = torch.as_tensor(list(rows), dtype=torch.long)
     both = torch.cat([pair, pair + n])
-    width = int(batch["attention_mask"][both].sum(dim=1).max())
+    width = int(batch["attention_mask"][both].sum(dim=1).max()) if trim_padding else None
     part: Dict[str, Any] = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape[0] == 2 * n:
@@ -80,6 +83,8 @@ def pair_rows(batch: Dict[str, Any], rows: Sequence[int]) -> Dict[str, Any]:
             part[key] = value[both.to(value.device)]
         elif isinstance(value, torch.Tensor) and value.shape[:1] == (n,):
             part[key] = value[pair.to(value.device)]
+        elif isinstance(value, list) and len(value) == 2 * n:
+            part[key] = [value[int(r)] for r in both]
         elif isinstance(value, list) and len(value) == n:
             part[key] = [value[int(r)] for r in pair]
         else:

@@ -38,7 +38,7 @@ import torch
 
 from dro_rebel.torch.base_trainer import LossOutput, Trainer
 from dro_rebel.torch.config import DroRebelConfig
-from dro_rebel.torch.data import group_labels, select_rows
+from dro_rebel.torch.data import group_labels, pair_rows, select_rows
 from dro_rebel.torch.eval_metrics import MAX_GROUPS_LOGGED
 from dro_rebel.torch.logprobs import completion_logprobs
 from dro_rebel.torch.losses import rebel_loss
@@ -80,10 +80,14 @@ class DroRebelTrainer(Trainer):
         epoch_losses: List[float] = []
         metrics: Dict[str, float] = {}
         for _ in range(config.rollout_epochs):
-            permutation = order.permutation(n) if config.num_mini_batches > 1 else np.arange(n)
+            if config.num_mini_batches == 1:
+                mini_batches = [batch]
+            else:
+                permutation = order.permutation(n)
+                mini_batches = [self.select_samples(batch, permutation[i : i + size]) for i in range(0, n, size)]
             losses = []
-            for start in range(0, n, size):
-                metrics = self.train_step(rollout_rows(batch, permutation[start : start + size]))
+            for mini_batch in mini_batches:
+                metrics = self.train_step(mini_batch)
                 losses.append(metrics["loss"])
             epoch_losses.append(float(np.mean(losses)))
         return {**metrics, "loss/first_epoch": epoch_losses[0], "loss/last_epoch": epoch_losses[-1]}
@@ -92,7 +96,8 @@ class DroRebelTrainer(Trainer):
         return len(batch["prompts"])
 
     def select_samples(self, batch: Dict[str, Any], rows: Sequence[int]) -> Dict[str, Any]:
-        return rollout_rows(batch, rows)
+        # A rollout's prompts are left-padded: its columns cannot be trimmed from the right.
+        return pair_rows(batch, rows, trim_padding=False)
 
     def next_batch(self, step: int) -> Dict[str, Any]:
         indices = self.step_indices(step)
@@ -208,27 +213,3 @@ class DroRebelTrainer(Trainer):
                 metrics.update({f"eval/group_{g}/reward": mean for g, mean in means.items()})
             metrics["eval/worst_group_reward"] = min(means.values())
         return metrics
-
-
-def rollout_rows(batch: Dict[str, Any], rows: Sequence[int]) -> Dict[str, Any]:
-    """The part of a rollout that belongs to the prompts at positions ``rows``. Per-response
-    entries are sample-major (the first responses of all n prompts, then the second ones), so
-    prompt i owns rows i and n + i."""
-    n = len(batch["prompts"])
-    if len(rows) == n and all(int(r) == i for i, r in enumerate(rows)):
-        return batch
-    prompt_rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
-    response_rows = torch.cat([prompt_rows, prompt_rows + n])
-    part: Dict[str, Any] = {}
-    for key, value in batch.items():
-        if key in ("prompts", "indices"):
-            part[key] = None if value is None else [value[int(r)] for r in prompt_rows]
-        elif key == "groups":
-            part[key] = value[prompt_rows]
-        elif key == "completions":
-            part[key] = [value[int(r)] for r in response_rows]
-        elif isinstance(value, torch.Tensor):
-            part[key] = value[response_rows.to(value.device)]
-        else:
-            part[key] = value
-    return part
