@@ -67,6 +67,16 @@ pub fn quantile<T: Real>(batch: &Batch<T>, target: f64, sign: f64) -> Quantile {
 /// largest value, k the fewest items whose mass reaches the target. Pairs with their masses,
 /// collected through the chunked passes and selected among, took half of a TV solve at n = 64.
 fn uniform_quantile<T: Real>(batch: &Batch<T>, target: f64, sign: f64) -> Quantile {
+    #[cfg(target_arch = "x86_64")]
+    if cpu::avx2().is_some() {
+        // SAFETY: `cpu::avx2()` is Some: the processor has AVX2 and FMA, and no switch forces the portable build.
+        return unsafe { uniform_quantile_avx2(batch, target, sign) };
+    }
+    uniform_quantile_serial(batch, target, sign)
+}
+
+#[inline(always)]
+fn uniform_quantile_serial<T: Real>(batch: &Batch<T>, target: f64, sign: f64) -> Quantile {
     let mass = batch.reference.scale();
     let n = batch.len();
     let mut k = ((target / mass).ceil() as usize).clamp(1, n);
@@ -76,15 +86,14 @@ fn uniform_quantile<T: Real>(batch: &Batch<T>, target: f64, sign: f64) -> Quanti
     } else if k > 1 && ((k - 1) as f64) * mass >= target {
         k -= 1;
     }
-    let values = batch.losses.iter().map(|&l| sign * l.to_f64());
     let value = if k <= TOP_MAX {
         // The k-th largest is the k-th smallest of the negated values.
-        -kth_smallest(values.map(|v| -v), k)
+        -kth_smallest(batch.losses, -sign, k)
     } else if n - k < TOP_MAX {
         // The k-th largest is the (n - k + 1)-th smallest.
-        kth_smallest(values, n - k + 1)
+        kth_smallest(batch.losses, sign, n - k + 1)
     } else {
-        let mut values: Vec<f64> = values.collect();
+        let mut values: Vec<f64> = batch.losses.iter().map(|&l| sign * l.to_f64()).collect();
         *values.select_nth_unstable_by(k - 1, |a, b| b.partial_cmp(a).unwrap_or(Equal)).1
     };
     let (mut beyond, mut at) = (0_usize, 0_usize);
@@ -96,26 +105,81 @@ fn uniform_quantile<T: Real>(batch: &Batch<T>, target: f64, sign: f64) -> Quanti
     Quantile { value, beyond: beyond as f64 * mass, at: at as f64 * mass }
 }
 
+/// # Safety
+/// The processor has AVX2 (`cpu::avx2()` is Some).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn uniform_quantile_avx2<T: Real>(batch: &Batch<T>, target: f64, sign: f64) -> Quantile {
+    uniform_quantile_serial(batch, target, sign)
+}
+
 /// The largest k that `kth_smallest` keeps on the stack.
 const TOP_MAX: usize = 16;
 
-/// The k-th smallest of finite values (1 <= k <= TOP_MAX, k <= their count), in one pass that
-/// keeps the k smallest seen so far in order: no allocation, and at small n far cheaper than
-/// a selection.
-fn kth_smallest(values: impl Iterator<Item = f64>, k: usize) -> f64 {
-    let mut kept = [f64::INFINITY; TOP_MAX];
-    let kept = &mut kept[..k];
-    for v in values {
-        if v < kept[k - 1] {
-            let mut i = k - 1;
-            while i > 0 && kept[i - 1] > v {
-                kept[i] = kept[i - 1];
-                i -= 1;
-            }
-            kept[i] = v;
-        }
+/// The k-th smallest of the values factor * l (1 <= k <= TOP_MAX, k <= their count; factor is
+/// +-1, so the products are exact), with no branch on the values: at n = 64 an insertion
+/// into the k smallest, branching on each value, mispredicted often enough to take most of a
+/// CVaR or TV solve.
+#[inline(always)]
+fn kth_smallest<T: Real>(losses: &[T], factor: f64, k: usize) -> f64 {
+    debug_assert!((1..=TOP_MAX).contains(&k) && k <= losses.len());
+    if k <= TOP_MAX / 2 {
+        kth_smallest_in::<T, { TOP_MAX / 2 }>(losses, factor, k)
+    } else {
+        kth_smallest_in::<T, TOP_MAX>(losses, factor, k)
     }
-    kept[k - 1]
+}
+
+/// Values a lane of `kth_smallest_in` takes: value i goes to lane i mod LANES.
+const LANES: usize = 4;
+
+/// `kth_smallest` keeping K >= k values a lane. Each of four lanes keeps its K smallest values
+/// in order, every new value passed through a compare-exchange network (kept[i] = min(kept[i],
+/// max(kept[i - 1], v)), which inserts v at its place and drops the largest): min and max
+/// only, the same in every lane, so the four lanes are one vector. The k-th smallest of all
+/// is then the k-th step of a merge of the four sorted lanes.
+#[inline(always)]
+fn kth_smallest_in<T: Real, const K: usize>(losses: &[T], factor: f64, k: usize) -> f64 {
+    debug_assert!(k <= K);
+    // `if a < b { a } else { b }`, not f64::min: the values are finite, and this is one
+    // instruction (minpd) where f64::min's care for NaN is three.
+    let min = |a: f64, b: f64| if a < b { a } else { b };
+    let max = |a: f64, b: f64| if a > b { a } else { b };
+    let mut kept = [[f64::INFINITY; LANES]; K];
+    let mut insert = |v: [f64; LANES]| {
+        for i in (1..K).rev() {
+            for lane in 0..LANES {
+                kept[i][lane] = min(kept[i][lane], max(kept[i - 1][lane], v[lane]));
+            }
+        }
+        for lane in 0..LANES {
+            kept[0][lane] = min(kept[0][lane], v[lane]);
+        }
+    };
+    let mut vectors = losses.chunks_exact(LANES);
+    for ls in &mut vectors {
+        insert(std::array::from_fn(|lane| factor * ls[lane].to_f64()));
+    }
+    // The last values, padded with +inf, which no lane keeps before a finite value.
+    let rest = vectors.remainder();
+    if !rest.is_empty() {
+        insert(std::array::from_fn(|lane| rest.get(lane).map_or(f64::INFINITY, |l| factor * l.to_f64())));
+    }
+    // Merge: k times, take the smallest head of the lanes and advance that lane. A lane is
+    // advanced at most k - 1 <= K - 1 times before the last take, so heads stay in bounds.
+    let mut head = [0_usize; LANES];
+    let mut value = f64::INFINITY;
+    for _ in 0..k {
+        let at = |lane: usize| kept[head[lane].min(K - 1)][lane];
+        let (a, b) = ((at(0), 0), (at(1), 1));
+        let first = if b.0 < a.0 { b } else { a };
+        let (c, d) = ((at(2), 2), (at(3), 3));
+        let second = if d.0 < c.0 { d } else { c };
+        let (smallest, lane) = if second.0 < first.0 { second } else { first };
+        value = smallest;
+        head[lane] += 1;
+    }
+    value
 }
 
 /// Equal bins over [low, high]; values outside go to the first or last bin.
@@ -425,6 +489,30 @@ mod tests {
                     assert!(q.beyond < target && reached, "n {n} target {target}");
                     if t >= 2 * n {
                         assert_eq!(q.value, quantile(&weighted, target, sign).value, "n {n} target {target}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The branch-free k-th smallest against a sort: every k it takes, every remainder of n by
+    /// the four lanes, ties and continuous values, both signs, float64 and float32 losses.
+    #[test]
+    fn the_kth_smallest_matches_a_sort() {
+        let mut rng = crate::testing::Rng::new(2026);
+        for n in 1..80 {
+            let tied: Vec<f64> = (0..n).map(|_| (rng.uniform() * 5.0).floor() - 2.0).collect();
+            let spread: Vec<f64> = (0..n).map(|_| (rng.uniform() - 0.3) * 1e3).collect();
+            for losses in [&tied, &spread] {
+                let narrow: Vec<f32> = losses.iter().map(|&l| l as f32).collect();
+                for factor in [1.0, -1.0] {
+                    let mut sorted: Vec<f64> = losses.iter().map(|&l| factor * l).collect();
+                    sorted.sort_by(f64::total_cmp);
+                    let mut sorted_narrow: Vec<f64> = narrow.iter().map(|&l| factor * f64::from(l)).collect();
+                    sorted_narrow.sort_by(f64::total_cmp);
+                    for k in 1..=TOP_MAX.min(n) {
+                        assert_eq!(kth_smallest(losses.as_slice(), factor, k), sorted[k - 1], "n {n} k {k}");
+                        assert_eq!(kth_smallest(narrow.as_slice(), factor, k), sorted_narrow[k - 1], "n {n} k {k}");
                     }
                 }
             }
