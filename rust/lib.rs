@@ -20,7 +20,7 @@ mod testing;
 #[cfg(feature = "python")]
 mod python;
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 pub use error::{CoreError, Result};
 pub use kernels::real::Real;
@@ -302,7 +302,7 @@ pub fn solve_rows<T: Real>(losses: &[T], columns: usize, options: &Options, out:
         (Some(weights), Some(false)) => Some(Reference::weighted(weights, columns)?),
         _ => None,
     };
-    let solve_row = |(row, (l, o)): (usize, (&[T], &mut [T]))| -> Result<Solution> {
+    let solve_row = |row: usize, l: &[T], o: &mut [T]| -> Result<Solution> {
         let span = row * columns..(row + 1) * columns;
         let reference = match (shared_reference, options.reference) {
             (Some(shared), _) => shared,
@@ -315,26 +315,36 @@ pub fn solve_rows<T: Real>(losses: &[T], columns: usize, options: &Options, out:
         let row_options = Options { groups, ..*options };
         solve_with(l, reference, &row_options, o).map_err(|e| prefix_row(e, row))
     };
-    // Each row writes its solution in place: collecting a Result per row cost a tenth of a
-    // solve of 64 losses.
-    let mut solutions = vec![Solution { value: 0.0, dual: None, iterations: 0, radius: None, plan: None }; rows];
-    if losses.len() >= PARALLEL_MIN_ELEMENTS {
-        // Rows in jobs of ROWS_JOB_ELEMENTS losses or more: one row of 64 is a solve of a few
-        // hundred nanoseconds, and a job each would spend a good part of that on the pool.
-        let rows_per_job = (ROWS_JOB_ELEMENTS / columns).max(1);
-        solutions
-            .par_iter_mut()
-            .zip(losses.par_chunks(columns).zip(out.par_chunks_mut(columns)))
-            .enumerate()
-            .with_min_len(rows_per_job)
-            .try_for_each(|(row, (solution, pair))| solve_row((row, pair)).map(|s| *solution = s))?;
-    } else {
-        for (row, (solution, pair)) in
+    // Rows first..first + solutions.len(), one after another: each writes its solution in
+    // place (collecting a Result per row cost a tenth of a solve of 64 losses).
+    let solve_span = |first: usize, solutions: &mut [Solution], losses: &[T], out: &mut [T]| -> Result<()> {
+        for (i, (solution, (l, o))) in
             solutions.iter_mut().zip(losses.chunks(columns).zip(out.chunks_mut(columns))).enumerate()
         {
-            *solution = solve_row((row, pair))?;
+            *solution = solve_row(first + i, l, o)?;
         }
+        Ok(())
+    };
+    let mut solutions = vec![Solution { value: 0.0, dual: None, iterations: 0, radius: None, plan: None }; rows];
+    if losses.len() < PARALLEL_MIN_ELEMENTS {
+        solve_span(0, &mut solutions, losses, out)?;
+        return Ok(solutions);
     }
+    // Jobs of whole rows, ROWS_JOB_ELEMENTS losses or more, each a plain loop: one row of 64
+    // is a solve of a few hundred nanoseconds, and rayon's machinery around every row (a job,
+    // or an item of a chain of adaptors) took a good share of that. Each job's solutions and
+    // weights behind a lock of their own, taken once, by the one thread that runs the job.
+    let rows_per_job = (ROWS_JOB_ELEMENTS / columns).max(1);
+    let spans: Vec<Mutex<(&mut [Solution], &mut [T])>> =
+        solutions.chunks_mut(rows_per_job).zip(out.chunks_mut(rows_per_job * columns)).map(Mutex::new).collect();
+    kernels::jobs::run(spans.len(), &|job| {
+        let mut span = spans[job].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (solutions, out) = &mut *span;
+        let first = job * rows_per_job;
+        let losses = &losses[first * columns..(first + solutions.len()) * columns];
+        solve_span(first, solutions, losses, out)
+    })?;
+    drop(spans);
     Ok(solutions)
 }
 
@@ -386,9 +396,14 @@ mod tests {
                 }
             }
         }
+        // Two bad rows in different jobs: the error is the first one's, as in a serial loop,
+        // whichever thread meets a bad row first.
         losses[777 * columns + 5] = f64::NAN;
+        losses[(rows - 2) * columns] = f64::INFINITY;
         let mut out = vec![0.0; losses.len()];
-        let error = solve_rows(&losses, columns, &Options::new(Ambiguity::Chi2, Budget::Radius(0.5)), &mut out);
-        assert!(matches!(&error, Err(CoreError::Losses(m)) if m.starts_with("row 777: ")), "{error:?}");
+        for _ in 0..20 {
+            let error = solve_rows(&losses, columns, &Options::new(Ambiguity::Chi2, Budget::Radius(0.5)), &mut out);
+            assert!(matches!(&error, Err(CoreError::Losses(m)) if m.starts_with("row 777: ")), "{error:?}");
+        }
     }
 }
