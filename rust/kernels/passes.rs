@@ -314,7 +314,7 @@ fn normalise_serial<T: Real>(part: &[T], out: &mut [T], total: f64, factor: &imp
         out[k] = T::from_f64(q);
         acc[0] += q * l;
     }
-    acc.iter().sum::<f64>()
+    sum_in_order(&acc)
 }
 
 /// # Safety
@@ -518,7 +518,7 @@ impl<const K: usize> Lanes<K> {
     fn total(&self) -> [f64; K] {
         let mut total = [0.0; K];
         for (t, lanes) in total.iter_mut().zip(&self.0) {
-            *t = lanes.iter().sum();
+            *t = sum_in_order(lanes);
         }
         total
     }
@@ -617,6 +617,14 @@ fn sum_serial<T: Real, const K: usize>(
     term: &impl Fn(f64, f64) -> [f64; K],
 ) -> [f64; K] {
     fold_blocks(losses, weights, scale, None, &|_, l, p| (0.0, term(l, p)))
+}
+
+/// The values added left to right, as `Iterator::sum` adds them (from -0.0, so a sum of -0.0s
+/// stays -0.0), but always inlined: the few lanes of a pass, where std's sum, a generic shared
+/// across the crate, was at times left out of line and cost more than the additions.
+#[inline(always)]
+pub(crate) fn sum_in_order(values: &[f64]) -> f64 {
+    values.iter().fold(-0.0, |total, &v| total + v)
 }
 
 #[inline(always)]

@@ -13,6 +13,7 @@ use std::arch::x86_64::*;
 
 use crate::kernels::batch::Scale;
 use crate::kernels::binned::Moments;
+use crate::kernels::passes::sum_in_order;
 use crate::kernels::real::Real;
 
 /// Losses a vector.
@@ -98,7 +99,7 @@ pub unsafe fn sum_above<T: Real>(
             lane[j] += t;
         }
     }
-    lanes.map(|lane| lane.iter().sum())
+    lanes.map(|lane| sum_in_order(&lane))
 }
 
 /// `binned::scatter` four losses at a time: their terms computed across the four (one vector a
