@@ -80,6 +80,13 @@ def loss_scale(losses: np.ndarray) -> float:
     return float(np.max(np.abs(losses)))
 
 
+def value_tolerance(losses: np.ndarray) -> float:
+    """How far two computations of a value sum q l may differ: relatively 1e-12 of the losses'
+    size, and absolutely a few units of the smallest subnormal a loss, since a product q_i l_i
+    below 2^-1022 (and the halving in `value_of`) rounds to a multiple of 2^-1074."""
+    return 1e-12 * loss_scale(losses) + 4 * len(losses) * np.finfo(np.float64).smallest_subnormal
+
+
 def value_of(q: np.ndarray, losses: np.ndarray) -> float:
     # An exact sum of q l / 2, doubled: halved, no partial sum overflows for losses near 1e308.
     return 2.0 * math.fsum((q * (losses * 0.5)).tolist())
@@ -111,11 +118,26 @@ def test_value_lies_between_the_mean_and_the_max(ambiguity, form, data):
     size = budget(data.draw, form, losses)
     solution = worst_case(losses, ambiguity, reference=reference, **size)
     p = normalised(reference, len(losses))
-    scale = loss_scale(losses)
-    tol = 1e-12 * scale
+    tol = value_tolerance(losses)
     assert solution.value == pytest.approx(value_of(solution.weights, losses), rel=0, abs=tol)
     assert solution.value >= value_of(p, losses) - tol
     assert solution.value <= losses[p > 0].max() + tol
+
+
+@pytest.mark.parametrize("ambiguity,form", ALL)
+@pytest.mark.parametrize(
+    "losses",
+    [[2.5e-322, 2.5e-322], [1e-323, -5e-324], [2.5e-322, 9.9e-324, -4.9e-324, 0.0], [-2.5e-322, -2.5e-322]],
+)
+def test_the_value_matches_the_weights_at_subnormal_losses(ambiguity, form, losses):
+    # Found by hypothesis: sum q l over subnormal losses, computed two ways, differs by a few
+    # units of 2^-1074; 1e-12 of the losses' size alone is a tolerance of zero there.
+    losses = np.array(losses)
+    size = {"radius": 0.1, "alpha": 0.5, "penalty": 1e-310}[form]
+    solution = worst_case(losses, ambiguity, **{form: size})
+    tol = value_tolerance(losses)
+    assert abs(solution.value - value_of(solution.weights, losses)) <= tol
+    assert losses.mean() - tol <= solution.value <= losses.max() + tol
 
 
 @pytest.mark.parametrize("ambiguity,form", CONSTRAINED)
@@ -128,7 +150,7 @@ def test_value_grows_with_the_radius(ambiguity, form, data):
     small, large = (max(a, b), min(a, b)) if key == "alpha" else (min(a, b), max(a, b))
     v_small = worst_case(losses, ambiguity, reference=reference, **{key: small}).value
     v_large = worst_case(losses, ambiguity, reference=reference, **{key: large}).value
-    assert v_small <= v_large + 1e-12 * loss_scale(losses)
+    assert v_small <= v_large + value_tolerance(losses)
 
 
 @pytest.mark.parametrize("ambiguity", ["kl", "chi2"])
@@ -138,7 +160,7 @@ def test_value_falls_with_the_penalty(ambiguity, data):
     a, b = sorted(budget(data.draw, "penalty", losses)["penalty"] for _ in range(2))
     v_a = worst_case(losses, ambiguity, reference=reference, penalty=a).value
     v_b = worst_case(losses, ambiguity, reference=reference, penalty=b).value
-    assert v_b <= v_a + 1e-12 * loss_scale(losses)
+    assert v_b <= v_a + value_tolerance(losses)
 
 
 @pytest.mark.parametrize("ambiguity,form", ALL)
