@@ -47,12 +47,12 @@ def test_prompt_groups_make_the_worst_case_range_over_prompts(tokenizer, tmp_pat
     losses = trainer.compute_losses(batch)[0]
     robust = trainer.robust_loss(losses, groups=batch["groups"])
     expected = worst_case(losses.detach().double().numpy(), "chi2", radius=0.4, groups=labels)
-    assert float(robust) == pytest.approx(expected.value, rel=1e-6)
+    assert robust.item() == pytest.approx(expected.value, rel=1e-6)
     # The weights are shared within a prompt in proportion to its pairs (here equally).
     weights = np.asarray(expected.weights)
     for label in set(labels.tolist()):
         assert np.allclose(weights[labels == label], weights[labels == label][0])
-    assert float(robust) > float(losses.mean())
+    assert robust.item() > losses.mean().item()
 
 
 def test_string_labels_are_stable_and_integers_are_kept():
