@@ -74,7 +74,7 @@ struct Request<'a, 'py> {
 fn solve<'py>(
     losses: &Bound<'py, PyAny>,
     request: &Request<'_, 'py>,
-) -> PyResult<(Bound<'py, PyAny>, Solutions, bool)> {
+) -> PyResult<(Bound<'py, PyAny>, Vec<Solution>, bool)> {
     let ambiguity = request.ambiguity;
     let radius = radius::requested(
         request.radius,
@@ -134,29 +134,11 @@ fn options<'a>(ambiguity: Ambiguity, budget: Budget, request: &Request, extras: 
     })
 }
 
-/// One solution per row: 1-D losses, the usual call, keep theirs off the heap (a vector of one
-/// was an allocation and a free in every call).
-enum Solutions {
-    One(Solution),
-    Rows(Vec<Solution>),
-}
-
-impl std::ops::Deref for Solutions {
-    type Target = [Solution];
-
-    fn deref(&self) -> &[Solution] {
-        match self {
-            Solutions::One(solution) => std::slice::from_ref(solution),
-            Solutions::Rows(solutions) => solutions,
-        }
-    }
-}
-
 /// The weights of every row (same shape and dtype as the losses), and one solution per row.
 fn solve_rows<'py, T: Real + Element>(
     losses: &Bound<'py, PyArrayDyn<T>>,
     options: &Options,
-) -> PyResult<(Bound<'py, PyArrayDyn<T>>, Solutions)> {
+) -> PyResult<(Bound<'py, PyArrayDyn<T>>, Vec<Solution>)> {
     let py = losses.py();
     let shape = losses.shape();
     let columns = shape[shape.len() - 1];
@@ -176,14 +158,7 @@ fn solve_rows<'py, T: Real + Element>(
     // SAFETY: the fresh array is C-contiguous with values.len() elements, and no one else has
     // seen it yet: this is the only view of it until the solve returns.
     let out_slice = unsafe { out.as_slice_mut() }.expect("a fresh array is contiguous");
-    let one_row = shape.len() == 1;
-    let mut work = move || {
-        if one_row {
-            crate::solve(values, options, out_slice).map(Solutions::One)
-        } else {
-            crate::solve_rows(values, columns, options, out_slice).map(Solutions::Rows)
-        }
-    };
+    let mut work = move || crate::solve_rows(values, columns, options, out_slice);
     let solutions = if values.len() >= DETACH_MIN_ELEMENTS { py.detach(work) } else { work() }?;
     Ok((out, solutions))
 }
