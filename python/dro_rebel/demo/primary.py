@@ -487,7 +487,7 @@ def _setting(pool, validation, test, shift, types, size, majority, seeds, progre
     }
 
 
-PROTOCOL_COMMIT = None
+PROTOCOL_COMMIT = "1bf38ea96e2c35dbdd54259b27888c3dfcea2f58"
 """The commit that wrote the protocol of docs/demo.md#protocol, before the study ran under it
 (recorded in report.json; a test checks that the protocol has not changed since)."""
 
