@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dro_rebel.torch import OnlineGroupAdversary, RobustLoss
+from dro_rebel.torch import DroRebelConfig, OnlineGroupAdversary, RobustDPOConfig, RobustLoss
 
 ETA = 0.5
 # Three batches; group 7 is absent from the second, group 2 first appears in the third.
@@ -167,3 +167,26 @@ def test_robust_loss_online_misuse_is_named(kwargs, message):
 def test_robust_loss_online_needs_groups():
     with pytest.raises(ValueError, match="pass groups="):
         RobustLoss(adversary="online")(torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"adversary": "online"}, "set group_column"),
+        ({"adversary": "online", "group_column": "group", "radius": 0.1}, "leave radius unset"),
+        ({"adversary": "online", "group_column": "group", "gradient_penalty": "rebel"}, "leave gradient_penalty unset"),
+        ({"adversary": "online", "group_column": "group", "adversary_step_size": -1.0}, "adversary_step_size"),
+        ({"adversary": "exact", "adversary_step_size": float("nan")}, "adversary_step_size"),
+        ({"adversary": "Online", "group_column": "group"}, "adversary must be one of"),
+    ],
+)
+def test_config_misuse_is_named_when_built(fields, message):
+    with pytest.raises(ValueError, match=message):
+        RobustDPOConfig(**fields)
+
+
+def test_a_config_asks_robust_loss_for_the_online_adversary():
+    config = DroRebelConfig(group_column="group", adversary="online", adversary_step_size=0.2)
+    robust = RobustLoss(config.ambiguity, **config.robust_kwargs())
+    assert robust.adversary is not None and robust.adversary.step_size == 0.2
+    assert config.radius_at(10) is None

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
 from dro_rebel._api import _check_radius
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS
+from dro_rebel.torch.online_adversary import ADVERSARIES
 
 __all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig"]
 
@@ -113,6 +114,16 @@ class TrainingConfig:
     then ranges over mixtures of groups, and evaluation reports each group. Integers, or
     strings: ``group_column="prompt"`` is Mandal et al.'s DRO over prompts when a prompt has
     several pairs (docs/method.md#prompt-dro)."""
+    adversary: str = "exact"
+    """``"exact"``: each step's exact worst case over the ambiguity set. ``"online"``: Sagawa et
+    al.'s online group DRO (docs/method.md#online-group-adversary): group weights that persist
+    across steps, q_g <- q_g exp(adversary_step_size * L_g) on each step's group losses, saved
+    in checkpoints. It needs ``group_column`` and replaces the per-step solve: leave
+    ``radius``, ``penalty``, ``alpha``, ``confidence`` and ``gradient_penalty`` unset
+    (``ambiguity`` is not used). Suits groups with few samples per batch, whose per-batch
+    means are noisy."""
+    adversary_step_size: float = 0.01
+    """eta_q of the online adversary (``adversary="online"``), >= 0."""
     nonfinite: str = "skip"
     """A NaN/inf loss or gradient: ``"skip"`` the step (reported in the log) or ``"stop"`` the
     run with an error. Never folded into the weights."""
@@ -169,6 +180,27 @@ class TrainingConfig:
         if self.bf16 and self.fp16:
             raise ValueError("set bf16 or fp16, not both")
         self._check_schedule()
+        self._check_adversary()
+
+    def _check_adversary(self) -> None:
+        if self.adversary not in ADVERSARIES:
+            raise ValueError(f"adversary must be one of {ADVERSARIES}, got {self.adversary!r}")
+        step = self.adversary_step_size
+        if not (isinstance(step, (int, float)) and math.isfinite(step) and step >= 0):
+            raise ValueError(f"adversary_step_size must be a finite number >= 0, got {step!r}")
+        if self.adversary != "online":
+            return
+        if self.group_column is None:
+            raise ValueError("adversary='online' weighs groups: set group_column")
+        given = ("radius", "penalty", "alpha", "confidence", "gradient_penalty")
+        set_names = [name for name in given if getattr(self, name) is not None]
+        if set_names:
+            raise ValueError(
+                f"adversary='online' replaces the per-step worst case over the ambiguity set: "
+                f"leave {', '.join(set_names)} unset"
+            )
+        if self.radius_schedule != "constant":
+            raise ValueError("adversary='online' has no radius to schedule: leave radius_schedule='constant'")
 
     def _check_schedule(self) -> None:
         from transformers import SchedulerType
@@ -183,6 +215,8 @@ class TrainingConfig:
 
     def robust_kwargs(self) -> Dict[str, Any]:
         """The keyword arguments of :class:`dro_rebel.torch.RobustLoss` this config asks for."""
+        if self.adversary == "online":
+            return {"adversary": "online", "adversary_step_size": self.adversary_step_size}
         radius = self.radius
         if radius is None and self.penalty is None and self.alpha is None:
             radius = 0.0
@@ -196,7 +230,7 @@ class TrainingConfig:
 
     def radius_at(self, samples_seen: int) -> Union[float, str, None]:
         """The radius of the step at which ``samples_seen`` samples have been drawn in all."""
-        radius = self.robust_kwargs()["radius"]
+        radius = self.robust_kwargs().get("radius")
         if self.radius_schedule == "inverse_samples":
             return float(radius) / max(int(samples_seen), 1)
         return radius

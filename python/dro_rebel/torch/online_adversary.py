@@ -30,7 +30,10 @@ from typing import Any, Dict
 
 import numpy as np
 
-__all__ = ["OnlineGroupAdversary"]
+__all__ = ["OnlineGroupAdversary", "ADVERSARIES"]
+
+ADVERSARIES = ("exact", "online")
+"""The adversaries of ``RobustLoss(adversary=...)``: the per-batch exact worst case, or this one."""
 
 
 class OnlineGroupAdversary:

@@ -28,11 +28,9 @@ import dro_rebel
 from dro_rebel._api import _check_radius, _resolve_radius
 from dro_rebel.torch.distributed import gather_rows, world_size
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS, per_sample_grad_sq_norms
-from dro_rebel.torch.online_adversary import OnlineGroupAdversary
+from dro_rebel.torch.online_adversary import ADVERSARIES, OnlineGroupAdversary
 
 __all__ = ["RobustLoss", "RobustStats", "NonFiniteLossError"]
-
-ADVERSARIES = ("exact", "online")
 
 
 class NonFiniteLossError(ValueError):
