@@ -14,7 +14,7 @@ from dro_rebel._api import _check_radius
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS
 from dro_rebel.torch.online_adversary import ADVERSARIES
 
-__all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig"]
+__all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig", "check_adversary"]
 
 NONFINITE_POLICIES = ("skip", "stop")
 RADIUS_SCHEDULES = ("constant", "inverse_samples")
@@ -23,6 +23,29 @@ ROBUST_SCOPES = ("step", "micro_batch")
 _METRIC_SCHEDULES = ("reduce_lr_on_plateau", "greedy")
 
 Config = TypeVar("Config", bound="TrainingConfig")
+
+
+def check_adversary(config: Any) -> None:
+    """The errors of ``adversary`` and ``adversary_step_size`` in a config (this module's, or
+    the TRL subclasses'), raised when it is built rather than at the first step."""
+    if config.adversary not in ADVERSARIES:
+        raise ValueError(f"adversary must be one of {ADVERSARIES}, got {config.adversary!r}")
+    step = config.adversary_step_size
+    if not (isinstance(step, (int, float)) and math.isfinite(step) and step >= 0):
+        raise ValueError(f"adversary_step_size must be a finite number >= 0, got {step!r}")
+    if config.adversary != "online":
+        return
+    if config.group_column is None:
+        raise ValueError("adversary='online' weighs groups: set group_column")
+    given = ("radius", "penalty", "alpha", "confidence", "gradient_penalty")
+    set_names = [name for name in given if getattr(config, name, None) is not None]
+    if set_names:
+        raise ValueError(
+            f"adversary='online' replaces the per-step worst case over the ambiguity set: "
+            f"leave {', '.join(set_names)} unset"
+        )
+    if getattr(config, "radius_schedule", "constant") != "constant":
+        raise ValueError("adversary='online' has no radius to schedule: leave radius_schedule='constant'")
 
 
 @dataclass
@@ -180,27 +203,7 @@ class TrainingConfig:
         if self.bf16 and self.fp16:
             raise ValueError("set bf16 or fp16, not both")
         self._check_schedule()
-        self._check_adversary()
-
-    def _check_adversary(self) -> None:
-        if self.adversary not in ADVERSARIES:
-            raise ValueError(f"adversary must be one of {ADVERSARIES}, got {self.adversary!r}")
-        step = self.adversary_step_size
-        if not (isinstance(step, (int, float)) and math.isfinite(step) and step >= 0):
-            raise ValueError(f"adversary_step_size must be a finite number >= 0, got {step!r}")
-        if self.adversary != "online":
-            return
-        if self.group_column is None:
-            raise ValueError("adversary='online' weighs groups: set group_column")
-        given = ("radius", "penalty", "alpha", "confidence", "gradient_penalty")
-        set_names = [name for name in given if getattr(self, name) is not None]
-        if set_names:
-            raise ValueError(
-                f"adversary='online' replaces the per-step worst case over the ambiguity set: "
-                f"leave {', '.join(set_names)} unset"
-            )
-        if self.radius_schedule != "constant":
-            raise ValueError("adversary='online' has no radius to schedule: leave radius_schedule='constant'")
+        check_adversary(self)
 
     def _check_schedule(self) -> None:
         from transformers import SchedulerType
