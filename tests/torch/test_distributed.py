@@ -1,7 +1,8 @@
 """Two CPU processes on the gloo backend solve the global problem, each keeps its slice
 (docs/method.md#data-parallelism), the online adversary's group weights are the same on every
-rank, and a trainer on two ranks takes the same steps as on one with the whole batch, with
-gradient accumulation and with the online adversary too (docs/method.md#accumulation)."""
+rank, REBEL's rewards are whitened over the global batch, and a trainer on two ranks takes the
+same steps as on one with the whole batch, with gradient accumulation and with the online
+adversary too (docs/method.md#accumulation)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tiny_models import PAIRS, tiny_llama, tiny_tokenizer
 
 from dro_rebel import worst_case
 from dro_rebel.torch import OnlineGroupAdversary, RobustDPOConfig, RobustDPOTrainer, RobustLoss
+from dro_rebel.torch.rebel_pairs import whitened_rewards
 
 LOSSES = torch.tensor([0.3, 2.0, 1.1, 0.7, 3.5, 0.2, 1.9, 0.4], dtype=torch.float64)
 GROUPS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
@@ -57,6 +59,7 @@ def _rank(rank: int, port: int, results: str) -> None:
         trainer = _dpo_trainer(f"{results}/accumulated", per_device_train_batch_size=2, gradient_accumulation_steps=2)
         trainer.train()
         out["accumulated"] = {name: p.detach() for name, p in trainer.model.named_parameters()}
+        out["whitened"] = whitened_rewards(LOSSES[shard])
         # The online adversary over three steps, one group absent from the second.
         robust = RobustLoss(adversary="online", adversary_step_size=ONLINE_STEP)
         out["online"] = []
@@ -124,6 +127,12 @@ def test_gradient_penalty_is_over_the_global_batch(ranks, form):
     assert mean_value.item() == pytest.approx(expected.item())
     assert mean_grad.item() == pytest.approx(theta.grad.item())
     assert per_rank[0][2] == pytest.approx(expected.item())
+
+
+def test_rewards_are_whitened_over_the_global_batch(ranks):
+    whole = whitened_rewards(LOSSES)
+    for rank in range(2):
+        torch.testing.assert_close(ranks[rank]["whitened"], whole[SHARDS[rank]], rtol=1e-14, atol=1e-14)
 
 
 def test_the_online_adversary_is_the_same_on_every_rank(ranks):

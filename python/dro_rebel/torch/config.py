@@ -271,7 +271,24 @@ class DroRebelConfig(TrainingConfig):
     max_new_tokens: int = 64
     """Tokens sampled per response."""
     temperature: float = 1.0
-    """Sampling temperature of the two responses per prompt."""
+    """Sampling temperature of the responses."""
+    num_generations: int = 2
+    """G >= 2 responses sampled per prompt (TRL's name), one pair kept per prompt
+    (docs/method.md#rebel-as-practised): with 2 the two as sampled; with more, the best and the
+    worst by the (penalised, whitened) reward, the first on ties, as REBEL's code pairs several
+    generations: the widest reward gap, and a pair of identical responses only when all G
+    score the same. The log's ``rebel/identical_pairs`` is the share of pairs whose two
+    responses are the same tokens, pairs the regression learns nothing from."""
+    kl_coef: float = 0.0
+    """The regression's reward is r(x, y) - kl_coef * (log pi_t(y|x) - log pi_ref(y|x)), pi_ref
+    the start policy (a frozen copy of the model, or the base model under LoRA): a KL penalty
+    that keeps the policy near where it started (docs/method.md#rebel-as-practised). REBEL's
+    reference code uses 0.05; 0 (the default) computes nothing extra. The log's ``rebel/kl`` is
+    the rollout's mean log-ratio to the start policy."""
+    whiten_rewards: bool = False
+    """Whiten the (penalised) rewards of the global batch's responses, (r - mean) / sqrt(var +
+    1e-8) with the unbiased variance (TRL's ``whiten``), before the pairs are formed: REBEL's
+    option, a scale-free reward gap for any reward model."""
     log_ratio_reference: str = "sampler"
     """Log-ratios against ``"sampler"``: the policy that sampled the batch (REBEL's pi_t, its
     log-probs kept from sampling time), or ``"initial"``: the frozen initial model."""
@@ -302,6 +319,10 @@ class DroRebelConfig(TrainingConfig):
             )
         if self.eta <= 0:
             raise ValueError(f"eta must be positive, got {self.eta}")
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be at least 2 (a pair per prompt), got {self.num_generations}")
+        if not (math.isfinite(self.kl_coef) and self.kl_coef >= 0):
+            raise ValueError(f"kl_coef must be a finite number >= 0, got {self.kl_coef}")
         if self.log_ratio_reference not in ("sampler", "initial"):
             raise ValueError(f"log_ratio_reference must be 'sampler' or 'initial', got {self.log_ratio_reference!r}")
 
