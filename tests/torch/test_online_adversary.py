@@ -9,10 +9,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_llama
 
-from dro_rebel.torch import DroRebelConfig, OnlineGroupAdversary, RobustDPOConfig, RobustLoss
+from dro_rebel.torch import DroRebelConfig, DroRebelTrainer, OnlineGroupAdversary, RobustDPOConfig, RobustLoss
 
 ETA = 0.5
+
+
+def short_reward(prompts, completions):
+    return [-len(text) / 10.0 for text in completions]
+
+
 # Three batches; group 7 is absent from the second, group 2 first appears in the third.
 BATCHES = [
     ([1.0, 3.0, 2.0, 0.5], [0, 0, 7, 7]),
@@ -190,3 +197,35 @@ def test_a_config_asks_robust_loss_for_the_online_adversary():
     robust = RobustLoss(config.ambiguity, **config.robust_kwargs())
     assert robust.adversary is not None and robust.adversary.step_size == 0.2
     assert config.radius_at(10) is None
+
+
+def test_rebel_with_the_online_adversary_updates_once_per_optimiser_step(tokenizer, prompts, tmp_path):
+    config = DroRebelConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_new_tokens=4,
+        max_steps=1,
+        rollout_epochs=2,
+        group_column="group",
+        adversary="online",
+        adversary_step_size=ETA,
+        disable_tqdm=True,
+    )
+    trainer = DroRebelTrainer(tiny_llama(tokenizer), tokenizer, config, prompts, short_reward)
+    rollout = trainer.next_batch(1)
+    losses = []
+    compute_losses = trainer.compute_losses
+
+    def recording(batch):
+        output = compute_losses(batch)
+        losses.append((output[0].detach().double().numpy(), batch["groups"].numpy()))
+        return output
+
+    trainer.compute_losses = recording
+    trainer.optimise(rollout)
+    # Two epochs, one mini-batch each: two updates, each with the group means of its losses.
+    want = {}
+    for step_losses, groups in losses:
+        for label in np.unique(groups).tolist():
+            want[label] = want.get(label, 0.0) + ETA * float(step_losses[groups == label].mean())
+    assert trainer.robust_loss.adversary.log_weights == pytest.approx(want, rel=1e-12)
