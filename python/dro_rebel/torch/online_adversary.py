@@ -26,6 +26,7 @@ is the same on every rank.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Dict
 
 import numpy as np
@@ -52,7 +53,9 @@ class OnlineGroupAdversary:
     """
 
     def __init__(self, step_size: float = 0.01):
-        if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size >= 0):
+        if isinstance(step_size, bool) or not (
+            isinstance(step_size, numbers.Real) and math.isfinite(step_size) and step_size >= 0
+        ):
             raise ValueError(f"adversary_step_size must be a finite number >= 0, got {step_size!r}")
         self.step_size = float(step_size)
         self.log_weights: Dict[int, float] = {}

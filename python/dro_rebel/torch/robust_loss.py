@@ -124,8 +124,9 @@ class RobustLoss(nn.Module):
             raise ValueError(f"adversary must be one of {ADVERSARIES}, got {adversary!r}")
         self.adversary: Optional[OnlineGroupAdversary] = None
         if adversary == "online":
-            given = {"radius": radius, "penalty": penalty, "alpha": alpha, "confidence": confidence}
-            given["gradient_penalty"] = gradient_penalty
+            given = dict(
+                radius=radius, penalty=penalty, alpha=alpha, confidence=confidence, gradient_penalty=gradient_penalty
+            )
             set_names = [name for name, value in given.items() if value is not None]
             if set_names:
                 raise ValueError(
