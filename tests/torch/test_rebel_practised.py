@@ -82,7 +82,8 @@ def test_the_defaults_train_bit_identically_to_rebel_before_the_options(
 ):
     runs = []
     for name, trainer_class in (("before", RebelBeforeTheOptions), ("now", DroRebelTrainer)):
-        config = _config(tmp_path / name, log_ratio_reference=log_ratio_reference)
+        # One rollout, four optimiser steps (two epochs of two shuffled mini-batches).
+        config = _config(tmp_path / name, log_ratio_reference=log_ratio_reference, max_steps=1)
         trainer = trainer_class(tiny_llama(tokenizer), tokenizer, config, prompts, short_reward)
         trainer.train()
         runs.append(trainer)
