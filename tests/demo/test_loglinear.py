@@ -207,3 +207,37 @@ def test_the_start_is_uniform_and_common_random_numbers_are_shared():
     np.testing.assert_array_equal(log.checkpoints[5][0, 0], log.checkpoints[5][0, 1])
     with pytest.raises(ValueError, match="num_generations"):
         train_rebel_many(data, seeds, configs, RebelShape(1, 1, 1, 8))
+
+
+def test_the_demos_pairs_and_adversary_are_the_librarys():
+    """The batched versions against the library's (dro_rebel.torch.rebel_pairs and
+    OnlineGroupAdversary), the ones DroRebelTrainer and RobustLoss use."""
+    from dro_rebel.torch import OnlineGroupAdversary
+    from dro_rebel.torch import rebel_pairs
+
+    rng = np.random.default_rng(0)
+    B, G = 6, 4
+    rewards = torch.from_numpy(rng.normal(size=(B, G)))
+    rewards[0] = 1.0  # a prompt whose completions tie on the reward
+    logps = torch.from_numpy(-rng.random(size=(B, G)) * 3)
+    ours = whiten(penalised_rewards(rewards, logps, 0.05, math.log(1 / 8))[None])[0]
+    # The library lays completions out sample-major: entry k * B + j is completion k of prompt j.
+    flat = lambda values: values.T.reshape(-1)  # noqa: E731
+    theirs = rebel_pairs.whitened_rewards(
+        rebel_pairs.kl_penalised_rewards(flat(rewards), flat(logps), torch.full((B * G,), math.log(1 / 8)), 0.05)
+    )
+    np.testing.assert_allclose(flat(ours).numpy(), theirs.numpy(), rtol=1e-12)
+    first, second = pick_pairs(ours)
+    their_first, their_second = rebel_pairs.pick_pairs(theirs, G)
+    assert first[:, 0].tolist() == their_first.tolist() and second[:, 0].tolist() == their_second.tolist()
+
+    adversary = OnlineGroupAdversary(0.7)
+    log_q = torch.zeros(1, 3, dtype=torch.float64)
+    for step in range(5):
+        losses = rng.random(8) * 2
+        groups = rng.integers(0, 3 if step != 2 else 2, size=8)
+        expected = adversary.weights(losses, groups)
+        got = online_adversary_weights(
+            log_q, torch.from_numpy(losses)[None], torch.from_numpy(groups)[None], torch.tensor([0.7]), 3
+        )
+        np.testing.assert_allclose(got[0].numpy(), expected, rtol=1e-12)
