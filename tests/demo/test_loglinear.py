@@ -212,8 +212,7 @@ def test_the_start_is_uniform_and_common_random_numbers_are_shared():
 def test_the_demos_pairs_and_adversary_are_the_librarys():
     """The batched versions against the library's (dro_rebel.torch.rebel_pairs and
     OnlineGroupAdversary), the ones DroRebelTrainer and RobustLoss use."""
-    from dro_rebel.torch import OnlineGroupAdversary
-    from dro_rebel.torch import rebel_pairs
+    from dro_rebel.torch import OnlineGroupAdversary, rebel_pairs
 
     rng = np.random.default_rng(0)
     B, G = 6, 4
@@ -238,6 +237,10 @@ def test_the_demos_pairs_and_adversary_are_the_librarys():
         groups = rng.integers(0, 3 if step != 2 else 2, size=8)
         expected = adversary.weights(losses, groups)
         got = online_adversary_weights(
-            log_q, torch.from_numpy(losses)[None], torch.from_numpy(groups)[None], torch.tensor([0.7]), 3
+            log_q,
+            torch.from_numpy(losses)[None],
+            torch.from_numpy(groups)[None],
+            torch.tensor([0.7], dtype=torch.float64),
+            3,
         )
         np.testing.assert_allclose(got[0].numpy(), expected, rtol=1e-12)
