@@ -244,3 +244,21 @@ def test_the_demos_pairs_and_adversary_are_the_librarys():
             3,
         )
         np.testing.assert_allclose(got[0].numpy(), expected, rtol=1e-12)
+
+
+def test_configurations_of_different_g_and_length_share_a_call():
+    """A call mixing G = 2 and G = 4, read off at two lengths, equals separate calls."""
+    data = synthetic()
+    seeds = [seed_data(len(data), 30, MIXTURE, s) for s in (5, 6)]
+    two = Config("two", CHI2_TYPES, 0.05, 1.0, kl_coef=0.05, num_generations=2)
+    four = Config("four", Weighting("online"), 0.1, 3.0, adversary_step_size=0.5, num_generations=4)
+    for whitened in (False, True):
+        mixed = train_rebel_many(data, seeds, [two, four], RebelShape(2, 2, 6, 8, whitened, (3, 6)))
+        alone_two = train_rebel_many(data, seeds, [two], RebelShape(2, 2, 3, 8, whitened, (3,)))
+        alone_four = train_rebel_many(data, seeds, [four], RebelShape(2, 4, 6, 8, whitened, (6,)))
+        early, late = mixed.until(3, 0), mixed.until(6, 1)
+        np.testing.assert_allclose(early["theta"], alone_two.checkpoints[3][:, 0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(late["theta"], alone_four.checkpoints[6][:, 0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(early["type_weights"], alone_two.type_weights()[:, 0].mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(early["identical_pairs"], alone_two.identical_pairs()[:, 0], rtol=1e-12)
+        np.testing.assert_allclose(late["identical_pairs"], alone_four.identical_pairs()[:, 0], rtol=1e-12)

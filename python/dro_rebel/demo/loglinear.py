@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -92,6 +92,9 @@ class Config:
     adversary_step_size: float = 0.0
     uniform_types: bool = False
     """The oracle: the seed's prompts labelled by types drawn from the uniform mixture."""
+    num_generations: Optional[int] = None
+    """REBEL's G for this configuration (None: the call's ``RebelShape.num_generations``).
+    Configurations with different G share a call: each uses the first G of the seed's draws."""
 
 
 @dataclass
@@ -154,12 +157,33 @@ class ManyLog:
     updates: int = 0
     identical_pairs_sum: Optional[np.ndarray] = None
     iterations: int = 0
+    identical_pairs_course: List[np.ndarray] = field(default_factory=list)
+    """Per iteration, each configuration's share of identical pairs (S, H)."""
+    updates_at: Dict[int, int] = field(default_factory=dict)
+    """The number of updates made by each checkpoint."""
 
     def type_weights(self) -> np.ndarray:
         return self.type_weight_sum / max(self.updates, 1)
 
     def identical_pairs(self) -> np.ndarray:
         return self.identical_pairs_sum / max(self.iterations, 1)
+
+    def until(self, checkpoint: int, column: int) -> Dict[str, Any]:
+        """Configuration ``column``'s record as if its run had stopped at ``checkpoint`` (a run
+        is causal: its first steps do not depend on how many follow): theta (S, d), its mean
+        weight of each type, their course in 20 stretches, its share of identical pairs (S,)."""
+        updates = self.updates_at[checkpoint]
+        course = np.stack(self.type_weight_course[:updates])[:, column]  # (updates, T)
+        stretches = np.array_split(np.arange(updates), 20)
+        identical = None
+        if self.identical_pairs_course:
+            identical = np.stack(self.identical_pairs_course[:checkpoint])[:, :, column].mean(axis=0)
+        return {
+            "theta": self.checkpoints[checkpoint][:, column],
+            "type_weights": course.mean(axis=0),
+            "course": [course[rows].mean(axis=0) for rows in stretches if rows.size],
+            "identical_pairs": identical,
+        }
 
 
 def expected_rewards(theta: np.ndarray, data: CandidateSet) -> np.ndarray:
@@ -340,9 +364,14 @@ def train_rebel_many(
     rewards_all = torch.from_numpy(pool.rewards.astype(np.float32))
     K, T = rewards_all.shape[1], rewards_all.shape[2]
     trainer = _Trainer(configs, seeds, features_all.shape[-1], T)
-    S, H, B, G = len(seeds), len(configs), shape.batch_size, shape.num_generations
-    if not 2 <= G <= MAX_GENERATIONS:
-        raise ValueError(f"num_generations must be in [2, {MAX_GENERATIONS}], got {G}")
+    S, H, B = len(seeds), len(configs), shape.batch_size
+    generations = [c.num_generations or shape.num_generations for c in configs]
+    for G in generations:
+        if not 2 <= G <= MAX_GENERATIONS:
+            raise ValueError(f"num_generations must be in [2, {MAX_GENERATIONS}], got {G}")
+    G = max(generations)
+    # Each G's columns, for the configurations that share a call with others of another G.
+    by_generations = {g: torch.tensor([h == g for h in generations]) for g in sorted(set(generations))}
     rows = torch.from_numpy(np.stack([s.rows for s in seeds]).astype(np.int64))
     kl_coef = trainer.kl_coef[..., None]  # (1, H, 1, 1)
     # The start policy (theta = 0) is uniform over the candidates: pi_ref's log-probability.
@@ -372,13 +401,13 @@ def train_rebel_many(
             draws = torch.searchsorted(cdf, targets).clamp_(max=K - 1)
             draw_logps = sampler.gather(-1, draws)
             draw_rewards = penalised_rewards(rewards.gather(-1, draws), draw_logps, kl_coef, log_ref)
-            if shape.whiten_rewards:
-                draw_rewards = whiten(draw_rewards)
-            first, second = pick_pairs(draw_rewards)
+            first, second, paired = _pairs(draw_rewards, by_generations, shape.whiten_rewards)
             y1, y2 = draws.gather(-1, first), draws.gather(-1, second)
             base1, base2 = draw_logps.gather(-1, first)[..., 0], draw_logps.gather(-1, second)[..., 0]
-            r1, r2 = draw_rewards.gather(-1, first)[..., 0], draw_rewards.gather(-1, second)[..., 0]
-            log.identical_pairs_sum += (y1 == y2).double().mean(dim=(2, 3)).numpy()
+            r1, r2 = paired.gather(-1, first)[..., 0], paired.gather(-1, second)[..., 0]
+            identical = (y1 == y2).double().mean(dim=(2, 3)).numpy()
+            log.identical_pairs_sum += identical
+            log.identical_pairs_course.append(identical)
             log.iterations += 1
         for epoch in range(shape.epochs):
             if epoch > 0:
@@ -389,7 +418,28 @@ def train_rebel_many(
             trainer.step(losses, types)
         if iteration in shape.checkpoints:
             log.checkpoints[iteration] = trainer.snapshot()
+            log.updates_at[iteration] = log.updates
     return log
+
+
+def _pairs(draw_rewards: torch.Tensor, by_generations: Dict[int, torch.Tensor], whitened: bool):
+    """Each configuration's pair among its first G draws (its columns in ``by_generations``):
+    the indices (S, H, B, 1) of the two completions and the rewards (S, H, B, G_max) the
+    regression uses (whitened over that configuration's G draws when ``whitened``)."""
+    first = second = paired = None
+    for g, columns in by_generations.items():
+        rewards = draw_rewards[..., :g]
+        if whitened:
+            rewards = whiten(rewards)
+        g_first, g_second = pick_pairs(rewards)
+        padded = torch.nn.functional.pad(rewards, (0, draw_rewards.shape[-1] - g))
+        if first is None:
+            first, second, paired = g_first, g_second, padded
+        else:
+            mask = columns[None, :, None, None]
+            first, second = torch.where(mask, g_first, first), torch.where(mask, g_second, second)
+            paired = torch.where(mask, padded, paired)
+    return first, second, paired
 
 
 def train_dpo_many(
@@ -437,4 +487,5 @@ def train_dpo_many(
             trainer.step(losses, types_t.gather(1, batch)[:, None, :].expand(S, H, B))
         if epoch in shape.checkpoints:
             trainer.log.checkpoints[epoch] = trainer.snapshot()
+            trainer.log.updates_at[epoch] = trainer.log.updates
     return trainer.log

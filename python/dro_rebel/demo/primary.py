@@ -385,48 +385,46 @@ def _evaluate_many(thetas: np.ndarray, test: CandidateSet, shift: CandidateSet, 
 
 
 def _test(pool, test, shift, size, mixture, study_arms, assignments, seeds, progress):
-    """Train every (reading, arm) of ``assignments`` at its point on the test seeds; returns,
-    per reading, the arms' per-seed metrics, mean type weights, course and identical pairs."""
+    """Train every (reading, arm) of ``assignments`` at its point on the test seeds, one call
+    per family (each configuration read off at its own length); returns, per reading, the
+    arms' per-seed metrics, mean type weights, their course and the share of identical pairs."""
     by_name = {a.name: a for a in study_arms}
-    jobs: Dict[Tuple[Any, ...], List[Tuple[str, str, Config]]] = {}
+    entries: Dict[str, List[Tuple[str, str, Config, int]]] = {"rebel": [], "dpo": []}
     for reading, chosen in assignments.items():
         for name, point in chosen.items():
             arm = by_name[name]
             if arm.family == "rebel":
                 lr, eta, kl, step, generations, iterations = point
-                config = Config(name, arm.weighting, lr, eta, kl, step, arm.uniform_types)
-                key = ("rebel", generations, iterations)
+                config = Config(name, arm.weighting, lr, eta, kl, step, arm.uniform_types, generations)
+                entries["rebel"].append((reading, name, config, iterations))
             else:
                 lr, beta, epochs = point
-                config = Config(name, arm.weighting, lr, beta)
-                key = ("dpo", epochs)
-            jobs.setdefault(key, []).append((reading, name, config))
+                entries["dpo"].append((reading, name, Config(name, arm.weighting, lr, beta), epochs))
     seed_list = [seed_data(len(pool), size.n_train, mixture, s) for s in seeds]
     out: Dict[str, Dict[str, Any]] = {reading: {} for reading in assignments}
-    for key, entries in tqdm(jobs.items(), desc="training on the test seeds", disable=not progress):
+    for family in tqdm(("rebel", "dpo"), desc="training on the test seeds", disable=not progress):
+        family_entries = entries[family]
+        if not family_entries:
+            continue
         # One column per distinct configuration; readings that agree share it.
-        distinct = list(dict.fromkeys(config for _, _, config in entries))
-        if key[0] == "rebel":
-            shape = RebelShape(size.rebel_epochs, key[1], key[2], size.batch_size, False, (key[2],))
+        distinct = list(dict.fromkeys(config for _, _, config, _ in family_entries))
+        lengths = tuple(sorted({length for _, _, _, length in family_entries}))
+        if family == "rebel":
+            shape = RebelShape(size.rebel_epochs, 2, max(lengths), size.batch_size, False, lengths)
             log = train_rebel_many(pool, seed_list, distinct, shape)
-            thetas = log.checkpoints[key[2]]
         else:
-            shape = DpoShape(key[1], size.batch_size, size.pairs_per_prompt, size.bt_scale, (key[1],))
+            shape = DpoShape(max(lengths), size.batch_size, size.pairs_per_prompt, size.bt_scale, lengths)
             log = train_dpo_many(pool, seed_list, distinct, shape)
-            thetas = log.checkpoints[key[1]]
-        weights = log.type_weights()
-        course = np.stack(log.type_weight_course)  # (updates, H, T)
-        identical = log.identical_pairs() if key[0] == "rebel" else None
-        for reading, name, config in entries:
-            column = distinct.index(config)
-            stretches = np.array_split(np.arange(course.shape[0]), 20)
+        for reading, name, config, length in family_entries:
+            record = log.until(length, distinct.index(config))
+            identical = record["identical_pairs"]
             out[reading][name] = {
-                "metrics": _evaluate_many(thetas[:, column], test, shift, mixture),
+                "metrics": _evaluate_many(record["theta"], test, shift, mixture),
                 "type_weights": {
-                    "mean": weights[:, column].mean(axis=0).tolist(),
-                    "course": [course[rows, column].mean(axis=0).tolist() for rows in stretches if rows.size],
+                    "mean": record["type_weights"].tolist(),
+                    "course": [stretch.tolist() for stretch in record["course"]],
                 },
-                "identical_pairs": None if identical is None else identical[:, column].tolist(),
+                "identical_pairs": None if identical is None else identical.tolist(),
             }
     return out
 
