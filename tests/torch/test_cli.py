@@ -51,11 +51,14 @@ def test_train_from_toml(tokenizer, tmp_path, capsys, trainer):
     assert main(["train", str(tmp_path / "run.toml"), "--resume"]) == 0  # already at max_steps
 
 
-def test_train_rejects_unknown_config_fields(tokenizer, tmp_path):
+def test_train_rejects_unknown_config_fields(tokenizer, tmp_path, capsys):
     _save(tiny_llama(tokenizer), tokenizer, tmp_path / "model")
     _write_jsonl(tmp_path / "train.jsonl", PAIRS)
     (tmp_path / "run.toml").write_text(
         'trainer = "dpo"\nmodel = "model"\n[data]\ntrain = "train.jsonl"\n[config]\nbetta = 0.1\n'
     )
+    capsys.readouterr()  # progress bars of saving and loading
+    assert main(["train", str(tmp_path / "run.toml")]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "dro-rebel train: error: unknown RobustDPOConfig fields: betta"
     with pytest.raises(ValueError, match="unknown RobustDPOConfig fields: betta"):
-        main(["train", str(tmp_path / "run.toml")])
+        main(["train", str(tmp_path / "run.toml"), "--debug"])
