@@ -18,6 +18,7 @@ import pytest
 
 import dro_rebel
 from dro_rebel import robust_weights
+from dro_rebel.cli import TRAIN_CONFIG_DOC
 
 # Written out here, not read from dro_rebel._extras: the test must not inherit a gap of that table.
 NOT_INSTALLED = [
@@ -116,3 +117,10 @@ def test_the_parser_imports_no_extra():
     result = python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_train_help_points_to_the_toml_format():
+    result = bare("train", "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"\n{TRAIN_CONFIG_DOC} in the repository" in result.stdout
+    assert (Path(__file__).resolve().parent.parent / TRAIN_CONFIG_DOC).is_file()

@@ -49,11 +49,14 @@ def add_train_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train from a TOML config",
-        description="Train a policy (REBEL, DPO) or a reward model from a TOML config: `trainer`, `model`, "
-        "a [data] table of dataset files and a [config] table of the trainer config's fields. Every key, "
-        f"with an example: {TRAIN_CONFIG_DOC} in the repository.",
+        # Written out, not wrapped by argparse, which could split the file's name at its hyphen.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a policy (REBEL, DPO) or a reward model from a TOML config.\n\n"
+        "The config names the trainer and the model, a [data] table of dataset files and a\n"
+        "[config] table of the trainer config's fields. Every key, with an example:\n"
+        f"{TRAIN_CONFIG_DOC} in the repository.",
     )
-    parser.add_argument("config", type=Path, help=f"the TOML file (format: {TRAIN_CONFIG_DOC})")
+    parser.add_argument("config", type=Path, help="the TOML file (its format: see above)")
     parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in output_dir")
     parser.set_defaults(func=run_train, extras=("torch",))
 

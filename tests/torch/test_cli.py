@@ -62,3 +62,17 @@ def test_train_rejects_unknown_config_fields(tokenizer, tmp_path, capsys):
     assert capsys.readouterr().err.splitlines()[-1] == "dro-rebel train: error: unknown RobustDPOConfig fields: betta"
     with pytest.raises(ValueError, match="unknown RobustDPOConfig fields: betta"):
         main(["train", str(tmp_path / "run.toml"), "--debug"])
+
+
+def test_every_config_field_is_documented():
+    """docs/train-config.md, which `dro-rebel train --help` points to, names every [config] key."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from dro_rebel.cli import TRAIN_CONFIG_DOC
+    from dro_rebel.torch import DroRebelConfig, RobustDPOConfig, RobustRewardConfig
+
+    doc = (Path(__file__).resolve().parents[2] / TRAIN_CONFIG_DOC).read_text()
+    for config in (DroRebelConfig, RobustDPOConfig, RobustRewardConfig):
+        undocumented = [field.name for field in fields(config) if f"| `{field.name}` |" not in doc]
+        assert not undocumented, f"{config.__name__} fields missing from {TRAIN_CONFIG_DOC}: {undocumented}"
