@@ -233,7 +233,7 @@ SUBCOMMANDS: List[Callable[[Any], None]] = [
     add_study_parser,
 ]
 """Each adds one subcommand to the parser: to add a subcommand, write ``add_<name>_parser``
-(setting ``func``) and list it here."""
+(setting ``func``, and ``extras`` where it needs any) and list it here."""
 
 
 def build_parser(
