@@ -1,17 +1,22 @@
-"""The ``demo`` and ``study`` sub-commands of ``dro-rebel`` (registered by ``dro_rebel.cli``)."""
+"""The ``demo`` and ``study`` sub-commands of ``dro-rebel`` (registered by ``dro_rebel.cli``).
+
+The parsers import nothing beyond the standard library: ``dro-rebel --help`` works without the
+extras that running these subcommands needs (torch and the demo's packages, scipy).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-__all__ = ["add_demo_parser", "add_study_parser", "main"]
+__all__ = ["add_demo_parser", "add_study_parser", "main", "PRESET_NAMES"]
+
+PRESET_NAMES = ("default", "gpu", "test")
+"""The keys of ``dro_rebel.demo.presets.PRESETS`` (which imports torch), for ``--preset``."""
 
 
 def add_demo_parser(subparsers) -> None:
     """``dro-rebel demo [--preset default|gpu|test] [--out DIR]``."""
-    from dro_rebel.demo.presets import PRESETS
-
     parser = subparsers.add_parser(
         "demo",
         help="does robust alignment buy a better worst case? robust vs plain REBEL/DPO over seeds (offline)",
@@ -23,7 +28,7 @@ def add_demo_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=PRESET_NAMES,
         default="default",
         help="default: 2 CPU cores, about 15 minutes; gpu: the real-LM study at a size that can resolve an "
         "effect, for a GPU",
@@ -67,7 +72,7 @@ def add_demo_parser(subparsers) -> None:
         help="every majority type on as many test seeds as the headline setting (the default runs the two "
         "other majorities on the preset's smaller set of seeds)",
     )
-    parser.set_defaults(func=_run_demo)
+    parser.set_defaults(func=_run_demo, extras=("torch", "demo"))
 
 
 def _with_seeds(preset, args: argparse.Namespace):
@@ -122,7 +127,7 @@ def add_study_parser(subparsers) -> None:
     radius.add_argument("--n-max", type=int, default=300_000)
     radius.add_argument("--points", type=int, default=7, help="n values, log-spaced")
     radius.add_argument("--seed", type=int, default=0)
-    radius.set_defaults(func=_run_radius_study)
+    radius.set_defaults(func=_run_radius_study, extras=("study",))
     shift = studies.add_parser(
         "shift",
         help="group shift, misspecified linear model: worst-group vs mixture risk per radius (chi2 group DRO)",
@@ -136,7 +141,7 @@ def add_study_parser(subparsers) -> None:
     shift.add_argument("--n-max", type=int, default=1600)
     shift.add_argument("--points", type=int, default=6, help="n values, log-spaced")
     shift.add_argument("--seed", type=int, default=0)
-    shift.set_defaults(func=_run_shift_study)
+    shift.set_defaults(func=_run_shift_study, extras=("study",))
 
 
 def _run_radius_study(args: argparse.Namespace) -> int:
@@ -153,9 +158,6 @@ def _run_shift_study(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     """``python -m dro_rebel.demo``: the two sub-commands without the rest of the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m dro_rebel.demo")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_demo_parser(subparsers)
-    add_study_parser(subparsers)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from dro_rebel.cli import build_parser, run
+
+    return run(build_parser([add_demo_parser, add_study_parser], prog="python -m dro_rebel.demo"), argv)
