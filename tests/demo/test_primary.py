@@ -113,3 +113,29 @@ def test_tuning_and_test_seeds_must_be_disjoint():
     data = synthetic(prompts=40, k=5)
     with pytest.raises(ValueError, match="disjoint"):
         run_primary(data, data, data, data, DEFAULT_TYPES, _size(test_seeds=(2000, 3000)), progress=False)
+
+
+def test_the_command_line_picks_the_test_seeds_and_refuses_tuning_seeds():
+    import argparse
+
+    from dro_rebel.demo.cli import _with_seeds
+    from dro_rebel.demo.presets import PRESETS
+
+    preset = PRESETS["default"]
+
+    def seeds(**flags):
+        values = {"seeds": None, "first_seed": None, "full": False, **flags}
+        return _with_seeds(preset, argparse.Namespace(**values)).primary
+
+    assert seeds().test_seeds == preset.primary.test_seeds
+    assert seeds().other_majority_test_seeds == preset.primary.other_majority_test_seeds
+    chosen = seeds(seeds=30, first_seed=5000)
+    assert chosen.test_seeds == tuple(range(5000, 5030)) and chosen.other_majority_test_seeds == tuple(
+        range(5000, 5010)
+    )
+    assert seeds(full=True).other_majority_test_seeds == preset.primary.test_seeds
+    assert not set(preset.primary.tuning_seeds) & set(preset.primary.test_seeds)
+    with pytest.raises(SystemExit, match="tuning seeds"):
+        seeds(first_seed=preset.primary.tuning_seeds[0])
+    with pytest.raises(SystemExit, match="at least 2"):
+        seeds(seeds=1)
