@@ -52,6 +52,7 @@ RewardFn = Callable[[List[str], List[str]], Sequence[float]]
 class DroRebelTrainer(Trainer):
     """Online DRO-REBEL; see the module docstring."""
 
+    columns = ("prompt",)
     config: DroRebelConfig
 
     def __init__(
