@@ -17,8 +17,8 @@ responses per prompt from the current policy pi_t, scores them with ``reward_fn`
 callable from the prompts and the completion texts to one number each) and regresses on them:
 ``rollout_epochs`` passes over the rollout in ``num_mini_batches`` shuffled mini-batches, one
 optimiser step on the robust REBEL regression loss each, the worst-case weights solved anew on
-every mini-batch's current losses (docs/method.md#rebel-epochs). ``radius=0`` (the default)
-is REBEL. With ``gradient_accumulation_steps`` a rollout has that many times
+every mini-batch's current losses (docs/method.md#rebel-epochs). ``ambiguity="none"`` (the
+default) or ``radius=0`` is REBEL. With ``gradient_accumulation_steps`` a rollout has that many times
 ``per_device_train_batch_size`` prompts on each process and each mini-batch is forwarded in as
 many micro-batches; with ``robust_scope="step"`` its worst case is still over the whole
 mini-batch (docs/method.md#accumulation).
