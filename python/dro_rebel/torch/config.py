@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 from dro_rebel._api import AMBIGUITY_SETS, _check_arguments
 from dro_rebel._core import BudgetError
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS
+from dro_rebel.torch.reporting import BACKENDS, installed_backends
 
 __all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig", "NOMINAL"]
 
@@ -20,7 +21,6 @@ NOMINAL = "none"
 """The configs' default ``ambiguity``: no ambiguity set, the nominal (non-robust) loss."""
 DEFAULT_MAX_STEPS = 1000
 """The steps of a run that sets neither ``max_steps`` nor ``num_train_epochs``."""
-REPORT_TO = ("tensorboard", "wandb")
 
 NONFINITE_POLICIES = ("skip", "stop")
 RADIUS_SCHEDULES = ("constant", "inverse_samples")
@@ -99,7 +99,8 @@ class TrainingConfig:
     """Where else the lines of ``log.jsonl`` go (transformers' name): ``"none"``,
     ``"tensorboard"`` (event files in ``<output_dir>/runs``, needs the ``tensorboard``
     package), ``"wandb"`` (Weights & Biases, needs ``wandb``; its project from
-    ``WANDB_PROJECT``), a list of these, or ``"all"``: every one whose package is installed."""
+    ``WANDB_PROJECT``), a list of these (``[]``: none), or ``"all"``: every one whose package is
+    installed."""
     seed: int = 42
     """Seeds the data order, the sampling and every RNG."""
     max_length: Optional[int] = 512
@@ -250,14 +251,13 @@ class TrainingConfig:
 
     def report_backends(self) -> List[str]:
         """The names ``report_to`` asks for (``"all"``: those whose package is installed)."""
-        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
-        choices = (NOMINAL, "all", *REPORT_TO)
+        single = self.report_to is None or isinstance(self.report_to, str)
+        names = [self.report_to] if single else list(self.report_to)
+        choices = (NOMINAL, "all", *BACKENDS)
         unknown = [name for name in names if name not in choices]
-        if unknown or not names:
+        if unknown:
             raise ValueError(f"report_to takes one of {choices} or a list of them, got {self.report_to!r}")
         if "all" in names:
-            from dro_rebel.torch.reporting import installed_backends
-
             return installed_backends()
         return [name for name in dict.fromkeys(names) if name != NOMINAL]
 

@@ -15,8 +15,10 @@ import numbers
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-__all__ = ["Reporter", "installed_backends", "check_installed", "open_reporters"]
+__all__ = ["BACKENDS", "Reporter", "installed_backends", "check_installed", "open_reporters"]
 
+BACKENDS = ("tensorboard", "wandb")
+"""The backends ``report_to`` can name."""
 # Each backend's module, and the package that provides it, as pip names it.
 _MODULES = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
