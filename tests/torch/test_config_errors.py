@@ -154,6 +154,8 @@ def test_each_trainer_names_the_columns_it_reads(tokenizer, tmp_path):
     config = DroRebelConfig(output_dir=str(tmp_path), disable_tqdm=True)
     with pytest.raises(ValueError, match=r"'prompt' is not a column of train_dataset \(columns: \['text'\]\)"):
         DroRebelTrainer(tiny_llama(tokenizer), tokenizer, config, prompts, lambda p, c: [0.0] * len(c))
+    with pytest.raises(TypeError, match="train_dataset must be a datasets.Dataset or a list of dicts .* type str"):
+        DroRebelTrainer(tiny_llama(tokenizer), tokenizer, config, PROMPTS, lambda p, c: [0.0] * len(c))
     config = RobustRewardConfig(output_dir=str(tmp_path), disable_tqdm=True)
     # The reward model's prompt column is optional.
     RobustRewardTrainer(tiny_reward_model(tokenizer), tokenizer, config, _drop(PAIRS, "prompt"))
