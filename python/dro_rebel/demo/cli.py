@@ -40,7 +40,53 @@ def add_demo_parser(subparsers) -> None:
         help="instead of the demo: the REBEL arms at every point of the primary study's tuning grid, over this "
         "many seeds (the sensitivity of the REBEL comparison; writes sweep.json and sweep.png)",
     )
+    parser.add_argument(
+        "--only",
+        choices=("primary", "reward_model", "pipeline"),
+        action="append",
+        default=None,
+        help="run only this part (repeatable); e.g. --only primary runs the primary study alone",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        default=None,
+        help="the primary study's test seeds: N of them (at least 2), from --first-seed",
+    )
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        metavar="S",
+        default=None,
+        help="the first test seed (default: the preset's); tuning seeds are never test seeds",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="every majority type on as many test seeds as the headline setting (the default runs the two "
+        "other majorities on the preset's smaller set of seeds)",
+    )
     parser.set_defaults(func=_run_demo)
+
+
+def _with_seeds(preset, args: argparse.Namespace):
+    """``preset`` with the test seeds the command line asks for."""
+    from dataclasses import replace
+
+    size = preset.primary
+    seeds = size.test_seeds
+    if args.seeds is not None or args.first_seed is not None:
+        count = len(seeds) if args.seeds is None else args.seeds
+        if count < 2:
+            raise SystemExit("--seeds needs at least 2 seeds (the intervals are over seeds)")
+        first = seeds[0] if args.first_seed is None else args.first_seed
+        seeds = tuple(range(first, first + count))
+    overlap = sorted(set(seeds) & set(size.tuning_seeds))
+    if overlap:
+        raise SystemExit(f"test seeds {overlap} are tuning seeds {list(size.tuning_seeds)}: choose others")
+    others = seeds if args.full else seeds[: min(len(seeds), len(size.other_majority_test_seeds))]
+    return replace(preset, primary=replace(size, test_seeds=seeds, other_majority_test_seeds=others))
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -52,7 +98,10 @@ def _run_demo(args: argparse.Namespace) -> int:
             raise SystemExit("--sweep needs at least 2 seeds (its intervals are over seeds)")
         run_sweep(PRESETS[args.preset], args.out, seeds=tuple(range(args.sweep)))
     else:
-        run_demo(PRESETS[args.preset], args.out, build_dir=args.build_dir)
+        from dro_rebel.demo.run import PARTS
+
+        run_demo(_with_seeds(PRESETS[args.preset], args), args.out, build_dir=args.build_dir,
+                 only=tuple(args.only) if args.only else PARTS)  # fmt: skip
     return 0
 
 
