@@ -70,3 +70,15 @@ def test_calibrated_radius_raises_the_budget_class():
         dro_rebel.calibrated_radius(0)
     with pytest.raises(BudgetError, match="confidence must be a number"):
         dro_rebel.calibrated_radius(10, "high")
+
+
+def test_a_shape_message_names_each_shape_that_fits_once():
+    # 1-D losses take one shape; 2-D losses one row's or their own.
+    with pytest.raises(GroupsError, match=r"^groups must have shape \(3,\) to match the losses, got \(2,\)$"):
+        robust_weights(L, "kl", radius=0.1, groups=[0, 1])
+    with pytest.raises(ReferenceDistributionError, match=r"^reference must have shape \(3,\) to match"):
+        robust_weights(L, "kl", radius=0.1, reference=[1, 1])
+    with pytest.raises(
+        GroupsError, match=r"^groups must have shape \(3,\) or \(2, 3\) to match the losses, got \(2,\)$"
+    ):
+        robust_weights(np.stack([L, L]), "kl", radius=0.1, groups=[0, 1])

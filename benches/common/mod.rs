@@ -1,4 +1,4 @@
-//! The losses the Rust benchmarks and examples/solve_loop.rs solve (a module, not a bench
+//! The losses the Rust benchmarks and examples/rust/solve_loop.rs solve (a module, not a bench
 //! target: cargo only takes benches/*.rs and benches/*/main.rs as targets).
 
 /// Squared standard normals (REBEL's losses are squared residuals), from a fixed xorshift

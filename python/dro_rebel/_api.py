@@ -43,10 +43,35 @@ class WorstCase:
     entries, row sums the reference and column sums the weights."""
 
 
-def _check_radius(radius: Radius, confidence: Optional[float], ambiguity: Any, penalty: Optional[float]) -> None:
-    """The errors of ``radius=`` and ``confidence=`` that ``robust_weights`` would raise, before
-    there are losses (the torch layer checks its configuration with it)."""
-    _core.resolve_radius(radius, confidence, ambiguity, penalty)
+def _check_arguments(
+    ambiguity: Any,
+    radius: Radius = None,
+    penalty: Optional[float] = None,
+    alpha: Optional[float] = None,
+    confidence: Optional[float] = None,
+    tol: Optional[float] = None,
+    p: float = 1.0,
+) -> None:
+    """The errors ``robust_weights`` would raise for these arguments, before there are losses
+    (the torch layer checks its configuration with it): it solves a one-sample problem with
+    them, so the checks and their messages are the core's own. A set that is not a string is
+    an :class:`AmbiguityError` here, where the function, which binds its arguments as Python
+    does, raises a ``TypeError``."""
+    if not isinstance(ambiguity, str):
+        names = ", ".join(f'"{name}"' for name in AMBIGUITY_SETS)
+        raise _core.AmbiguityError(f"ambiguity must be one of {names}, got {ambiguity!r}")
+    geometry = {"cost": [[0.0]]} if ambiguity == "wasserstein" else {}
+    _core.robust_weights(
+        [0.0],
+        ambiguity,
+        radius=radius,
+        penalty=penalty,
+        alpha=alpha,
+        confidence=confidence,
+        tol=tol,
+        p=p,
+        **geometry,
+    )
 
 
 def _resolve_radius(

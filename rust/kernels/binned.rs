@@ -20,7 +20,7 @@ use crate::Outcome;
 
 /// Below this many losses the usual first guess costs less than the histogram saves: the
 /// histogram and the binned solve cost more than the passes they save on small batches
-/// (compare with examples/solve_loop.rs).
+/// (compare with examples/rust/solve_loop.rs).
 pub const BINNED_MIN: usize = 1 << 9;
 
 /// Bins: a power of two near 1/16 of the batch, at most 2^10 (4 sums of f64 each: 32 KB, the

@@ -169,9 +169,8 @@ impl<'py> Extras<'py> {
                 let array = float64(value, "reference", CoreError::Reference)?;
                 if !fits(array.shape()) {
                     return Err(CoreError::Reference(format!(
-                        "reference must have shape {} or {} to match the losses, got {}",
-                        shape_repr(&shape[shape.len() - 1..]),
-                        shape_repr(shape),
+                        "reference must have shape {} to match the losses, got {}",
+                        fitting_shapes(shape),
                         shape_repr(array.shape())
                     ))
                     .into());
@@ -235,9 +234,8 @@ fn labels<'py>(value: &Bound<'py, PyAny>, shape: &[usize]) -> PyResult<PyReadonl
     }
     if !(array.shape() == &shape[shape.len() - 1..] || array.shape() == shape) {
         return Err(CoreError::Groups(format!(
-            "groups must have shape {} or {} to match the losses, got {}",
-            shape_repr(&shape[shape.len() - 1..]),
-            shape_repr(shape),
+            "groups must have shape {} to match the losses, got {}",
+            fitting_shapes(shape),
             shape_repr(array.shape())
         ))
         .into());
@@ -380,6 +378,16 @@ fn ascontiguousarray(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 }
 
 /// Python's repr of a shape: (2, 3), (5,), ().
+/// The shapes a per-sample argument (reference, groups) may take for losses of `shape`: one
+/// row's, shared by every row, or the losses' own; a single one for 1-D losses.
+fn fitting_shapes(shape: &[usize]) -> String {
+    let row = &shape[shape.len() - 1..];
+    match shape.len() {
+        1 => shape_repr(row),
+        _ => format!("{} or {}", shape_repr(row), shape_repr(shape)),
+    }
+}
+
 pub(super) fn shape_repr(shape: &[usize]) -> String {
     match shape {
         [n] => format!("({n},)"),

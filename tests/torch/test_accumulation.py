@@ -142,7 +142,7 @@ def test_rebel_schedules_over_every_update_of_the_run(tokenizer, prompts, tmp_pa
     assert trainer.lr_scheduler.get_last_lr() == [0.0]
     trainer.train()
     # 2 rollouts x 2 epochs x 2 mini-batches: the cosine ends at 0 after the 8th update.
-    assert config.optimizer_steps() == 8
+    assert config.optimizer_steps(trainer.max_steps) == 8
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
 
 

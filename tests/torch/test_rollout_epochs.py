@@ -115,7 +115,7 @@ def test_a_calibrated_radius_in_a_trainer_uses_the_number_of_groups(tokenizer, t
 )
 def test_config_misuse_is_a_value_error_that_names_it(fields, message):
     with pytest.raises(ValueError, match=message):
-        DroRebelConfig(per_device_train_batch_size=8, **{"ambiguity": "chi2", **fields})
+        DroRebelConfig(per_device_train_batch_size=8, **{"ambiguity": "chi2", "radius": 0.1, **fields})
 
 
 def test_robust_loss_rejects_a_bad_calibration_when_built():

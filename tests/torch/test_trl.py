@@ -114,7 +114,9 @@ def test_reward_radius_zero_is_trls_own_loss_and_robust_trains(tokenizer, datase
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
-    robust = _reward(DRORewardTrainer, DRORewardConfig, tokenizer, dataset, tmp_path / "robust", radius=0.3)
+    robust = _reward(
+        DRORewardTrainer, DRORewardConfig, tokenizer, dataset, tmp_path / "robust", ambiguity="chi2", radius=0.3
+    )
     robust.train()
     assert {"loss", "robust/ess", "accuracy"} <= set(robust.state.log_history[0])
 
@@ -200,23 +202,31 @@ def test_reward_group_column_gives_the_worst_case_over_group_mixtures(tokenizer,
 def test_prompt_groups_and_the_misuse_of_a_group_column(tokenizer, grouped, tmp_path):
     # group_column="prompt": DRO over prompts, the pairs of a prompt one group.
     repeated = datasets.Dataset.from_list([dict(row) for row in PAIRS[:4] for _ in range(2)])
-    trainer = _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, repeated, tmp_path, radius=0.1, group_column="prompt")
+    trainer = _dpo(
+        DRODPOTrainer, DRODPOConfig, tokenizer, repeated, tmp_path, ambiguity="chi2", radius=0.1, group_column="prompt"
+    )
     batch = _batch(trainer)
     prompts = [row["prompt"] for row in PAIRS[:4] for _ in range(2)]
     # The loader shuffles the pairs: the same labels, in another order.
     assert sorted(batch["groups"].tolist()) == sorted(group_labels(prompts).tolist())
     assert len(set(batch["groups"].tolist())) == 4
     with pytest.raises(ValueError, match="'kind' is not a column of train_dataset"):
-        _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, grouped, tmp_path, radius=0.1, group_column="kind")
+        _dpo(
+            DRODPOTrainer, DRODPOConfig, tokenizer, grouped, tmp_path, ambiguity="chi2", radius=0.1, group_column="kind"
+        )
     model = tiny_llama(tokenizer)
-    args = DRODPOConfig(output_dir=str(tmp_path), beta=0.1, **COMMON, radius=0.1, group_column="group")
+    args = DRODPOConfig(
+        output_dir=str(tmp_path), beta=0.1, **COMMON, ambiguity="chi2", radius=0.1, group_column="group"
+    )
     with pytest.raises(ValueError, match="'group' is not a column of eval_dataset"):
         DRODPOTrainer(
             model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=grouped,
             eval_dataset=grouped.remove_columns("group"), processing_class=tokenizer,
         )  # fmt: skip
     scored = grouped.map(lambda row: {"group": row["group"] + 0.5})
-    trainer = _dpo(DRODPOTrainer, DRODPOConfig, tokenizer, scored, tmp_path, radius=0.1, group_column="group")
+    trainer = _dpo(
+        DRODPOTrainer, DRODPOConfig, tokenizer, scored, tmp_path, ambiguity="chi2", radius=0.1, group_column="group"
+    )
     with pytest.raises(ValueError, match="one integer or string label per pair"):
         _batch(trainer)
 

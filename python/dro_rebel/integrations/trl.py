@@ -15,7 +15,9 @@ head, its reference log-probs, precomputed or not, LoRA adapters off for the ref
 compute the per-pair losses, and reduce them with :class:`dro_rebel.torch.RobustLoss`
 (detached worst-case weights; over the global batch when accelerate runs several
 processes). They log TRL's usual metrics plus ``robust/value``, ``robust/mean``,
-``robust/ess`` and ``robust/max_weight``. With ``radius=0`` the loss is TRL's own.
+``robust/ess`` and ``robust/max_weight``. With ``ambiguity="none"`` (the default) or ``radius=0``
+the loss is TRL's own; a set needs its size (``radius``, ``penalty`` or ``alpha``), as
+``robust_weights`` does, and the config checks it when it is built.
 
 Groups (``group_column="preference_type"``, a dataset column of integer or string labels): the
 column is kept through TRL's tokenisation and collation and reaches the loss step as integer
@@ -58,7 +60,7 @@ import torch.nn.functional as F
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
-from dro_rebel.torch.config import ROBUST_SCOPES, check_adversary
+from dro_rebel.torch.config import NOMINAL, ROBUST_SCOPES, check_adversary, check_ambiguity_set
 from dro_rebel.torch.data import group_labels
 from dro_rebel.torch.robust_loss import RobustLoss
 
@@ -75,14 +77,20 @@ ADVERSARY_STATE_NAME = "robust_adversary.json"
 class _RobustFields:
     """The ambiguity set, as in :class:`dro_rebel.torch.TrainingConfig`."""
 
-    ambiguity: str = field(default="chi2", metadata={"help": "Ambiguity set: 'kl', 'chi2', 'cvar' or 'tv'."})
+    ambiguity: str = field(
+        default=NOMINAL,
+        metadata={
+            "help": "Ambiguity set: 'kl', 'chi2', 'cvar' or 'tv', sized by radius, penalty or alpha as "
+            "robust_weights takes them; 'none' (the default): TRL's own loss."
+        },
+    )
     # Union[float, str]: HfArgumentParser reads it as a string from the command line, and
-    # robust_loss() turns a numeric one back into a number.
+    # __post_init__ turns a numeric one back into a number.
     radius: Union[float, str, None] = field(
         default=None,
         metadata={
-            "help": "Size of the set; None with no penalty/alpha means 0 (TRL's loss). 'calibrated' (chi2, kl): "
-            "q / (2n) per batch, an upper confidence bound on the mean loss (docs/method.md#calibrated-radius)."
+            "help": "Size of the set; 0 is TRL's loss. 'calibrated' (chi2, kl): q / (2n) per batch, an upper "
+            "confidence bound on the mean loss (docs/method.md#calibrated-radius)."
         },
     )
     confidence: Optional[float] = field(
@@ -118,29 +126,32 @@ class _RobustFields:
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.robust_scope not in ROBUST_SCOPES:
-            raise ValueError(f"robust_scope must be one of {ROBUST_SCOPES}, got {self.robust_scope!r}")
+        if isinstance(self.radius, str) and self.radius != "calibrated":
+            try:
+                self.radius = float(self.radius)
+            except ValueError:
+                pass  # not a number: the check below names it
         check_adversary(self)
-
-    def robust_loss(self) -> RobustLoss:
-        if self.adversary == "online":
-            return RobustLoss(adversary="online", adversary_step_size=self.adversary_step_size)
+        if self.adversary != "online":
+            check_ambiguity_set(self.ambiguity, self.radius, self.penalty, self.alpha, self.confidence)
         if self.ambiguity == "wasserstein":
             raise ValueError(
                 "the TRL trainers take the 'kl', 'chi2', 'cvar' and 'tv' sets; the Wasserstein set "
                 "needs sample features or input embeddings (see dro_rebel.torch.RobustDPOTrainer)"
             )
-        radius = self.radius
-        if radius is None and self.penalty is None and self.alpha is None:
-            radius = 0.0
-        if isinstance(radius, str) and radius != "calibrated":
-            try:
-                radius = float(radius)
-            except ValueError:
-                raise ValueError(f'radius must be a number or "calibrated", got {radius!r}') from None
+        if self.robust_scope not in ROBUST_SCOPES:
+            raise ValueError(f"robust_scope must be one of {ROBUST_SCOPES}, got {self.robust_scope!r}")
+        super().__post_init__()
+
+    def robust_loss(self) -> RobustLoss:
+        """The reduction this config asks for (``ambiguity="none"``: the chi-square set of
+        radius 0, whose weights are uniform: TRL's loss)."""
+        if self.adversary == "online":
+            return RobustLoss(adversary="online", adversary_step_size=self.adversary_step_size)
+        if self.ambiguity == NOMINAL:
+            return RobustLoss("chi2", radius=0.0)
         return RobustLoss(
-            self.ambiguity, radius=radius, penalty=self.penalty, alpha=self.alpha, confidence=self.confidence
+            self.ambiguity, radius=self.radius, penalty=self.penalty, alpha=self.alpha, confidence=self.confidence
         )
 
 

@@ -45,7 +45,7 @@ from dro_rebel.torch.checkpoint import (
     set_rng_state,
 )
 from dro_rebel.torch.config import TrainingConfig
-from dro_rebel.torch.data import batch_indices, group_labels, pair_rows, select_rows
+from dro_rebel.torch.data import batch_indices, check_columns, group_labels, pair_rows, select_rows
 from dro_rebel.torch.distributed import average_gradients, broadcast_parameters, gather_objects, rank, world_size
 from dro_rebel.torch.jsonl import JsonlLogger
 from dro_rebel.torch.model_setup import (
@@ -55,6 +55,7 @@ from dro_rebel.torch.model_setup import (
     is_peft_model,
     resolve_device,
 )
+from dro_rebel.torch.reporting import Reporter, check_installed, open_reporters
 from dro_rebel.torch.robust_loss import NonFiniteLossError, RobustLoss
 
 __all__ = ["Trainer", "LossOutput"]
@@ -69,6 +70,8 @@ class Trainer:
 
     task_type = "CAUSAL_LM"
     needs_reference = False
+    columns: Tuple[str, ...] = ()
+    """The dataset columns the trainer reads (besides ``group_column``)."""
 
     def __init__(
         self,
@@ -88,6 +91,9 @@ class Trainer:
         self.tokenizer = tokenizer
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
+        self.check_datasets()
+        self.report_backends = config.report_backends()
+        check_installed(self.report_backends)
         self.device = resolve_device(config.device)
         _seed_everything(config.seed)
         self.model = apply_lora(model, config, self.task_type).to(self.device)
@@ -96,6 +102,8 @@ class Trainer:
         self.ref_model = None if ref_model is None else ref_model.to(self.device).eval()
         self.trainable_parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.rank, self.world_size = rank(), world_size()
+        # The steps of the run: max_steps, or num_train_epochs in steps.
+        self.max_steps = config.total_steps(len(train_dataset), self.world_size)
         broadcast_parameters(self.trainable_parameters)
         self.optimizer = torch.optim.AdamW(
             self.trainable_parameters, lr=config.learning_rate, weight_decay=config.weight_decay
@@ -103,17 +111,26 @@ class Trainer:
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler_type,
             self.optimizer,
-            num_warmup_steps=config.num_warmup_steps(),
-            num_training_steps=config.optimizer_steps(),
+            num_warmup_steps=config.num_warmup_steps(self.max_steps),
+            num_training_steps=config.optimizer_steps(self.max_steps),
             scheduler_specific_kwargs=config.lr_scheduler_kwargs,
         )
         self.autocast_dtype = _autocast_dtype(config, self.device)
         # A pass-through unless fp16: float16 gradients underflow without a loss scale.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.fp16)
-        self.robust_loss = RobustLoss(config.ambiguity, **config.robust_kwargs())
+        self.robust_loss = RobustLoss(**config.robust_kwargs())
         self.output_dir = Path(config.output_dir)
         self.logger = JsonlLogger(self.output_dir / "log.jsonl")
+        self.reporters: List[Reporter] = []
         self.step = 0
+
+    def check_datasets(self) -> None:
+        """An error naming a column the datasets lack (and the columns they have), now rather
+        than at the first batch."""
+        datasets = {"train_dataset": self.train_dataset, "eval_dataset": self.eval_dataset}
+        for name, dataset in datasets.items():
+            if dataset is not None:
+                check_columns(dataset, name, self.columns, type(self).__name__, self.config.group_column)
 
     # -- the pieces each trainer supplies -------------------------------------------------
 
@@ -163,14 +180,16 @@ class Trainer:
         return rows[self.rank * size : (self.rank + 1) * size]
 
     def log(self, record: Dict[str, Any]) -> None:
-        """Append ``record`` to ``log.jsonl`` (rank 0 only)."""
+        """Append ``record`` to ``log.jsonl`` and send it to ``report_to`` (rank 0 only)."""
         if self.rank == 0:
             self.logger.write(record)
+            for reporter in self.reporters:
+                reporter.log(record)
 
     # -- the loop --------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: Union[bool, str, Path, None] = None) -> Dict[str, float]:
-        """Run to ``config.max_steps``; return the last step's metrics.
+        """Run to :attr:`max_steps`; return the last step's metrics.
 
         Args:
             resume_from_checkpoint: ``True`` resumes from the latest checkpoint in
@@ -186,29 +205,34 @@ class Trainer:
                 # first attempt logged are retaken too.
                 self.logger.drop_after(0)
         metrics: Dict[str, float] = {}
+        if self.rank == 0:
+            self.reporters = open_reporters(self.report_backends, self.output_dir, config.to_dict())
         progress = tqdm(
-            total=config.max_steps,
+            total=self.max_steps,
             initial=self.step,
             disable=config.disable_tqdm or self.rank != 0,
             desc=type(self).__name__,
         )
-        while self.step < config.max_steps:
+        while self.step < self.max_steps:
             step = self.step + 1
             metrics = self.optimise(self.next_batch(step))
             self.step = step
             progress.update(1)
             progress.set_postfix(loss=metrics.get("loss"))
-            if step % config.logging_steps == 0 or step == config.max_steps:
+            if step % config.logging_steps == 0 or step == self.max_steps:
                 self.log({"step": step, **metrics})
             if (
                 config.eval_steps
                 and self.eval_dataset is not None
-                and (step % config.eval_steps == 0 or step == config.max_steps)
+                and (step % config.eval_steps == 0 or step == self.max_steps)
             ):
                 self.log({"step": step, **self.evaluate()})
-            if (config.save_steps and step % config.save_steps == 0) or step == config.max_steps:
+            if (config.save_steps and step % config.save_steps == 0) or step == self.max_steps:
                 self.save(step)
         progress.close()
+        for reporter in self.reporters:
+            reporter.close()
+        self.reporters = []
         if self.rank == 0:
             self.save_model(self.output_dir / "model")
         return metrics

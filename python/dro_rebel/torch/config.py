@@ -10,11 +10,18 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
-from dro_rebel._api import _check_radius
+from dro_rebel._api import AMBIGUITY_SETS, _check_arguments
+from dro_rebel._core import BudgetError
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS
 from dro_rebel.torch.online_adversary import ADVERSARIES
+from dro_rebel.torch.reporting import BACKENDS, installed_backends
 
-__all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig", "check_adversary"]
+__all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig", "NOMINAL", "check_adversary"]
+
+NOMINAL = "none"
+"""The configs' default ``ambiguity``: no ambiguity set, the nominal (non-robust) loss."""
+DEFAULT_MAX_STEPS = 1000
+"""The steps of a run that sets neither ``max_steps`` nor ``num_train_epochs``."""
 
 NONFINITE_POLICIES = ("skip", "stop")
 RADIUS_SCHEDULES = ("constant", "inverse_samples")
@@ -96,25 +103,39 @@ class TrainingConfig:
     lowered (``skipped`` = 1 in the log, not a ``nonfinite`` event)."""
     per_device_eval_batch_size: int = 8
     """Prompts or pairs per evaluation batch."""
-    max_steps: int = 1000
+    max_steps: int = -1
     """Steps in the run: optimiser steps (DPO, reward model), rollouts (REBEL: each is
-    ``rollout_epochs * num_mini_batches`` optimiser steps)."""
+    ``rollout_epochs * num_mini_batches`` optimiser steps). A positive number overrides
+    ``num_train_epochs`` (transformers' rule); -1: ``num_train_epochs`` decides, and with
+    neither set the run is 1000 steps."""
+    num_train_epochs: Optional[float] = None
+    """Passes over ``train_dataset`` (a fraction allowed), used when ``max_steps`` is -1: the
+    run is ceil(num_train_epochs * rows / rows per step) steps, a step drawing
+    ``per_device_train_batch_size * gradient_accumulation_steps`` rows (prompts for REBEL) on
+    each process. None: 1000 steps, unless ``max_steps`` says otherwise."""
     eval_steps: Optional[int] = None
     """Evaluate every this many steps (and at the end); None: never."""
     save_steps: Optional[int] = 500
     """Write a checkpoint every this many steps (and at the end); None: only at the end."""
     logging_steps: int = 1
     """Write a line to ``log.jsonl`` every this many steps."""
+    report_to: Union[str, List[str]] = "none"
+    """Where else the lines of ``log.jsonl`` go (transformers' name): ``"none"``,
+    ``"tensorboard"`` (event files in ``<output_dir>/runs``, needs the ``tensorboard``
+    package), ``"wandb"`` (Weights & Biases, needs ``wandb``; its project from
+    ``WANDB_PROJECT``), a list of these (``[]``: none), or ``"all"``: every one whose package is
+    installed."""
     seed: int = 42
     """Seeds the data order, the sampling and every RNG."""
     max_length: Optional[int] = 512
     """Prompt + completion tokens kept per sequence (the completion is cut first); None: all."""
-    ambiguity: str = "chi2"
+    ambiguity: str = NOMINAL
     """Ambiguity set: ``"kl"``, ``"chi2"``, ``"cvar"``, ``"tv"`` or ``"wasserstein"``
-    (docs/method.md)."""
+    (docs/method.md), sized by ``radius``, ``penalty`` or ``alpha`` as ``robust_weights`` takes
+    them; ``"none"`` (the default): the nominal, non-robust loss."""
     radius: Union[float, str, None] = None
-    """Size of the ambiguity set (rho0 for the gradient penalty). None with no ``penalty`` or
-    ``alpha`` means 0: the nominal, non-robust loss. ``"calibrated"`` (``chi2``, ``kl``): q /
+    """Size of the ambiguity set (rho0 for the gradient penalty); 0 is the nominal loss. A set
+    needs a radius, or a ``penalty`` (``alpha`` for ``cvar``). ``"calibrated"`` (``chi2``, ``kl``): q /
     (2n) on each batch of n samples (groups), so that V* is an upper confidence bound on the
     batch's mean loss at ``confidence`` (docs/method.md#calibrated-radius). With
     ``radius_schedule="inverse_samples"`` it is the constant c of c / n."""
@@ -170,13 +191,18 @@ class TrainingConfig:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
         if self.gradient_penalty is not None and self.gradient_penalty not in GRADIENT_PENALTY_FORMS:
             raise ValueError(f"gradient_penalty must be one of {GRADIENT_PENALTY_FORMS}, got {self.gradient_penalty!r}")
+        # The online adversary replaces the set: its own errors first.
+        check_adversary(self)
+        if self.adversary != "online":
+            check_ambiguity_set(self.ambiguity, self.radius, self.penalty, self.alpha, self.confidence)
         if self.ambiguity == "wasserstein" and self.gradient_penalty is None:
             raise ValueError(
                 "the trainers take the Wasserstein set in its gradient-penalty form: set "
                 "gradient_penalty='rebel' or 'wdpo' (the exact transport needs sample features: "
                 "use dro_rebel.torch.RobustLoss(features=...) in your own loop)"
             )
-        _check_radius(self.radius, self.confidence, self.ambiguity, self.penalty)
+        if self.gradient_penalty is not None and self.ambiguity != "wasserstein":
+            raise ValueError(f"gradient_penalty needs ambiguity='wasserstein', got {self.ambiguity!r}")
         if self.radius_schedule not in RADIUS_SCHEDULES:
             raise ValueError(f"radius_schedule must be one of {RADIUS_SCHEDULES}, got {self.radius_schedule!r}")
         if self.radius_schedule != "constant" and not isinstance(self.radius, (int, float)):
@@ -187,12 +213,16 @@ class TrainingConfig:
         for name in (
             "per_device_train_batch_size",
             "per_device_eval_batch_size",
-            "max_steps",
             "logging_steps",
             "gradient_accumulation_steps",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps < 1 and self.max_steps != -1:
+            raise ValueError(f"max_steps must be at least 1, or -1 to train num_train_epochs, got {self.max_steps}")
+        if self.num_train_epochs is not None and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be positive, got {self.num_train_epochs}")
+        self.report_backends()
         if self.robust_scope not in ROBUST_SCOPES:
             raise ValueError(f"robust_scope must be one of {ROBUST_SCOPES}, got {self.robust_scope!r}")
         if self.gradient_penalty is not None and self.robust_scope == "step" and self.gradient_accumulation_steps > 1:
@@ -203,7 +233,6 @@ class TrainingConfig:
         if self.bf16 and self.fp16:
             raise ValueError("set bf16 or fp16, not both")
         self._check_schedule()
-        check_adversary(self)
 
     def _check_schedule(self) -> None:
         from transformers import SchedulerType
@@ -217,14 +246,14 @@ class TrainingConfig:
             raise ValueError("lr_scheduler_type='constant' has no warm-up: use 'constant_with_warmup'")
 
     def robust_kwargs(self) -> Dict[str, Any]:
-        """The keyword arguments of :class:`dro_rebel.torch.RobustLoss` this config asks for."""
+        """The keyword arguments of :class:`dro_rebel.torch.RobustLoss` this config asks for
+        (``ambiguity="none"``: the chi-square set of radius 0, whose weights are uniform)."""
         if self.adversary == "online":
             return {"adversary": "online", "adversary_step_size": self.adversary_step_size}
-        radius = self.radius
-        if radius is None and self.penalty is None and self.alpha is None:
-            radius = 0.0
+        nominal = self.ambiguity == NOMINAL
         return {
-            "radius": radius,
+            "ambiguity": "chi2" if nominal else self.ambiguity,
+            "radius": 0.0 if nominal else self.radius,
             "penalty": self.penalty,
             "alpha": self.alpha,
             "gradient_penalty": self.gradient_penalty,
@@ -238,15 +267,38 @@ class TrainingConfig:
             return float(radius) / max(int(samples_seen), 1)
         return radius
 
-    def optimizer_steps(self) -> int:
-        """Optimiser steps in the run (the length of the learning-rate schedule)."""
-        return self.max_steps
+    def total_steps(self, num_rows: int, world_size: int = 1) -> int:
+        """The steps of the run on a training set of ``num_rows`` rows and ``world_size``
+        processes: ``max_steps`` when positive, else ``num_train_epochs`` epochs (at least one
+        step), else 1000."""
+        if self.max_steps > 0:
+            return self.max_steps
+        if self.num_train_epochs is None:
+            return DEFAULT_MAX_STEPS
+        rows_per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps * world_size
+        return max(math.ceil(self.num_train_epochs * num_rows / rows_per_step), 1)
 
-    def num_warmup_steps(self) -> int:
-        """``warmup_steps`` in optimiser steps (a share of the run when below 1)."""
+    def optimizer_steps(self, steps: int) -> int:
+        """Optimiser steps in a run of ``steps`` steps (the length of the learning-rate schedule)."""
+        return steps
+
+    def num_warmup_steps(self, steps: int) -> int:
+        """``warmup_steps`` in optimiser steps (a share of a run of ``steps`` steps when below 1)."""
         if self.warmup_steps >= 1:
             return int(self.warmup_steps)
-        return math.ceil(self.optimizer_steps() * self.warmup_steps)
+        return math.ceil(self.optimizer_steps(steps) * self.warmup_steps)
+
+    def report_backends(self) -> List[str]:
+        """The names ``report_to`` asks for (``"all"``: those whose package is installed)."""
+        single = self.report_to is None or isinstance(self.report_to, str)
+        names = [self.report_to] if single else list(self.report_to)
+        choices = (NOMINAL, "all", *BACKENDS)
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise ValueError(f"report_to takes one of {choices} or a list of them, got {self.report_to!r}")
+        if "all" in names:
+            return installed_backends()
+        return [name for name in dict.fromkeys(names) if name != NOMINAL]
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -261,9 +313,30 @@ class TrainingConfig:
         return cls(**values)
 
 
+def check_ambiguity_set(
+    ambiguity: Any, radius: Union[float, str, None], penalty: Any, alpha: Any, confidence: Any
+) -> None:
+    """The errors ``robust_weights`` would raise for this set and its size, with the same
+    messages, at the construction of a config; ``ambiguity="none"`` (the nominal loss) takes no
+    size but radius 0."""
+    if ambiguity == NOMINAL:
+        given = {"radius": radius, "penalty": penalty, "alpha": alpha, "confidence": confidence}
+        sized = {name: value for name, value in given.items() if value is not None and (name != "radius" or value != 0)}
+        if sized:
+            values = ", ".join(f"{name}={value!r}" for name, value in sized.items())
+            sets = ", ".join(f'"{name}"' for name in AMBIGUITY_SETS)
+            raise BudgetError(
+                f'{values} sizes an ambiguity set, but ambiguity is "none" (the nominal loss): '
+                f"set ambiguity to one of {sets}"
+            )
+        return
+    _check_arguments(ambiguity, radius=radius, penalty=penalty, alpha=alpha, confidence=confidence)
+
+
 @dataclass
 class DroRebelConfig(TrainingConfig):
-    """Online DRO-REBEL (docs/method.md#dro-rebel). ``radius=0`` (the default) is REBEL."""
+    """Online DRO-REBEL (docs/method.md#dro-rebel). ``ambiguity="none"`` (the default) or
+    ``radius=0`` is REBEL."""
 
     eta: float = 1.0
     """REBEL's step size eta > 0: the log-ratio difference, divided by eta, regresses on the
@@ -326,9 +399,9 @@ class DroRebelConfig(TrainingConfig):
         if self.log_ratio_reference not in ("sampler", "initial"):
             raise ValueError(f"log_ratio_reference must be 'sampler' or 'initial', got {self.log_ratio_reference!r}")
 
-    def optimizer_steps(self) -> int:
+    def optimizer_steps(self, steps: int) -> int:
         """Every rollout takes ``rollout_epochs * num_mini_batches`` optimiser steps."""
-        return self.max_steps * self.rollout_epochs * self.num_mini_batches
+        return steps * self.rollout_epochs * self.num_mini_batches
 
 
 @dataclass

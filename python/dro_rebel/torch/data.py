@@ -8,11 +8,11 @@ completion mask marks the completion and its EOS, whose log-probabilities DPO an
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["encode_pairs", "pair_rows", "batch_indices", "select_rows", "group_labels"]
+__all__ = ["encode_pairs", "pair_rows", "batch_indices", "select_rows", "group_labels", "check_columns"]
 
 
 def group_labels(values: Sequence[Any]) -> torch.Tensor:
@@ -117,6 +117,34 @@ def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> List[
         take = min(batch_size - len(indices), num_rows - offset)
         indices.extend(order[offset : offset + take].tolist())
     return indices
+
+
+def check_columns(
+    dataset: Any, name: str, required: Sequence[str], needed_by: str, group_column: Optional[str] = None
+) -> None:
+    """An error naming the first of ``required`` (then ``group_column``) that ``dataset`` lacks
+    and the columns it has (``name`` is the dataset's name in the message, ``needed_by`` the
+    trainer's): at the trainer's construction, not at the first batch."""
+    present = _column_names(dataset, name)
+    for column in required:
+        if column not in present:
+            needs = ", ".join(repr(c) for c in required)
+            raise ValueError(f"{column!r} is not a column of {name} (columns: {present}); {needed_by} needs {needs}")
+    if group_column is not None and group_column not in present:
+        raise ValueError(f"group_column={group_column!r} is not a column of {name} (columns: {present})")
+
+
+def _column_names(dataset: Any, name: str) -> List[str]:
+    """The columns of a ``datasets.Dataset``, or those every row of a list of dicts has."""
+    if hasattr(dataset, "column_names"):
+        return list(dataset.column_names)
+    rows = [dataset[i] for i in range(len(dataset))]
+    if not all(isinstance(row, Mapping) for row in rows):
+        kind = type(next(row for row in rows if not isinstance(row, Mapping))).__name__
+        raise TypeError(f"{name} must be a datasets.Dataset or a list of dicts (one per row), got a row of type {kind}")
+    if not rows:
+        return []
+    return [column for column in rows[0] if all(column in row for row in rows)]
 
 
 def select_rows(dataset: Any, indices: Sequence[int]) -> Dict[str, List[Any]]:

@@ -36,6 +36,7 @@ class RobustDPOTrainer(Trainer):
     """Robust DPO against a frozen reference; see the module docstring."""
 
     needs_reference = True
+    columns = ("prompt", "chosen", "rejected")
     config: RobustDPOConfig
 
     def __init__(

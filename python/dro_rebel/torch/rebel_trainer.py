@@ -19,8 +19,8 @@ keeps one pair per prompt (with ``kl_coef`` and ``whiten_rewards``, REBEL's rewa
 docs/method.md#rebel-as-practised) and regresses on the pairs:
 ``rollout_epochs`` passes over the rollout in ``num_mini_batches`` shuffled mini-batches, one
 optimiser step on the robust REBEL regression loss each, the worst-case weights solved anew on
-every mini-batch's current losses (docs/method.md#rebel-epochs). ``radius=0`` (the default)
-is REBEL. With ``gradient_accumulation_steps`` a rollout has that many times
+every mini-batch's current losses (docs/method.md#rebel-epochs). ``ambiguity="none"`` (the
+default) or ``radius=0`` is REBEL. With ``gradient_accumulation_steps`` a rollout has that many times
 ``per_device_train_batch_size`` prompts on each process and each mini-batch is forwarded in as
 many micro-batches; with ``robust_scope="step"`` its worst case is still over the whole
 mini-batch (docs/method.md#accumulation).
@@ -55,6 +55,7 @@ RewardFn = Callable[[List[str], List[str]], Sequence[float]]
 class DroRebelTrainer(Trainer):
     """Online DRO-REBEL; see the module docstring."""
 
+    columns = ("prompt",)
     config: DroRebelConfig
 
     def __init__(

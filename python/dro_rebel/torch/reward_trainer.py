@@ -39,6 +39,7 @@ class RobustRewardTrainer(Trainer):
     """Robust Bradley-Terry reward-model training; see the module docstring."""
 
     task_type = "SEQ_CLS"
+    columns = ("chosen", "rejected")
     config: RobustRewardConfig
 
     def __init__(

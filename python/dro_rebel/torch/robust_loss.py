@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import dro_rebel
-from dro_rebel._api import _check_radius, _resolve_radius
+from dro_rebel._api import _check_arguments, _resolve_radius
 from dro_rebel.torch.distributed import gather_rows, world_size
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS, per_sample_grad_sq_norms
 from dro_rebel.torch.online_adversary import ADVERSARIES, OnlineGroupAdversary
@@ -134,8 +134,11 @@ class RobustLoss(nn.Module):
                     f"leave {', '.join(set_names)} unset"
                 )
             self.adversary = OnlineGroupAdversary(adversary_step_size)
-        # A bad calibrated radius fails here, not at the first batch.
-        _check_radius(radius, confidence, ambiguity, penalty)
+        else:
+            # Bad arguments fail here, with robust_weights' own messages, not at the first batch.
+            _check_arguments(
+                ambiguity, radius=radius, penalty=penalty, alpha=alpha, confidence=confidence, tol=tol, p=p
+            )
         if gradient_penalty is not None:
             if gradient_penalty not in GRADIENT_PENALTY_FORMS:
                 raise ValueError(f"gradient_penalty must be one of {GRADIENT_PENALTY_FORMS}, got {gradient_penalty!r}")

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use _core::{solve, solve_rows, Ambiguity, Budget, Options};
 
-#[path = "../benches/common/mod.rs"]
+#[path = "../../benches/common/mod.rs"]
 mod common;
 
 fn main() {

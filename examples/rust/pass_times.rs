@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use _core::internals::{binned, kl, passes, Batch, Reference};
 
-#[path = "../benches/common/mod.rs"]
+#[path = "../../benches/common/mod.rs"]
 mod common;
 
 const PASSES: [&str; 6] = ["copy", "extremes", "histogram", "exp", "normalise", "solve"];
