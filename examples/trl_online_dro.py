@@ -115,11 +115,14 @@ def main() -> None:
         group_column="topic",
         robust_scope="step",
         gradient_accumulation_steps=2,
+        # Two optimiser steps per rollout (REBEL's epochs): on the second the policy has moved
+        # off the sampler, and the losses show how it fits each prompt (docs/method.md).
+        num_iterations=2,
         **sizes,
     )
     if options.trainer == "rebel":
         # Four completions a prompt: REBEL regresses on the best and the worst of them.
-        args = DRORebelConfig(eta=1.0, num_generations=4, kl_coef=0.05, num_iterations=2, **common)
+        args = DRORebelConfig(eta=1.0, num_generations=4, kl_coef=0.05, **common)
         trainer_cls = DRORebelTrainer
     else:
         args = DROGRPOConfig(num_generations=4, loss_type="dapo", **common)
