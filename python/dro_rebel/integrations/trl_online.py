@@ -53,6 +53,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -221,8 +222,20 @@ class _OnlineRobustMixin(_RobustTrainerMixin):
     _pending_step: Optional[_PendingStep] = None
     _rollouts: int = 0
 
+    # What the losses of an on-policy step are, whatever the policy (docs/method.md).
+    _on_policy_losses = ""
+
     def _init_online_robust(self) -> None:
         self.robust_loss = self.args.robust_loss()
+        args = self.args
+        on_policy = self.num_iterations == 1 and args.steps_per_generation <= args.gradient_accumulation_steps
+        if on_policy and self.robust_loss.radius != 0:
+            warnings.warn(
+                f"{type(self).__name__} with num_iterations=1 trains on-policy, where {self._on_policy_losses}: "
+                "the worst case cannot see how the policy fits each sample. Set num_iterations > 1 "
+                "(docs/method.md#rebel-in-grpo, #grpo-per-prompt).",
+                stacklevel=3,
+            )
         column = self.args.group_column
         if column is not None:
             self._check_group_column(column)
@@ -323,6 +336,7 @@ class DRORebelTrainer(_OnlineRobustMixin, GRPOTrainer):
     # The loss of a micro-batch is its mean (its robust value); transformers divides by the
     # number of micro-batches, as the offline mixin's reduction expects.
     loss_is_scaled_for_ga = False
+    _on_policy_losses = "a pair's loss is its squared reward gap"
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -441,6 +455,8 @@ class DRORebelTrainer(_OnlineRobustMixin, GRPOTrainer):
 class DROGRPOTrainer(_OnlineRobustMixin, GRPOTrainer):
     """TRL's ``GRPOTrainer`` with its objective reduced per prompt (or group) and the worst
     case over prompts or groups; see the module docstring."""
+
+    _on_policy_losses = "a prompt's loss is its centred mean advantage, 0 for loss_type='grpo'"
 
     def __init__(self, *args: Any, **kwargs: Any):
         self._captured: Optional[List[Tuple[torch.Tensor, Optional[torch.Tensor], Any]]] = None
