@@ -315,18 +315,21 @@ class _OnlineRobustMixin(_RobustTrainerMixin):
         adversary = getattr(self.robust_loss, "adversary", None)
         if adversary is not None and self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            state = {str(label): value for label, value in adversary.state_dict().items()}
             with open(os.path.join(folder, _ADVERSARY_FILE), "w") as f:
-                json.dump(state, f)
+                json.dump(adversary.state_dict(), f)
 
     def _load_optimizer_and_scheduler(self, checkpoint: Optional[str]) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
         adversary = getattr(self.robust_loss, "adversary", None)
         if adversary is not None and checkpoint is not None:
             path = os.path.join(checkpoint, _ADVERSARY_FILE)
-            if os.path.exists(path):
-                with open(path) as f:
-                    adversary.load_state_dict(json.load(f))
+            if not os.path.exists(path):
+                raise ValueError(
+                    f"{checkpoint} has no online adversary state (written with adversary='exact'): resume it with "
+                    "the adversary it was trained with"
+                )
+            with open(path) as f:
+                adversary.load_state_dict(json.load(f))
 
 
 class DRORebelTrainer(_OnlineRobustMixin, GRPOTrainer):
