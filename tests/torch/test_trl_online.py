@@ -133,7 +133,7 @@ def test_grpo_radius_zero_is_trls_own_loss_and_gradients(tokenizer, model_dir, d
     )
 
 
-def test_grpo_group_column_weights_are_the_worst_case_over_the_groups(tokenizer, model_dir, dataset, tmp_path):
+def test_grpo_group_column_weights_are_the_worst_case_over_the_groups(tokenizer, model_dir, dataset, tmp_path, solves):
     trainer = _trainer(
         DROGRPOTrainer, DROGRPOConfig, tokenizer, model_dir, dataset, tmp_path,
         loss_type="dapo", num_generations=2, ambiguity="chi2", radius=0.5, group_column="group",
@@ -152,6 +152,10 @@ def test_grpo_group_column_weights_are_the_worst_case_over_the_groups(tokenizer,
     solution = worst_case(losses, "chi2", radius=0.5, groups=inputs["groups"].numpy(), reference=tokens)
     assert loss.item() == pytest.approx(solution.value, rel=1e-5, abs=1e-6)
     assert solution.value > np.average(losses, weights=tokens) + 1e-3
+    [(solved_losses, solved_groups, weights)] = solves
+    np.testing.assert_allclose(solved_losses, losses, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(solved_groups, inputs["groups"].numpy())
+    np.testing.assert_allclose(weights, solution.weights, rtol=1e-4, atol=1e-7)
     logged = trainer._metrics["train"]
     assert logged["robust/value"][-1] == pytest.approx(solution.value, rel=1e-6)
     assert {"robust/ess", "robust/max_weight", "entropy", "clip_ratio/region_mean"} <= set(logged)
@@ -173,6 +177,19 @@ def test_grpo_refuses_what_it_cannot_reduce_per_prompt(tmp_path):
     with pytest.raises(ValueError, match="kl_coef only"):
         DRORebelConfig(output_dir=str(tmp_path), beta=0.1, use_cpu=True)
     assert DRORebelConfig(output_dir=str(tmp_path), kl_coef=0.05, use_cpu=True).beta == 0.05
+
+
+def test_the_radius_schedule_counts_prompts(tokenizer, model_dir, dataset, tmp_path):
+    trainer = _trainer(
+        DROGRPOTrainer, DROGRPOConfig, tokenizer, model_dir, dataset, tmp_path,
+        num_generations=4, gradient_accumulation_steps=2, num_iterations=2, radius=3.0,
+        radius_schedule="inverse_samples",
+    )  # fmt: skip
+    trainer.model.train()
+    trainer.state.global_step = 2
+    trainer._before_solve()
+    # Steps 1 to 3 have drawn 3 x (8 completions x 2 micro-batches / 4 per prompt) prompts.
+    assert trainer.robust_loss.radius == pytest.approx(3.0 / 12)
 
 
 # -- DRO-REBEL ----------------------------------------------------------------------------
@@ -233,7 +250,7 @@ def test_rebel_pair_losses_are_a_hand_computation(tokenizer, model_dir, dataset,
     assert "rebel/identical_pairs" in trainer._metrics["train"]
 
 
-def test_rebel_group_column_weights_are_the_worst_case_over_the_groups(tokenizer, model_dir, dataset, tmp_path):
+def test_rebel_group_column_weights_are_the_worst_case_over_the_groups(tokenizer, model_dir, dataset, tmp_path, solves):
     with pytest.warns(UserWarning, match="on-policy, where a pair's loss is its squared reward gap"):
         trainer = _trainer(
             DRORebelTrainer, DRORebelConfig, tokenizer, model_dir, dataset, tmp_path,
@@ -245,6 +262,10 @@ def test_rebel_group_column_weights_are_the_worst_case_over_the_groups(tokenizer
     gaps = (inputs["rewards"][:, 0] - inputs["rewards"][:, 1]).double().numpy()
     solution = worst_case(gaps**2, "kl", radius=0.3, groups=inputs["groups"].numpy())
     assert loss.item() == pytest.approx(solution.value, rel=1e-5)
+    [(solved_losses, solved_groups, weights)] = solves
+    np.testing.assert_allclose(solved_losses, gaps**2, rtol=1e-5)
+    np.testing.assert_array_equal(solved_groups, inputs["groups"].numpy())
+    np.testing.assert_allclose(weights, solution.weights, rtol=1e-4, atol=1e-7)
     decoded = tokenizer.batch_decode(inputs["prompt_ids"][:, 0], skip_special_tokens=True)
     by_prompt = {row["prompt"]: row["group"] for row in dataset}
     assert inputs["groups"].tolist() == group_labels([by_prompt[p] for p in decoded]).tolist()
