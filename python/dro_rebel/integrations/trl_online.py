@@ -45,14 +45,14 @@ metrics. ``robust_scope="step"`` solves one worst case over every micro-batch of
 optimiser step and every process: the step's completions are generated (or taken from TRL's
 buffer) when its first micro-batch is prepared, one forward pass without gradients over them
 gives the losses, and each micro-batch is then backpropagated with its slice of the weights
-(docs/method.md#accumulation). ``radius_schedule="inverse_samples"`` counts prompts.
+(docs/method.md#accumulation). ``radius_schedule="inverse_samples"`` counts prompts. The online
+adversary (``adversary="online"``, with ``group_column``) is the offline configs': its group
+weights update once per optimiser step and are saved beside TRL's checkpoint files.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -66,11 +66,10 @@ from dro_rebel.torch.config import RADIUS_SCHEDULES
 from dro_rebel.torch.data import group_labels
 from dro_rebel.torch.distributed import gather_rows
 from dro_rebel.torch.losses import rebel_loss
-from dro_rebel.torch.robust_loss import RobustLoss
+from dro_rebel.torch.rebel_pairs import identical_pairs, kl_penalised_rewards, pick_pairs, whitened_rewards
 
 __all__ = ["DRORebelConfig", "DRORebelTrainer", "DROGRPOConfig", "DROGRPOTrainer"]
 
-ADVERSARIES = ("exact", "online")
 # GRPO's loss types by how TRL normalises a micro-batch's summed per-token losses
 # (docs/method.md#grpo-per-prompt): each completion's share of the objective follows.
 _PER_SEQUENCE_MEAN = ("grpo", "sapo")
@@ -82,13 +81,12 @@ SUPPORTED_GRPO_LOSSES = _PER_SEQUENCE_MEAN + _LOCAL_TOKENS + _CONSTANT_LENGTH + 
 # The tensors of a rollout the model's forward does not need or REBEL replaces.
 _MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "spatial_shapes")
 _REBEL_ROW_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "tool_mask")
-_ADVERSARY_FILE = "robust_adversary.json"
 
 
 @dataclass
 class _OnlineRobustFields(_RobustFields):
-    """The ambiguity set of the offline TRL configs, plus the radius schedule and the online
-    group adversary."""
+    """The robust fields of the offline TRL configs (the ambiguity set, ``group_column``,
+    ``robust_scope``, the online adversary), plus the radius schedule."""
 
     radius_schedule: str = field(
         default="constant",
@@ -97,29 +95,9 @@ class _OnlineRobustFields(_RobustFields):
             "process up to and including the step (docs/method.md#radius-schedule)."
         },
     )
-    adversary: str = field(
-        default="exact",
-        metadata={
-            "help": "'exact': each step's worst case over the set. 'online': Sagawa et al.'s online group DRO "
-            "(needs group_column; takes no radius)."
-        },
-    )
-    adversary_step_size: float = field(
-        default=0.01, metadata={"help": "eta_q of the online adversary's q_g <- q_g exp(eta_q L_g)."}
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.adversary not in ADVERSARIES:
-            raise ValueError(f"adversary must be one of {ADVERSARIES}, got {self.adversary!r}")
-        if self.adversary == "online":
-            if self.group_column is None:
-                raise ValueError("adversary='online' weighs groups: set group_column")
-            if "adversary" not in inspect.signature(RobustLoss).parameters:
-                raise ValueError(
-                    "adversary='online' needs dro_rebel.torch.RobustLoss(adversary=...), which this install of "
-                    "dro_rebel does not have"
-                )
         if self.radius_schedule not in RADIUS_SCHEDULES:
             raise ValueError(f"radius_schedule must be one of {RADIUS_SCHEDULES}, got {self.radius_schedule!r}")
         if self.radius_schedule != "constant" and not isinstance(self.robust_loss().radius, (int, float)):
@@ -127,11 +105,6 @@ class _OnlineRobustFields(_RobustFields):
                 f"radius_schedule={self.radius_schedule!r} scales a number: set radius to its constant c, "
                 f"got radius={self.radius!r}"
             )
-
-    def robust_loss(self) -> RobustLoss:
-        if self.adversary == "online":
-            return RobustLoss(adversary="online", adversary_step_size=self.adversary_step_size)  # type: ignore[call-arg]
-        return super().robust_loss()
 
 
 @dataclass
@@ -212,7 +185,8 @@ class _PendingStep:
 
 class _OnlineRobustMixin(_RobustTrainerMixin):
     """What both online trainers share: the group labels of a rollout, the one worst case per
-    optimiser step, the radius schedule and the online adversary's checkpoint.
+    optimiser step and the radius schedule (the offline mixin keeps the online adversary's
+    state beside TRL's checkpoint files).
 
     The offline mixin solves a step in ``get_batch_samples``, but there an online step's
     completions do not exist yet: TRL generates them in ``_prepare_inputs``, and a resumed run
@@ -310,27 +284,6 @@ class _OnlineRobustMixin(_RobustTrainerMixin):
             seen = (self.state.global_step + 1) * prompts_per_step
             self.robust_loss.radius = float(self.args.robust_loss().radius) / max(seen, 1)
 
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)  # type: ignore[misc]
-        adversary = getattr(self.robust_loss, "adversary", None)
-        if adversary is not None and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            with open(os.path.join(folder, _ADVERSARY_FILE), "w") as f:
-                json.dump(adversary.state_dict(), f)
-
-    def _load_optimizer_and_scheduler(self, checkpoint: Optional[str]) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
-        adversary = getattr(self.robust_loss, "adversary", None)
-        if adversary is not None and checkpoint is not None:
-            path = os.path.join(checkpoint, _ADVERSARY_FILE)
-            if not os.path.exists(path):
-                raise ValueError(
-                    f"{checkpoint} has no online adversary state (written with adversary='exact'): resume it with "
-                    "the adversary it was trained with"
-                )
-            with open(path) as f:
-                adversary.load_state_dict(json.load(f))
-
 
 class DRORebelTrainer(_OnlineRobustMixin, GRPOTrainer):
     """TRL's ``GRPOTrainer`` with REBEL's regression on one pair of completions per prompt,
@@ -392,45 +345,38 @@ class DRORebelTrainer(_OnlineRobustMixin, GRPOTrainer):
                 "on a reward for every completion"
             )
         rewards = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+        # This process's completions: whole groups of `size` (the check above and TRL's sampler).
+        start = self.accelerator.process_index * local
+        rewards = rewards[start : start + local]
         if self.args.kl_coef > 0:
             if sampler is None:
                 with torch.no_grad():
                     sampler = self._sequence_logps(self.model, rows)
             reference = (output["ref_per_token_logps"] * mask).sum(dim=-1)
-            rewards = rewards - self.args.kl_coef * self.accelerator.gather(sampler - reference)
+            rewards = kl_penalised_rewards(rewards, sampler, reference, self.args.kl_coef)
+            self._metrics[mode]["rebel/kl"].append(self.accelerator.gather(sampler - reference).mean().item())
         if self.args.whiten_rewards:
-            rewards = (rewards - rewards.mean()) / torch.sqrt(rewards.var() + 1e-8)
+            rewards = whitened_rewards(rewards)
 
-        # Pairs over the global batch (groups of `size` consecutive completions), then this
-        # process's: it holds whole groups (the check above and TRL's sampler).
-        grouped = rewards.view(-1, size)
-        if size == 2:
-            first = torch.zeros(len(grouped), dtype=torch.long, device=device)
-            second = torch.ones_like(first)
-        else:
-            first, second = grouped.argmax(dim=1), grouped.argmin(dim=1)
-        offset = torch.arange(len(grouped), device=device) * size
+        # TRL lays a prompt's completions side by side (row j G + k); the pairing takes them
+        # sample-major (row k n + j).
+        prompts = local // size
+        first, second = pick_pairs(rewards.view(prompts, size).t().reshape(-1), size)
+        offset = torch.arange(prompts, device=device) * size
         first, second = first + offset, second + offset
-        start = self.accelerator.process_index * local
-        mine = slice(start // size, (start + local) // size)
-        first, second = first[mine] - start, second[mine] - start
-        pair_rewards = torch.stack([rewards[first + start], rewards[second + start]], dim=1)
+        pair_rewards = torch.stack([rewards[first], rewards[second]], dim=1)
 
         pairs: Dict[str, Any] = {key: torch.stack([value[first], value[second]], dim=1) for key, value in rows.items()}
         pairs["rewards"] = pair_rewards
-        if sampler is not None and old is not None:
+        if old is not None:
             pairs["sampler_logps"] = torch.stack([sampler[first], sampler[second]], dim=1)
         labels = self._rollout_labels(inputs)
         if labels is not None:
             pairs["groups"] = labels[first]
 
-        same = (rows["completion_ids"][first] * mask[first] == rows["completion_ids"][second] * mask[second]).all(
-            dim=1
-        ) & (mask[first].sum(dim=1) == mask[second].sum(dim=1))
+        ids = torch.cat([rows["completion_ids"][first], rows["completion_ids"][second]])
+        same = identical_pairs(ids, torch.cat([mask[first], mask[second]]))
         self._metrics[mode]["rebel/identical_pairs"].append(self.accelerator.gather(same.float()).mean().item())
-        self._metrics[mode]["rebel/reward_gap"].append(
-            self.accelerator.gather((pair_rewards[:, 0] - pair_rewards[:, 1]).abs()).mean().item()
-        )
         return pairs
 
     def _pair_losses(self, model, inputs):
