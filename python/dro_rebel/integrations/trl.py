@@ -210,18 +210,21 @@ class _RobustTrainerMixin:
         self.robust_loss = self.args.robust_loss()
         column = self.args.group_column
         if column is not None:
-            # Checked here, not at the first batch of training or of an evaluation hours later.
-            evaluation = getattr(self, "eval_dataset", None)
-            named = {"train_dataset": self.train_dataset}
-            if isinstance(evaluation, dict):
-                named.update({f"eval_dataset[{key!r}]": value for key, value in evaluation.items()})
-            elif evaluation is not None:
-                named["eval_dataset"] = evaluation
-            for name, dataset in named.items():
-                names = getattr(dataset, "column_names", None)
-                if names is not None and column not in names:
-                    raise ValueError(f"group_column={column!r} is not a column of {name} (columns: {names})")
+            self._check_group_column(column)
             self.data_collator = _GroupCollator(self.data_collator, column)
+
+    def _check_group_column(self, column: str) -> None:
+        """Checked here, not at the first batch of training or of an evaluation hours later."""
+        evaluation = getattr(self, "eval_dataset", None)
+        named = {"train_dataset": self.train_dataset}
+        if isinstance(evaluation, dict):
+            named.update({f"eval_dataset[{key!r}]": value for key, value in evaluation.items()})
+        elif evaluation is not None:
+            named["eval_dataset"] = evaluation
+        for name, dataset in named.items():
+            names = getattr(dataset, "column_names", None)
+            if names is not None and column not in names:
+                raise ValueError(f"group_column={column!r} is not a column of {name} (columns: {names})")
 
     def _set_signature_columns_if_needed(self) -> None:
         # remove_unused_columns keeps TRL's columns only: add the group column to them.
@@ -443,3 +446,16 @@ class DRORewardTrainer(_RobustTrainerMixin, RewardTrainer):
             metrics["accuracy"].append(self.accelerator.gather_for_metrics((difference > 0).float()).mean().item())
             metrics["margin"].append(self.accelerator.gather_for_metrics(difference.detach()).mean().item())
         return (loss, outputs) if return_outputs else loss
+
+
+_ONLINE = ("DRORebelConfig", "DRORebelTrainer", "DROGRPOConfig", "DROGRPOTrainer")
+
+
+def __getattr__(name: str) -> Any:
+    # The online trainers (TRL's GRPOTrainer) live in trl_online, which builds on this module:
+    # imported on first use, so that either module can be imported first.
+    if name in _ONLINE:
+        from dro_rebel.integrations import trl_online
+
+        return getattr(trl_online, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
