@@ -6,6 +6,9 @@ loss is reduced in float32; each trainer takes finite, unskipped steps in bf16 a
 
 from __future__ import annotations
 
+import json
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +24,11 @@ from dro_rebel.torch import (
     RobustRewardConfig,
     RobustRewardTrainer,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 HALF = [torch.bfloat16, torch.float16]
 
@@ -133,3 +141,29 @@ def test_fp16_reward_losses_are_float32_so_the_first_loss_scale_does_not_overflo
     assert losses.dtype == torch.float32
     # GradScaler's first scale (65536): no step of the first few is skipped for overflow.
     assert [trainer.train_step(batch)["skipped"] for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("saved, precision", [(torch.float16, "fp16"), (torch.bfloat16, "bf16")])
+def test_train_keeps_float32_master_weights_whatever_the_checkpoint_dtype(tokenizer, tmp_path, saved, precision):
+    from dro_rebel.cli import _build_trainer, main
+
+    tiny_llama(tokenizer).to(saved).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in PAIRS))
+    (tmp_path / "run.toml").write_text(
+        'trainer = "dpo"\nmodel = "model"\n[data]\ntrain = "train.jsonl"\n[config]\noutput_dir = "out"\n'
+        "max_steps = 1\nper_device_train_batch_size = 4\nlearning_rate = 1e-3\ndisable_tqdm = true\n"
+        f"{precision} = true\n"
+    )
+    trainer = _build_trainer(tomllib.loads((tmp_path / "run.toml").read_text()), tmp_path)
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    assert main(["train", str(tmp_path / "run.toml")]) == 0
+    step = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()][-1]
+    assert step["skipped"] == 0.0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_half_precision_model_under_autocast_is_a_value_error_that_says_what_to_do(tokenizer, tmp_path, precision):
+    config = RobustDPOConfig(**_fields(tmp_path, precision))
+    with pytest.raises(ValueError, match=r"load it in float32 \(from_pretrained\(\.\.\., torch_dtype=torch.float32\)"):
+        RobustDPOTrainer(tiny_llama(tokenizer).to(torch.bfloat16), tokenizer, config, PAIRS)

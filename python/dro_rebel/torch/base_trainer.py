@@ -95,6 +95,7 @@ class Trainer:
             ref_model = frozen_copy(self.model)
         self.ref_model = None if ref_model is None else ref_model.to(self.device).eval()
         self.trainable_parameters = [p for p in self.model.parameters() if p.requires_grad]
+        _check_master_weights(self.trainable_parameters, config)
         self.rank, self.world_size = rank(), world_size()
         broadcast_parameters(self.trainable_parameters)
         self.optimizer = torch.optim.AdamW(
@@ -437,6 +438,22 @@ def _autocast_dtype(config: TrainingConfig, device: torch.device) -> Optional[to
     if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError(f"bf16=True: {torch.cuda.get_device_name(device)} has no bfloat16; use fp16=True")
     return dtype
+
+
+def _check_master_weights(parameters: Sequence[torch.Tensor], config: TrainingConfig) -> None:
+    """``bf16``/``fp16`` train float32 master weights under autocast: half-precision trainable
+    parameters would be updated in half precision (most bf16 updates round away; a gradient
+    scaler cannot unscale fp16 gradients)."""
+    if not (config.bf16 or config.fp16):
+        return
+    half = sorted({str(p.dtype) for p in parameters if p.dtype in (torch.float16, torch.bfloat16)})
+    if half:
+        name = "bf16" if config.bf16 else "fp16"
+        raise ValueError(
+            f"{name}=True trains float32 weights under autocast, but the model's trainable parameters are "
+            f"{', '.join(half)}: load it in float32 (from_pretrained(..., torch_dtype=torch.float32), or "
+            f"model.float()); autocast runs the forward in half precision"
+        )
 
 
 def _mean(records: Sequence[Dict[str, float]]) -> Dict[str, float]:
