@@ -14,9 +14,11 @@ uses its slice of them (docs/method.md#accumulation). Forward passes run under
 ``torch.autocast`` with ``bf16``/``fp16``; the learning rate follows ``lr_scheduler_type`` with
 ``warmup_steps`` (transformers' schedules).
 
-Many processes (``torchrun``, one per GPU): when a ``torch.distributed`` process group is
-initialised, every rank takes its ``per_device_train_batch_size * gradient_accumulation_steps``
-slice of each global batch, the robust reduction solves the problem of the global batch
+Many processes (``torchrun`` or ``accelerate launch``, one per GPU, each on ``cuda:LOCAL_RANK``):
+the trainer starts the process group when the launcher asked for several processes and none is
+initialised, and destroys it at the end of :meth:`Trainer.train`. With a process group, every
+rank takes its ``per_device_train_batch_size * gradient_accumulation_steps`` slice of each
+global batch, the robust reduction solves the problem of the global batch
 (:class:`~dro_rebel.torch.RobustLoss`), gradients are averaged over the ranks before the
 update, and rank 0 alone writes the log, the checkpoints (with every rank's RNG state) and the
 model. Evaluation runs on every rank; rank 0 logs it.
@@ -46,7 +48,14 @@ from dro_rebel.torch.checkpoint import (
 )
 from dro_rebel.torch.config import TrainingConfig
 from dro_rebel.torch.data import batch_indices, group_labels, pair_rows, select_rows
-from dro_rebel.torch.distributed import average_gradients, broadcast_parameters, gather_objects, rank, world_size
+from dro_rebel.torch.distributed import (
+    average_gradients,
+    broadcast_parameters,
+    gather_objects,
+    rank,
+    start_process_group,
+    world_size,
+)
 from dro_rebel.torch.jsonl import JsonlLogger
 from dro_rebel.torch.model_setup import (
     adapters_disabled,
@@ -89,6 +98,8 @@ class Trainer:
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.device = resolve_device(config.device)
+        # Under torchrun / accelerate launch: this trainer's process group, ended with its run.
+        self.owns_process_group = start_process_group(self.device)
         _seed_everything(config.seed)
         self.model = apply_lora(model, config, self.task_type).to(self.device)
         if self.needs_reference and ref_model is None and not is_peft_model(self.model):
@@ -212,7 +223,15 @@ class Trainer:
         progress.close()
         if self.rank == 0:
             self.save_model(self.output_dir / "model")
+        self.close()
         return metrics
+
+    def close(self) -> None:
+        """Destroy the process group this trainer started (under a launcher), if any; called
+        at the end of :meth:`train`."""
+        if self.owns_process_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        self.owns_process_group = False
 
     def optimise(self, batch: Dict[str, Any]) -> Dict[str, float]:
         """Everything one step of the run does with its batch: one :meth:`train_step` here;

@@ -8,16 +8,28 @@ largest for the collective.
 
 The trainers use the rest for plain data parallelism: the same initial parameters on every
 rank, gradients averaged after each backward, one RNG state per rank in the checkpoints.
+Launched by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1 in the environment), a
+trainer starts the process group itself (:func:`start_process_group`) and destroys it at the
+end of its run.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, List, Tuple
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "rank", "gather_rows", "gather_objects", "average_gradients", "broadcast_parameters"]
+__all__ = [
+    "world_size",
+    "rank",
+    "start_process_group",
+    "gather_rows",
+    "gather_objects",
+    "average_gradients",
+    "broadcast_parameters",
+]
 
 
 def world_size() -> int:
@@ -30,6 +42,20 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank in the default process group, 0 when none is initialised."""
     return dist.get_rank() if world_size() > 1 else 0
+
+
+def start_process_group(device: torch.device) -> bool:
+    """Start the default process group when a launcher asked for several processes
+    (``WORLD_SIZE`` > 1, with ``RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``, as ``torchrun`` and
+    ``accelerate launch`` set them) and none is initialised: NCCL for a CUDA ``device``, gloo
+    otherwise. Returns whether it started one (the caller then destroys it)."""
+    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if device.type == "cuda":
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return True
 
 
 def gather_rows(tensor: torch.Tensor) -> Tuple[torch.Tensor, int]:
