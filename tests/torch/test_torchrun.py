@@ -70,7 +70,9 @@ def test_a_launcher_with_several_processes_gets_a_process_group_on_the_right_bac
     assert started == [(backend, expected)]
 
 
-def _write_run(directory: Path, tokenizer, per_device_train_batch_size: int) -> Path:
+def write_run(directory: Path, tokenizer, per_device_train_batch_size: int, extra: str = "") -> Path:
+    """A ``dro-rebel train`` config of robust DPO on the tiny Llama for two steps (and the model
+    and data it names), writing to ``out-<per_device_train_batch_size>``."""
     model = directory / "model"
     if not model.exists():
         tiny_llama(tokenizer).save_pretrained(model)
@@ -82,33 +84,28 @@ def _write_run(directory: Path, tokenizer, per_device_train_batch_size: int) -> 
         f'output_dir = "out-{per_device_train_batch_size}"\n'
         f"per_device_train_batch_size = {per_device_train_batch_size}\n"
         'max_steps = 2\nsave_steps = 2\nlearning_rate = 1e-2\nambiguity = "chi2"\nradius = 0.3\n'
-        'group_column = "group"\ndisable_tqdm = true\n'
+        'group_column = "group"\ndisable_tqdm = true\n' + extra
     )
     return config
 
 
-def test_torchrun_two_processes_train_to_the_checkpoint_of_one_with_the_whole_batch(tokenizer, tmp_path):
+def torchrun_train(config: Path, processes: int = 2) -> None:
+    """``torchrun --standalone --nproc_per_node PROCESSES -m dro_rebel.cli train CONFIG``, with
+    the package the tests import."""
     package_root = str(Path(dro_rebel.__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    two = _write_run(tmp_path, tokenizer, per_device_train_batch_size=4)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "dro_rebel.cli",
-        "train",
-        str(two),
-    ]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command += ["-m", "dro_rebel.cli", "train", str(config)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert main(["train", str(_write_run(tmp_path, tokenizer, per_device_train_batch_size=8))]) == 0
+
+
+def test_torchrun_two_processes_train_to_the_checkpoint_of_one_with_the_whole_batch(tokenizer, tmp_path):
+    torchrun_train(write_run(tmp_path, tokenizer, per_device_train_batch_size=4))
+    assert main(["train", str(write_run(tmp_path, tokenizer, per_device_train_batch_size=8))]) == 0
 
     both = load_checkpoint(tmp_path / "out-4" / "checkpoint-2.pt")
     single = load_checkpoint(tmp_path / "out-8" / "checkpoint-2.pt")

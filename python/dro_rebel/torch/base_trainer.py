@@ -68,9 +68,14 @@ from dro_rebel.torch.robust_loss import NonFiniteLossError, RobustLoss
 
 __all__ = ["Trainer", "LossOutput"]
 
-LossOutput = Tuple[torch.Tensor, Optional[List[torch.Tensor]], Dict[str, float]]
+Metric = Union[float, torch.Tensor]
+LossOutput = Tuple[torch.Tensor, Optional[List[torch.Tensor]], Dict[str, Metric]]
 """What ``compute_losses`` returns: per-sample losses (n,), the input embeddings they were
-computed from (for the gradient penalty; else None), and metrics to log."""
+computed from (for the gradient penalty; else None), and metrics to log (numbers, or detached
+0-d tensors left on the device: a step reads them all at once)."""
+
+# Batch entries that stay on the host: group labels go to the host solve, indices are a list.
+_HOST_KEYS = ("groups", "indices")
 
 
 class Trainer:
@@ -254,7 +259,8 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         self.robust_loss.radius = self.config.radius_at(self.samples_seen())
-        parts = self.micro_batches(batch)
+        # Each micro-batch is copied to the device once, however many passes the step makes over it.
+        parts = [self.to_device(part) for part in self.micro_batches(batch)]
         step_weights: Optional[Sequence[torch.Tensor]] = None
         if self.config.robust_scope == "step" and len(parts) > 1:
             try:
@@ -281,8 +287,10 @@ class Trainer:
             stats.append(self._last_stats())
         average_gradients(self.trainable_parameters)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.config.max_grad_norm)
-        if not torch.isfinite(grad_norm):
+        grad_norm_tensor = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.config.max_grad_norm)
+        # One device-to-host read for the step: the gradient norm with every micro-batch's metrics.
+        grad_norm, part_metrics = _read_on_host(grad_norm_tensor, part_metrics)
+        if not np.isfinite(grad_norm):
             if self.scaler.is_enabled():
                 # fp16 overflow: the scaler skips the update and lowers its scale.
                 self.scaler.step(self.optimizer)
@@ -297,7 +305,7 @@ class Trainer:
         robust = _mean(stats)
         return {
             "loss": robust["robust/value"],
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "learning_rate": learning_rate,
             "skipped": 0.0,
             **robust,
@@ -311,6 +319,16 @@ class Trainer:
             return [batch]
         rows = np.array_split(np.arange(self.num_samples(batch)), parts)
         return [self.select_samples(batch, part.tolist()) for part in rows if len(part)]
+
+    def to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """``batch`` with its tensors on the training device (group labels stay on the host,
+        where the solve reads them)."""
+        return {
+            key: value.to(self.device, non_blocking=True)
+            if isinstance(value, torch.Tensor) and key not in _HOST_KEYS
+            else value
+            for key, value in batch.items()
+        }
 
     @torch.no_grad()
     def step_weights(self, parts: Sequence[Dict[str, Any]]) -> Sequence[torch.Tensor]:
@@ -473,6 +491,23 @@ def _check_master_weights(parameters: Sequence[torch.Tensor], config: TrainingCo
             f"{', '.join(half)}: load it in float32 (from_pretrained(..., torch_dtype=torch.float32), or "
             f"model.float()); autocast runs the forward in half precision"
         )
+
+
+def _read_on_host(
+    grad_norm: torch.Tensor, records: Sequence[Dict[str, Metric]]
+) -> Tuple[float, List[Dict[str, float]]]:
+    """The gradient norm and the records' tensor values as numbers, read in one copy."""
+    tensors = [value for record in records for value in record.values() if isinstance(value, torch.Tensor)]
+    stacked = torch.stack(
+        [grad_norm.detach().float(), *(value.detach().float().to(grad_norm.device) for value in tensors)]
+    )
+    values = iter(stacked.tolist())
+    norm = next(values)
+    read = [
+        {key: next(values) if isinstance(value, torch.Tensor) else float(value) for key, value in record.items()}
+        for record in records
+    ]
+    return norm, read
 
 
 def _mean(records: Sequence[Dict[str, float]]) -> Dict[str, float]:

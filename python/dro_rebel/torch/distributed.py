@@ -16,10 +16,13 @@ end of its run.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, List, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+
+BUCKET_BYTES = 25 * 2**20
+"""The size of the buckets gradients are averaged in (DDP's default ``bucket_cap_mb``)."""
 
 __all__ = [
     "world_size",
@@ -93,17 +96,45 @@ def gather_objects(value: Any) -> List[Any]:
     return values
 
 
-def average_gradients(parameters: Iterable[torch.Tensor]) -> None:
-    """Replace each gradient by its mean over the ranks (what DDP does, without overlap)."""
+def average_gradients(parameters: Iterable[torch.Tensor], bucket_bytes: Optional[int] = None) -> None:
+    """Replace each gradient by its mean over the ranks (what DDP does, without overlap).
+
+    The gradients are all-reduced in buckets of at most ``bucket_bytes`` (:data:`BUCKET_BYTES`
+    by default), as DDP does: a gradient that fills a bucket alone is reduced in place, smaller
+    ones are flattened together, so the memory this takes is one bucket, not a second copy of
+    every gradient."""
     ranks = world_size()
     if ranks == 1:
         return
     grads = [p.grad for p in parameters if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= ranks
-    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
-        grad.copy_(chunk.view_as(grad))
+    for bucket in _buckets(grads, BUCKET_BYTES if bucket_bytes is None else bucket_bytes):
+        if len(bucket) == 1 and bucket[0].is_contiguous():
+            dist.all_reduce(bucket[0])
+            bucket[0].div_(ranks)
+            continue
+        flat = torch.cat([grad.reshape(-1) for grad in bucket])
+        dist.all_reduce(flat)
+        flat.div_(ranks)
+        for grad, chunk in zip(bucket, flat.split([grad.numel() for grad in bucket])):
+            grad.copy_(chunk.view_as(grad))
+
+
+def _buckets(grads: List[torch.Tensor], bucket_bytes: int) -> Iterator[List[torch.Tensor]]:
+    """Consecutive gradients of one dtype and device, in groups of at most ``bucket_bytes``
+    (a larger gradient is a bucket of its own)."""
+    bucket: List[torch.Tensor] = []
+    size = 0
+    for grad in grads:
+        nbytes = grad.numel() * grad.element_size()
+        if bucket and (
+            size + nbytes > bucket_bytes or grad.dtype != bucket[0].dtype or grad.device != bucket[0].device
+        ):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(grad)
+        size += nbytes
+    if bucket:
+        yield bucket
 
 
 def broadcast_parameters(parameters: Iterable[torch.Tensor]) -> None:

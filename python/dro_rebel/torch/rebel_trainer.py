@@ -188,7 +188,7 @@ class DroRebelTrainer(Trainer):
         base_first, base_second = batch["base_logps"].chunk(2)
         rewards, other_rewards = batch["rewards"].chunk(2)
         losses = rebel_loss(first, second, base_first, base_second, rewards, other_rewards, self.config.eta)
-        return losses, embeds, {"reward": float(batch["rewards"].mean())}
+        return losses, embeds, {"reward": batch["rewards"].mean()}
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:

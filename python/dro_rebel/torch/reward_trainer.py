@@ -72,7 +72,7 @@ class RobustRewardTrainer(Trainer):
             # backward overflows the gradient scaler's first scales.
             chosen, rejected = self.rewards(batch).float().chunk(2)
         margins = (chosen - rejected).detach()
-        metrics = {"accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean())}
+        metrics = {"accuracy": (margins > 0).float().mean(), "margin": margins.mean()}
         return bradley_terry_loss(chosen, rejected), embeds, metrics
 
     @torch.no_grad()
