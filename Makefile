@@ -10,11 +10,14 @@ EXTRAS := torch trl peft study demo dev
 RUST_SOURCES := $(wildcard rust/*.rs rust/*/*.rs rust/*/*/*.rs) Cargo.toml Cargo.lock pyproject.toml
 EXTENSION_STAMP := $(VENV)/.extension-stamp
 DEPS_STAMP := $(VENV)/.deps-stamp
+# The wheel's build and check tools alone (requirements/build.txt), not the extras.
+BUILD_VENV := .venv-build
+BUILD_TOOLS := $(BUILD_VENV)/.tools-stamp
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup develop test test-rust test-python gpu-check lint bench demo wheel wheel-check fuzz stubtest clean
+.PHONY: setup develop test test-rust test-python gpu-check lint bench demo wheel wheel-check sdist sdist-check fuzz stubtest clean
 
 setup: $(DEPS_STAMP) $(EXTENSION_STAMP)
 
@@ -70,26 +73,43 @@ bench: setup
 demo: setup
 	$(VENV)/bin/dro-rebel demo --out runs/demo
 
-# The wheel users install: fat LTO, one codegen unit.
-wheel: $(DEPS_STAMP)
-	$(VENV)/bin/maturin build --profile dist --out dist
+$(BUILD_TOOLS): requirements/build.txt
+	$(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/build.txt
+	touch $@
 
-# Installs the wheel into a fresh venv that has only numpy and calls robust_weights there.
-# Also under the oldest Python the abi3 wheel serves, 3.10, where the machine has one (pyenv's
-# or on the PATH).
-PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
+# The wheel users install: abi3 (one wheel for CPython 3.10 and later), the dist profile (fat
+# LTO, one codegen unit), linked by zig against glibc 2.17: a manylinux2014 wheel, which
+# installs wherever glibc is 2.17 or newer (README.md lists distributions). maturin runs zig as
+# `python -m ziglang`, hence the build venv first on the PATH.
+wheel: $(BUILD_TOOLS)
+	PATH="$(abspath $(BUILD_VENV))/bin:$$PATH" maturin build --profile dist --zig --compatibility manylinux2014 --out dist
+
+# auditwheel show (failing on any policy newer than manylinux2014), then the wheel in a fresh
+# venv with only numpy under every CPython 3.10+ the machine has (pyenv's; else $(PYTHON)):
+# robust_weights and the command line there.
+WHEEL_PYTHONS ?= $(or $(wildcard $(HOME)/.pyenv/versions/3.1[0-9]*/bin/python3),$(PYTHON))
 wheel-check: wheel
-	bash tests/wheel_check.sh dist
-	if $(PYTHON310) -c '' 2>/dev/null; then PYTHON=$(PYTHON310) bash tests/wheel_check.sh dist; \
-	else echo "wheel-check: no Python 3.10 here, checked under $$($(PYTHON) -V) only"; fi
+	AUDITWHEEL=$(BUILD_VENV)/bin/auditwheel bash tests/wheel_check.sh dist $(WHEEL_PYTHONS)
+
+# The source distribution, which builds with Rust (cargo) and pip alone; sdist-check does that
+# in a fresh venv (a release build: minutes) and calls the result.
+sdist: $(BUILD_TOOLS)
+	$(BUILD_VENV)/bin/maturin sdist --out dist
+
+sdist-check: sdist
+	bash tests/sdist_check.sh dist $(PYTHON)
 
 # ruff (check and format, pyproject.toml), rustfmt (rustfmt.toml: 120 columns) and clippy with
-# warnings as errors, on every target and with the python feature (the bindings) on.
-lint: $(DEPS_STAMP)
+# warnings as errors, on every target and with the python feature (the bindings) on; the
+# release workflow against GitHub's workflow schema and zizmor's checks (offline).
+lint: $(DEPS_STAMP) $(BUILD_TOOLS)
 	$(VENV)/bin/ruff check python tests benches requirements
 	$(VENV)/bin/ruff format --check python tests benches requirements
 	cargo fmt --check
 	cargo clippy --all-targets --all-features --quiet -- -D warnings
+	$(BUILD_VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BUILD_VENV)/bin/zizmor --offline --quiet .github/workflows
 
 fuzz:
 	bash fuzz/run.sh
@@ -98,4 +118,4 @@ stubtest: setup
 	$(PY) -m mypy.stubtest dro_rebel._core
 
 clean:
-	rm -rf target dist $(VENV)
+	rm -rf target dist $(VENV) $(BUILD_VENV)

@@ -51,3 +51,20 @@ def test_weights_needs_exactly_one_size(tmp_path):
     np.save(tmp_path / "losses.npy", LOSSES)
     with pytest.raises(SystemExit):
         main(["weights", str(tmp_path / "losses.npy"), "--radius", "0.1", "--penalty", "1.0"])
+
+
+@pytest.mark.parametrize("ambiguity", ["chi2", "kl"])
+def test_calibrated_radius(tmp_path, capsys, ambiguity):
+    np.save(tmp_path / "losses.npy", LOSSES)
+    argv = ["weights", str(tmp_path / "losses.npy"), "-a", ambiguity, "-r", "calibrated", "--confidence", "0.9"]
+    assert main(argv) == 0
+    printed = np.array([float(line) for line in capsys.readouterr().out.split()])
+    np.testing.assert_array_equal(printed, robust_weights(LOSSES, ambiguity, radius="calibrated", confidence=0.9))
+
+
+def test_a_radius_is_a_number_or_calibrated(tmp_path, capsys):
+    np.save(tmp_path / "losses.npy", LOSSES)
+    with pytest.raises(SystemExit) as stop:
+        main(["weights", str(tmp_path / "losses.npy"), "-r", "calibrate"])
+    assert stop.value.code == 2
+    assert "argument -r/--radius: expected a number or 'calibrated', got 'calibrate'" in capsys.readouterr().err

@@ -5,45 +5,41 @@
     dro-rebel demo [--preset NAME] [--out DIR] the offline demo (docs/demo.md in the repository)
     dro-rebel study radius [--out DIR]         the radius-coverage study (dro_rebel.study)
     dro-rebel study shift [--out DIR]          the group-shift study (dro_rebel.study)
+    dro-rebel --version | --debug COMMAND ...
 
 Each subcommand is one ``add_<name>_parser(subparsers)`` function that declares its
-arguments and sets ``func`` to the function running it; :data:`SUBCOMMANDS` lists them, so a
-new subcommand is one function and one line there. Heavy imports (torch, transformers)
-happen inside the subcommands that need them.
+arguments and sets ``func`` to the function running it, and ``extras`` to the extras of
+pyproject.toml it needs (``dro_rebel._extras``); :data:`SUBCOMMANDS` lists them, so a new
+subcommand is one function and one line there. Building the parser imports nothing beyond
+numpy: heavy imports (torch, transformers, scipy, the demo's packages) happen inside the
+functions that run a subcommand, so ``--help`` works in the bare install, and a subcommand
+whose extra is missing says which to install.
 
-The ``train`` config is TOML::
+An error is one line, ``dro-rebel <command>: error: <what went wrong>``, exit status 1
+(argparse's usage errors: 2); ``--debug`` shows the traceback instead.
 
-    trainer = "dpo"                      # "rebel", "dpo" or "reward"
-    model = "path/to/hf-model"           # a local Hugging Face model directory
-    tokenizer = "path/to/tokenizer"      # optional; the model's by default
-    reward_fn = "my_rewards:length"      # rebel only: module:function, found next to the TOML too
-
-    [data]
-    train = "train.jsonl"                # .json/.jsonl, .csv or .parquet
-    eval = "eval.jsonl"                  # optional
-
-    [config]                             # fields of DroRebelConfig / RobustDPOConfig /
-    output_dir = "runs/dpo"              # RobustRewardConfig (dro_rebel/torch/config.py)
-    beta = 0.1
-    ambiguity = "chi2"
-    radius = 0.5
-
-Relative paths in the file are relative to the file.
+The ``train`` config's TOML format, every key with an example: docs/train-config.md in the
+repository.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from dro_rebel._extras import extra_providing, missing_modules, needs_extras
 from dro_rebel.demo.cli import add_demo_parser, add_study_parser
 
-__all__ = ["main", "build_parser", "SUBCOMMANDS"]
+__all__ = ["main", "build_parser", "run", "SUBCOMMANDS"]
+
+TRAIN_CONFIG_DOC = "docs/train-config.md"
+"""Where the train config's TOML format is documented, relative to the repository's root."""
 
 
 # -- train -----------------------------------------------------------------------------------
@@ -51,11 +47,18 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
 def add_train_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "train", help="train from a TOML config", description="Train a policy or reward model from a TOML config."
+        "train",
+        help="train from a TOML config",
+        # Written out, not wrapped by argparse, which could split the file's name at its hyphen.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a policy (REBEL, DPO) or a reward model from a TOML config.\n\n"
+        "The config names the trainer and the model, a [data] table of dataset files and a\n"
+        "[config] table of the trainer config's fields. Every key, with an example:\n"
+        f"{TRAIN_CONFIG_DOC} in the repository.",
     )
-    parser.add_argument("config", type=Path, help="the TOML file (see `dro_rebel.cli` for its format)")
+    parser.add_argument("config", type=Path, help="the TOML file (its format: see above)")
     parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in output_dir")
-    parser.set_defaults(func=run_train)
+    parser.set_defaults(func=run_train, extras=("torch",))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -161,9 +164,15 @@ def add_weights_parser(subparsers: Any) -> None:
     parser.add_argument("losses", type=Path, help="a .npy file, or a .csv/.txt file of numbers")
     parser.add_argument("-a", "--ambiguity", default="chi2", help="kl, chi2, cvar, tv or wasserstein (default chi2)")
     size = parser.add_mutually_exclusive_group(required=True)
-    size.add_argument("-r", "--radius", type=float, help="size of the ambiguity set")
+    size.add_argument(
+        "-r",
+        "--radius",
+        type=_radius,
+        help="size of the ambiguity set: a number, or 'calibrated' (chi2, kl: an upper confidence bound on the mean)",
+    )
     size.add_argument("--penalty", type=float, help="a fixed dual variable (penalised form)")
     size.add_argument("--alpha", type=float, help="CVaR level in (0, 1]")
+    parser.add_argument("--confidence", type=float, help="the level of --radius calibrated, in (0.5, 1) (default 0.95)")
     parser.add_argument("--groups", type=Path, help="a .npy/.csv file of integer group labels")
     parser.add_argument("--reference", type=Path, help="a .npy/.csv file of the nominal distribution")
     parser.add_argument("--features", type=Path, help="wasserstein: a .npy/.csv file of (n, d) sample features")
@@ -180,6 +189,7 @@ def run_weights(args: argparse.Namespace) -> int:
         radius=args.radius,
         penalty=args.penalty,
         alpha=args.alpha,
+        confidence=args.confidence,
         groups=None if args.groups is None else _read_array(args.groups).astype(np.int64),
         reference=None if args.reference is None else _read_array(args.reference),
         features=None if args.features is None else _read_matrix(args.features),
@@ -192,6 +202,16 @@ def run_weights(args: argparse.Namespace) -> int:
     else:
         np.savetxt(args.output, weights, fmt="%.17g", delimiter=",")
     return 0
+
+
+def _radius(text: str) -> Union[float, str]:
+    """``-r 0.1`` or ``-r calibrated``, as ``robust_weights`` takes them."""
+    if text == "calibrated":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'calibrated', got {text!r}") from None
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -217,22 +237,99 @@ SUBCOMMANDS: List[Callable[[Any], None]] = [
     add_study_parser,
 ]
 """Each adds one subcommand to the parser: to add a subcommand, write ``add_<name>_parser``
-(setting ``func``) and list it here."""
+(setting ``func``, and ``extras`` where it needs any) and list it here."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    subcommands: Sequence[Callable[[Any], None]] = SUBCOMMANDS, prog: str = "dro-rebel"
+) -> argparse.ArgumentParser:
+    """The parser of ``dro-rebel`` (``python -m dro_rebel.demo`` builds one of a few subcommands)."""
     parser = argparse.ArgumentParser(
-        prog="dro-rebel", description="Distributionally robust alignment: worst-case weights and robust training."
+        prog=prog, description="Distributionally robust alignment: worst-case weights and robust training."
     )
+    parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_parser in SUBCOMMANDS:
+    for add_parser in subcommands:
         add_parser(subparsers)
+    _add_debug_flag(parser)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """The ``dro-rebel`` entry point: its exit status (argparse's usage errors exit with 2)."""
+    return run(build_parser(), argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> int:
+    """Parse ``argv`` and run the subcommand it names: 0, or 1 after a one-line error on stderr.
+
+    A subcommand whose extras are missing stops before it starts; one that fails prints what
+    went wrong (``--debug``: the traceback instead). A subcommand may stop with
+    ``SystemExit("message")``, which prints the same way.
+    """
+    args = parser.parse_args(argv)
+    prog = getattr(args, "prog", parser.prog)
+    missing = missing_modules(getattr(args, "extras", ()))
+    if missing:
+        return _error(prog, needs_extras(args.extras, missing))
+    try:
+        return args.func(args)
+    except SystemExit as stop:
+        if not isinstance(stop.code, str) or args.debug:
+            raise
+        return _error(prog, stop.code)
+    except Exception as error:
+        if args.debug:
+            raise
+        return _error(prog, _describe(error))
+
+
+def _error(prog: str, message: str) -> int:
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
+
+
+def _describe(error: Exception) -> str:
+    """What went wrong, for one line: the message of an error of the input or the environment,
+    the missing extra of a missing module, and the type of anything else (which ``--debug``
+    shows in full)."""
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        extra = extra_providing(error.name.partition(".")[0])
+        if extra is not None:
+            return needs_extras([extra], [error.name])
+    if isinstance(error, (ValueError, OSError)) and str(error):
+        return str(error)
+    return f"{type(error).__name__}: {error} (--debug shows the traceback)"
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """``--debug`` on the command and on every subcommand, so that it may follow the subcommand
+    too; each parser also records its ``prog`` (``dro-rebel study radius``) for its errors.
+
+    A subcommand's parser copies every value it has onto the command's namespace, defaults
+    included: only the top parser gives ``debug`` a default, or a subcommand would reset a
+    ``--debug`` given before it."""
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="on an error, show the full traceback"
+    )
+    parser.set_defaults(prog=parser.prog, **({"debug": False} if top else {}))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _add_debug_flag(subparser, top=False)
+
+
+def _version() -> str:
+    """``dro-rebel 0.1.0 (release build, avx2 kernels)``: the installed distribution's version
+    (the extension's when run from a source tree), the extension's build profile and the
+    kernels it runs on this processor (``dro_rebel._core.kernels()``), for bug reports."""
+    from dro_rebel import _core
+
+    try:
+        number = importlib.metadata.version("dro-rebel")
+    except importlib.metadata.PackageNotFoundError:
+        number = _core.__version__
+    return f"dro-rebel {number} ({_core.build_profile} build, {_core.kernels()} kernels)"
 
 
 if __name__ == "__main__":

@@ -207,7 +207,8 @@ impl Scale {
         ((l * self.pre - self.max_pre) * self.inv_range).clamp(-1.0, 0.0)
     }
 
-    /// (pre, max_pre, inv_range): what `u` computes with, for the AVX2 kernels'.
+    /// (pre, max_pre, inv_range): what `u` computes with, for the AVX2 kernels (x86_64 only).
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(crate) fn parts(&self) -> (f64, f64, f64) {
         (self.pre, self.max_pre, self.inv_range)

@@ -11,6 +11,8 @@
 //! distributions of 256 to 2048 losses).
 
 use crate::kernels::batch::{Batch, Reference, Scale};
+// The AVX2 kernels exist on x86_64 only; elsewhere the portable passes run.
+#[cfg(target_arch = "x86_64")]
 use crate::kernels::cpu;
 use crate::kernels::passes;
 use crate::kernels::real::Real;

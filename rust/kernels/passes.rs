@@ -8,6 +8,8 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::kernels::batch::{Reference, Scale};
+// The AVX2 kernels exist on x86_64 only; elsewhere the portable passes run.
+#[cfg(target_arch = "x86_64")]
 use crate::kernels::cpu;
 use crate::kernels::real::Real;
 

@@ -27,6 +27,7 @@ for package in (
 from dro_rebel.demo.data import load_corpus  # noqa: E402
 from dro_rebel.demo.preferences import bradley_terry_labels  # noqa: E402
 from dro_rebel.demo.presets import PRESETS  # noqa: E402
+from dro_rebel.demo.primary import COMPARISONS, PROTOCOL_COMMIT  # noqa: E402
 from dro_rebel.demo.run import run_demo  # noqa: E402
 
 
@@ -59,28 +60,33 @@ def demo_run(tmp_path_factory):
 
 def test_demo_end_to_end_on_a_tiny_model(demo_run):
     tmp_path, report, out, elapsed = demo_run
-    assert elapsed < 120, f"the test preset took {elapsed:.0f} s"
+    assert elapsed < 240, f"the test preset took {elapsed:.0f} s"
 
     written = json.loads((tmp_path / "report.json").read_text())
     primary = written["primary"]
-    seeds = len(PRESETS["test"].primary.seeds)
+    size = PRESETS["test"].primary
     expected_arms = {
-        "REBEL", "chi2-REBEL (types)", "KL-REBEL (types)", "chi2-REBEL (samples)", "REBEL reweighted",
-        "oracle (uniform data)", "DPO", "chi2-DPO (types)",
+        "REBEL", "chi2-REBEL (types)", "KL-REBEL (types)", "online-REBEL (types)", "chi2-REBEL (samples)",
+        "REBEL reweighted", "oracle (uniform data)", "DPO", "chi2-DPO (types)",
     }  # fmt: skip
-    assert set(primary["arms"]) == expected_arms
-    for name, arm in primary["arms"].items():
-        for key in ("worst_type_reward", "train_mixture_reward", "shifted_reward"):
-            assert len(arm[key]) == seeds and np.all(np.isfinite(arm[key])), (name, key)
-        # The worst type is the minimum over the types, below every mixture of them.
-        assert np.allclose(arm["worst_type_reward"], np.min(arm["type_rewards"], axis=1))
-        assert np.all(np.asarray(arm["worst_type_reward"]) <= np.asarray(arm["train_mixture_reward"]) + 1e-12)
-    assert {(c["robust"], c["metric"]) for c in primary["comparisons"]} == {
-        (arm, metric)
-        for arm in expected_arms - {"REBEL", "DPO", "oracle (uniform data)"}
-        for metric in ("worst_type_reward", "train_mixture_reward")
-    }
-    assert set(primary["hyperparameters"]) == {"rebel", "dpo", "size"}
+    expected_comparisons = {(r, p, m) for r, p in COMPARISONS for m in ("worst_type_reward", "train_mixture_reward")}
+    settings = [(primary, len(size.test_seeds)), (primary["average_tuned"], len(size.test_seeds))]
+    settings += [(other, len(size.other_majority_test_seeds)) for other in primary["other_majorities"].values()]
+    assert set(primary["other_majorities"]) == set(primary["types"]) - {primary["majority_type"]}
+    for setting, seeds in settings:
+        assert set(setting["arms"]) == expected_arms
+        for name, arm in setting["arms"].items():
+            for key in ("worst_type_reward", "train_mixture_reward", "shifted_reward"):
+                assert len(arm[key]) == seeds and np.all(np.isfinite(arm[key])), (name, key)
+            # The worst type is the minimum over the types, below every mixture of them.
+            assert np.allclose(arm["worst_type_reward"], np.min(arm["type_rewards"], axis=1))
+            assert np.all(np.asarray(arm["worst_type_reward"]) <= np.asarray(arm["train_mixture_reward"]) + 1e-12)
+        assert {(c["robust"], c["plain"], c["metric"]) for c in setting["comparisons"]} == expected_comparisons
+    protocol = primary["protocol"]
+    assert protocol["tuning"] == "validation_worst_type"
+    assert not set(protocol["tuning_seeds"]) & set(protocol["test_seeds"])
+    assert protocol["test_seeds"] == list(size.test_seeds) and set(protocol["chosen"]) == expected_arms
+    assert protocol["protocol_commit"] == PROTOCOL_COMMIT
     assert primary["radii"]["chi2 (types)"] > 0 and primary["radii"]["KL (types)"] > 0
     assert len(written["reward_model"]["heads"]["Bradley-Terry"]["held_out/worst type"]) == 3
     assert set(written["pipeline"]["methods"]) == {"start", "REBEL", "DPO", "chi2-REBEL", "chi2-DPO"}
@@ -92,7 +98,9 @@ def test_demo_end_to_end_on_a_tiny_model(demo_run):
 def test_the_reports_intervals_follow_from_its_per_seed_lists(demo_run):
     """Every comparison's mean, interval and Holm p, recomputed from the arms' per-seed lists."""
     written = json.loads((demo_run[0] / "report.json").read_text())
-    for section in (written["primary"], written["reward_model"]):
+    primary = written["primary"]
+    sections = [primary, primary["average_tuned"], *primary["other_majorities"].values(), written["reward_model"]]
+    for section in sections:
         arms = section["arms"] if "arms" in section else section["heads"]
         comparisons = section["comparisons"]
         raw = []
@@ -117,12 +125,33 @@ def test_the_sweep_reports_every_grid_point_for_every_arm(tmp_path):
     size = PRESETS["test"].primary
     with contextlib.redirect_stdout(io.StringIO()):
         sweep = run_sweep(PRESETS["test"], tmp_path, seeds=(0, 1))
-    points = {(p["learning_rate"], p["eta"], p["epochs"], p["iterations"]) for p in sweep["grid"]}
-    assert len(points) == len(size.rebel_learning_rates) * len(size.rebel_etas) * len(size.rebel_epochs) * len(
-        size.rebel_iterations
-    )
+    keys = ("learning_rate", "eta", "kl_coef", "num_generations", "iterations")
+    points = {tuple(p[k] for k in keys) for p in sweep["grid"]}
+    dimensions = (size.rebel_learning_rates, size.rebel_etas, size.rebel_kl_coefs, size.rebel_generations)
+    assert len(points) == np.prod([len(d) for d in dimensions]) * len(size.rebel_iterations)
     for point in sweep["grid"]:
         assert set(point["arms"]) == set(sweep["arms"])
         assert all(len(values) == 2 for arm in point["arms"].values() for values in arm.values())
     assert json.loads((tmp_path / "sweep.json").read_text())["seeds"] == [0, 1]
     assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_the_protocol_was_committed_before_the_study_and_not_edited_since():
+    """docs/demo.md's protocol section is the one of PROTOCOL_COMMIT (a git checkout only)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        then = subprocess.run(
+            ["git", "-C", str(root), "show", f"{PROTOCOL_COMMIT}:docs/demo.md"], capture_output=True, text=True
+        )
+    except OSError:
+        pytest.skip("no git")
+    if then.returncode != 0:
+        pytest.skip("not a git checkout with the protocol's commit")
+
+    def protocol(text: str) -> str:
+        return text[text.index("## Protocol") : text.index("## Results")]
+
+    assert protocol((root / "docs" / "demo.md").read_text()) == protocol(then.stdout)

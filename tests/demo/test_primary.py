@@ -1,5 +1,5 @@
-"""The primary study's pieces on synthetic candidates: exact evaluation, the majority rule,
-the radii that hold the uniform mixture, the minimax ceiling, and the training loops."""
+"""The primary study's pieces on synthetic candidates: the majority rule, the radii that hold
+the uniform mixture, the minimax ceiling, the tuning rule with its edge extension, the seeds."""
 
 from __future__ import annotations
 
@@ -10,9 +10,19 @@ pytest.importorskip("torch")
 
 from dro_rebel import worst_case  # noqa: E402
 from dro_rebel.demo.candidates import CandidateSet  # noqa: E402
-from dro_rebel.demo.loglinear import DpoSettings, RebelSettings, expected_rewards, train_dpo, train_rebel  # noqa: E402
-from dro_rebel.demo.primary import majority_type, minimax_ceiling, radii, training_mixture  # noqa: E402
-from dro_rebel.torch import RobustLoss  # noqa: E402
+from dro_rebel.demo.loglinear import expected_rewards  # noqa: E402
+from dro_rebel.demo.preferences import DEFAULT_TYPES  # noqa: E402
+from dro_rebel.demo.primary import (  # noqa: E402
+    COMPARISONS,
+    StudySize,
+    _tune,
+    arms,
+    majority_type,
+    minimax_ceiling,
+    radii,
+    run_primary,
+    training_mixture,
+)
 
 
 def synthetic(prompts=40, k=5, dim=6, seed=0) -> CandidateSet:
@@ -22,16 +32,6 @@ def synthetic(prompts=40, k=5, dim=6, seed=0) -> CandidateSet:
     directions = np.array([[1.0, 0, 0, 0, 0, 0], [-0.5, 1.0, 0, 0, 0, 0], [-0.5, 0, 1.0, 0, 0, 0]])
     rewards = features.astype(np.float64) @ directions.T
     return CandidateSet([f"p{i}" for i in range(prompts)], [[""] * k] * prompts, features, rewards)
-
-
-def test_expected_rewards_are_the_policy_weighted_rewards():
-    data = synthetic()
-    np.testing.assert_allclose(expected_rewards(np.zeros(6), data), data.rewards.mean(axis=(0, 1)))
-    theta = np.random.default_rng(1).normal(size=6)
-    logits = data.features.astype(np.float64) @ theta
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    manual = (probs[:, :, None] * data.rewards).sum(axis=1).mean(axis=0)
-    np.testing.assert_allclose(expected_rewards(theta, data), manual)
 
 
 def test_the_majority_is_the_type_least_correlated_with_the_others():
@@ -59,21 +59,83 @@ def test_the_minimax_ceiling_bounds_every_policys_worst_type():
         assert expected_rewards(rng.normal(scale=3.0, size=6), data).min() <= ceiling + 1e-9
 
 
-def test_rebel_and_dpo_learn_the_majority_and_robust_weights_move_to_the_minority():
-    data = synthetic(prompts=60)
-    types_of = np.where(np.arange(60) % 10 == 0, 1, 0)  # 10% of the prompts are type 1
-    settings = RebelSettings(learning_rate=0.05, eta=1.0, iterations=40, epochs=2, batch_size=20)
-    plain, plain_log = train_rebel(data, types_of, settings, RobustLoss("chi2", radius=0.0), np.random.default_rng(0))
-    robust, robust_log = train_rebel(
-        data, types_of, settings, RobustLoss("chi2", radius=2.0), np.random.default_rng(0), by_group=True
+def _size(**changes) -> StudySize:
+    values = dict(
+        test_seeds=(3000, 3001),
+        tuning_seeds=(2000,),
+        other_majority_test_seeds=(3000, 3001),
+        n_train=30,
+        k=5,
+        majority_share=0.8,
+        batch_size=8,
+        rebel_learning_rates=(0.1,),
+        rebel_etas=(1.0,),
+        rebel_kl_coefs=(0.0,),
+        rebel_generations=(2,),
+        rebel_epochs=1,
+        rebel_iterations=(2, 4),
+        adversary_step_sizes=(0.1,),
+        dpo_learning_rates=(0.1,),
+        dpo_betas=(0.3,),
+        dpo_epochs=(1, 2),
+        pairs_per_prompt=2,
+        bt_scale=5.0,
+        learning_rate_ladder=(0.03, 0.1, 0.3),
+        max_extensions=2,
     )
-    assert expected_rewards(plain, data)[0] > expected_rewards(np.zeros(6), data)[0] + 0.3
-    # The worst case gives the minority more than its share of the batch.
-    assert np.mean(robust_log.group_weights, axis=0)[1] > 1.5 * np.mean(plain_log.group_weights, axis=0)[1]
-    assert len(robust_log.group_weights) == 40 * 2
-    theta, log = train_dpo(
-        data, types_of, DpoSettings(learning_rate=0.05, beta=0.5, epochs=3, batch_size=20),
-        RobustLoss("chi2", radius=0.0), np.random.default_rng(0), pairs_per_prompt=2, bt_scale=5.0, checkpoints=(1, 3),
-    )  # fmt: skip
-    assert set(log.checkpoints) == {1, 3}
-    assert expected_rewards(theta, data)[0] > expected_rewards(np.zeros(6), data)[0] + 0.3
+    values.update(changes)
+    return StudySize(**values)
+
+
+def test_every_arm_takes_its_best_validation_worst_type_point_and_edges_extend_the_grid():
+    pool, validation = synthetic(prompts=40, k=5), synthetic(prompts=20, k=5, seed=1)
+    mixture = training_mixture(3, 0, 0.8)
+    study_arms = arms(mixture)
+    chosen, average, record = _tune(pool, validation, _size(), mixture, study_arms, progress=False)
+    # One learning rate is both ends of the grid: the first round adds both neighbours.
+    first_round = [e for e in record["extensions"] if e["round"] == 1]
+    assert {e["arm"] for e in first_round} == {a.name for a in study_arms}
+    for arm in study_arms:
+        assert set(record["learning_rates"][arm.name]) >= {0.03, 0.1, 0.3}
+        scores = {}
+        for entry in record["grid"]:
+            if entry["arm"] == arm.name:
+                rewards = np.asarray(entry["validation_type_rewards"])
+                scores[tuple(entry["point"])] = rewards.min()
+        # One tuning seed: the mean over seeds of the minimum is the minimum of the mean.
+        assert scores[tuple(chosen[arm.name])] == pytest.approx(max(scores.values()))
+        assert record["validation_worst_type_reward"][arm.name] == pytest.approx(max(scores.values()))
+    assert average["REBEL"] == average["chi2-REBEL (types)"] and average["DPO"] == average["chi2-DPO (types)"]
+    assert len(COMPARISONS) * 2 == 20
+
+
+def test_tuning_and_test_seeds_must_be_disjoint():
+    data = synthetic(prompts=40, k=5)
+    with pytest.raises(ValueError, match="disjoint"):
+        run_primary(data, data, data, data, DEFAULT_TYPES, _size(test_seeds=(2000, 3000)), progress=False)
+
+
+def test_the_command_line_picks_the_test_seeds_and_refuses_tuning_seeds():
+    import argparse
+
+    from dro_rebel.demo.cli import _with_seeds
+    from dro_rebel.demo.presets import PRESETS
+
+    preset = PRESETS["default"]
+
+    def seeds(**flags):
+        values = {"seeds": None, "first_seed": None, "full": False, **flags}
+        return _with_seeds(preset, argparse.Namespace(**values)).primary
+
+    assert seeds().test_seeds == preset.primary.test_seeds
+    assert seeds().other_majority_test_seeds == preset.primary.other_majority_test_seeds
+    chosen = seeds(seeds=30, first_seed=5000)
+    assert chosen.test_seeds == tuple(range(5000, 5030)) and chosen.other_majority_test_seeds == tuple(
+        range(5000, 5010)
+    )
+    assert seeds(full=True).other_majority_test_seeds == preset.primary.test_seeds
+    assert not set(preset.primary.tuning_seeds) & set(preset.primary.test_seeds)
+    with pytest.raises(SystemExit, match="tuning seeds"):
+        seeds(first_seed=preset.primary.tuning_seeds[0])
+    with pytest.raises(SystemExit, match="at least 2"):
+        seeds(seeds=1)

@@ -13,7 +13,7 @@ from typing import Tuple
 
 import pytest
 import torch
-from tiny_models import PAIRS, tiny_llama
+from tiny_models import PAIRS, perturbed, tiny_llama
 
 from dro_rebel.torch import CorruptCheckpointError, RobustDPOConfig, RobustDPOTrainer, load_checkpoint
 from dro_rebel.torch.checkpoint import save_checkpoint
@@ -103,3 +103,53 @@ def test_resume_restores_step_and_rejects_another_model(checkpointed, tokenizer,
 def test_no_temporary_file_is_left_behind(tmp_path):
     save_checkpoint(tmp_path, 7, {"x": torch.ones(3)})
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-7.pt"]
+
+
+def _online_dpo(tokenizer, output_dir, max_steps=4):
+    config = RobustDPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=max_steps,
+        save_steps=2,
+        learning_rate=1e-2,
+        group_column="group",
+        adversary="online",
+        # Large, so that the group weights move the parameters within a few steps.
+        adversary_step_size=5.0,
+        disable_tqdm=True,
+    )
+    return RobustDPOTrainer(perturbed(tiny_llama(tokenizer)), tokenizer, config, PAIRS)
+
+
+def test_the_online_adversary_resumes_bit_identically(tokenizer, tmp_path):
+    straight = _online_dpo(tokenizer, tmp_path / "straight")
+    straight.train()
+    log_weights = straight.robust_loss.adversary.log_weights
+    assert set(log_weights) == {0, 1} and log_weights[0] != log_weights[1]
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    (resumed_dir / "checkpoint-2.pt").write_bytes((tmp_path / "straight" / "checkpoint-2.pt").read_bytes())
+    resumed = _online_dpo(tokenizer, resumed_dir)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.robust_loss.adversary.log_weights == log_weights
+    for (name, expected), got in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(expected, got), name
+    assert load_checkpoint(tmp_path / "straight" / "checkpoint-4.pt")["adversary"] == (
+        straight.robust_loss.adversary.state_dict()
+    )
+    # The state matters: resumed without it, the run moves elsewhere.
+    forgetful_dir = tmp_path / "forgetful"
+    forgetful_dir.mkdir()
+    (forgetful_dir / "checkpoint-2.pt").write_bytes((tmp_path / "straight" / "checkpoint-2.pt").read_bytes())
+    forgetful = _online_dpo(tokenizer, forgetful_dir)
+    forgetful.load(forgetful_dir / "checkpoint-2.pt")
+    forgetful.robust_loss.adversary.log_weights = {}
+    forgetful.train()
+    assert not all(torch.equal(a, b) for a, b in zip(straight.model.parameters(), forgetful.model.parameters()))
+
+
+def test_an_exact_checkpoint_is_not_resumed_with_the_online_adversary(checkpointed, tokenizer, tmp_path):
+    _trainer, path = checkpointed
+    online = _online_dpo(tokenizer, tmp_path / "online")
+    with pytest.raises(ValueError, match="no online adversary state"):
+        online.load(path)

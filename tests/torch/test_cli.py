@@ -51,11 +51,28 @@ def test_train_from_toml(tokenizer, tmp_path, capsys, trainer):
     assert main(["train", str(tmp_path / "run.toml"), "--resume"]) == 0  # already at max_steps
 
 
-def test_train_rejects_unknown_config_fields(tokenizer, tmp_path):
+def test_train_rejects_unknown_config_fields(tokenizer, tmp_path, capsys):
     _save(tiny_llama(tokenizer), tokenizer, tmp_path / "model")
     _write_jsonl(tmp_path / "train.jsonl", PAIRS)
     (tmp_path / "run.toml").write_text(
         'trainer = "dpo"\nmodel = "model"\n[data]\ntrain = "train.jsonl"\n[config]\nbetta = 0.1\n'
     )
+    capsys.readouterr()  # progress bars of saving and loading
+    assert main(["train", str(tmp_path / "run.toml")]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "dro-rebel train: error: unknown RobustDPOConfig fields: betta"
     with pytest.raises(ValueError, match="unknown RobustDPOConfig fields: betta"):
-        main(["train", str(tmp_path / "run.toml")])
+        main(["train", str(tmp_path / "run.toml"), "--debug"])
+
+
+def test_every_config_field_is_documented():
+    """docs/train-config.md, which `dro-rebel train --help` points to, names every [config] key."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from dro_rebel.cli import TRAIN_CONFIG_DOC
+    from dro_rebel.torch import DroRebelConfig, RobustDPOConfig, RobustRewardConfig
+
+    doc = (Path(__file__).resolve().parents[2] / TRAIN_CONFIG_DOC).read_text()
+    for config in (DroRebelConfig, RobustDPOConfig, RobustRewardConfig):
+        undocumented = [field.name for field in fields(config) if f"| `{field.name}` |" not in doc]
+        assert not undocumented, f"{config.__name__} fields missing from {TRAIN_CONFIG_DOC}: {undocumented}"

@@ -1,6 +1,8 @@
 """Two CPU processes on the gloo backend solve the global problem, each keeps its slice
-(docs/method.md#data-parallelism), and a trainer on two ranks takes the same steps as on
-one with the whole batch, with gradient accumulation too (docs/method.md#accumulation)."""
+(docs/method.md#data-parallelism), the online adversary's group weights are the same on every
+rank, REBEL's rewards are whitened over the global batch, and a trainer on two ranks takes the
+same steps as on one with the whole batch, with gradient accumulation and with the online
+adversary too (docs/method.md#accumulation)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,17 @@ import torch.multiprocessing as mp
 from tiny_models import PAIRS, tiny_llama, tiny_tokenizer
 
 from dro_rebel import worst_case
-from dro_rebel.torch import RobustDPOConfig, RobustDPOTrainer, RobustLoss
+from dro_rebel.torch import OnlineGroupAdversary, RobustDPOConfig, RobustDPOTrainer, RobustLoss
+from dro_rebel.torch.rebel_pairs import whitened_rewards
 
 LOSSES = torch.tensor([0.3, 2.0, 1.1, 0.7, 3.5, 0.2, 1.9, 0.4], dtype=torch.float64)
 GROUPS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
 SHARDS = [slice(0, 3), slice(3, 8)]  # unequal on purpose: the gather pads
 INPUTS = torch.linspace(-1.0, 1.0, 8 * 3, dtype=torch.float64).reshape(8, 3)
 RHO0 = 0.1
+ONLINE_STEP = 0.5
+ONLINE_STEPS = [(1.0, GROUPS), (2.0, torch.tensor([0, 1, 0, 0, 1, 0, 0, 1])), (0.5, GROUPS)]
+ONLINE_DPO = {"radius": None, "group_column": "group", "adversary": "online", "adversary_step_size": 5.0}
 
 
 def _penalised_losses(theta: torch.Tensor, rows: slice):
@@ -53,6 +59,18 @@ def _rank(rank: int, port: int, results: str) -> None:
         trainer = _dpo_trainer(f"{results}/accumulated", per_device_train_batch_size=2, gradient_accumulation_steps=2)
         trainer.train()
         out["accumulated"] = {name: p.detach() for name, p in trainer.model.named_parameters()}
+        out["whitened"] = whitened_rewards(LOSSES[shard])
+        # The online adversary over three steps, one group absent from the second.
+        robust = RobustLoss(adversary="online", adversary_step_size=ONLINE_STEP)
+        out["online"] = []
+        for scale, groups in ONLINE_STEPS:
+            losses = (scale * LOSSES[shard]).requires_grad_()
+            robust(losses, groups=groups[shard]).backward()
+            out["online"].append((losses.grad, dict(robust.adversary.log_weights)))
+        trainer = _dpo_trainer(f"{results}/online", per_device_train_batch_size=4, **ONLINE_DPO)
+        trainer.train()
+        out["dpo_online"] = {name: p.detach() for name, p in trainer.model.named_parameters()}
+        out["dpo_online_state"] = trainer.robust_loss.adversary.state_dict()
         torch.save(out, f"{results}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -60,15 +78,9 @@ def _rank(rank: int, port: int, results: str) -> None:
 
 def _dpo_trainer(output_dir: str, per_device_train_batch_size: int, **fields) -> RobustDPOTrainer:
     tokenizer = tiny_tokenizer()
+    fields = {"max_steps": 2, "learning_rate": 1e-2, "ambiguity": "chi2", "radius": 0.3, **fields}
     config = RobustDPOConfig(
-        output_dir=output_dir,
-        per_device_train_batch_size=per_device_train_batch_size,
-        **fields,
-        max_steps=2,
-        learning_rate=1e-2,
-        ambiguity="chi2",
-        radius=0.3,
-        disable_tqdm=True,
+        output_dir=output_dir, per_device_train_batch_size=per_device_train_batch_size, **fields, disable_tqdm=True
     )
     return RobustDPOTrainer(tiny_llama(tokenizer), tokenizer, config, PAIRS)
 
@@ -117,9 +129,26 @@ def test_gradient_penalty_is_over_the_global_batch(ranks, form):
     assert per_rank[0][2] == pytest.approx(expected.item())
 
 
-@pytest.mark.parametrize("run", ["dpo", "accumulated"])
+def test_rewards_are_whitened_over_the_global_batch(ranks):
+    whole = whitened_rewards(LOSSES)
+    for rank in range(2):
+        torch.testing.assert_close(ranks[rank]["whitened"], whole[SHARDS[rank]], rtol=1e-14, atol=1e-14)
+
+
+def test_the_online_adversary_is_the_same_on_every_rank(ranks):
+    adversary = OnlineGroupAdversary(step_size=ONLINE_STEP)
+    for step, (scale, groups) in enumerate(ONLINE_STEPS):
+        q = torch.from_numpy(adversary.weights((scale * LOSSES).numpy(), groups.numpy()))
+        for rank in range(2):
+            grad, log_weights = ranks[rank]["online"][step]
+            assert log_weights == adversary.log_weights
+            torch.testing.assert_close(grad, 2 * q[SHARDS[rank]])
+    assert ranks[0]["dpo_online_state"] == ranks[1]["dpo_online_state"]
+
+
+@pytest.mark.parametrize("run", ["dpo", "accumulated", "dpo_online"])
 def test_a_trainer_on_two_ranks_matches_one_rank_with_the_whole_batch(ranks, tmp_path, run):
-    single = _dpo_trainer(str(tmp_path), per_device_train_batch_size=8)
+    single = _dpo_trainer(str(tmp_path), per_device_train_batch_size=8, **(ONLINE_DPO if run == "dpo_online" else {}))
     single.train()
     for name, parameter in single.model.named_parameters():
         torch.testing.assert_close(ranks[0][run][name], ranks[1][run][name], rtol=0, atol=0)

@@ -309,6 +309,62 @@ def test_reward_accumulation_with_the_step_scope_is_one_problem(tokenizer, group
         torch.testing.assert_close(accumulated[name], parameter, rtol=1e-4, atol=1e-6)
 
 
+# -- the online adversary ----------------------------------------------------------------
+
+
+def _online_dpo(tokenizer, grouped, output_dir):
+    reference = tiny_llama(tokenizer)
+    fields = {**COMMON, "per_device_train_batch_size": 4, "max_steps": 4, "save_strategy": "steps", "save_steps": 2}
+    args = DRODPOConfig(
+        output_dir=str(output_dir),
+        beta=0.1,
+        group_column="group",
+        adversary="online",
+        adversary_step_size=5.0,
+        **fields,
+        **NO_AMP,
+    )
+    return DRODPOTrainer(
+        model=perturbed(copy.deepcopy(reference)),
+        ref_model=reference,
+        args=args,
+        train_dataset=grouped,
+        eval_dataset=grouped,
+        processing_class=tokenizer,
+    )
+
+
+def test_dpo_with_the_online_adversary_trains_and_its_state_round_trips_a_checkpoint(tokenizer, grouped, tmp_path):
+    straight = _online_dpo(tokenizer, grouped, tmp_path / "straight")
+    straight.train()
+    assert {"robust/value", "robust/ess", "robust/max_weight"} <= set(straight.state.log_history[0])
+    log_weights = dict(straight.robust_loss.adversary.log_weights)
+    assert set(log_weights) == {0, 1} and log_weights[0] != log_weights[1]
+    # Evaluation weighs with the group weights and leaves them as they are.
+    straight.evaluate()
+    assert straight.robust_loss.adversary.log_weights == log_weights
+
+    checkpoint = tmp_path / "straight" / "checkpoint-2"
+    assert (checkpoint / "robust_adversary.json").is_file()
+    resumed = _online_dpo(tokenizer, grouped, tmp_path / "straight")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.robust_loss.adversary.log_weights == log_weights
+    for (name, want), got in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+
+    (checkpoint / "robust_adversary.json").unlink()
+    missing = _online_dpo(tokenizer, grouped, tmp_path / "straight")
+    with pytest.raises(ValueError, match="has no robust_adversary.json"):
+        missing.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_trl_configs_name_the_misuse_of_the_online_adversary(tmp_path):
+    with pytest.raises(ValueError, match="set group_column"):
+        DRODPOConfig(output_dir=str(tmp_path), adversary="online", **COMMON)
+    with pytest.raises(ValueError, match="leave radius unset"):
+        DRORewardConfig(output_dir=str(tmp_path), adversary="online", group_column="group", radius=0.1, **COMMON)
+
+
 def _deepspeed_cast(data):
     """transformers' ``_prepare_input`` under DeepSpeed in bf16: every floating tensor of the
     batch is cast to the model's dtype."""

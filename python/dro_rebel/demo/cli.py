@@ -1,17 +1,22 @@
-"""The ``demo`` and ``study`` sub-commands of ``dro-rebel`` (registered by ``dro_rebel.cli``)."""
+"""The ``demo`` and ``study`` sub-commands of ``dro-rebel`` (registered by ``dro_rebel.cli``).
+
+The parsers import nothing beyond the standard library: ``dro-rebel --help`` works without the
+extras that running these subcommands needs (torch and the demo's packages, scipy).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-__all__ = ["add_demo_parser", "add_study_parser", "main"]
+__all__ = ["add_demo_parser", "add_study_parser", "main", "PRESET_NAMES"]
+
+PRESET_NAMES = ("default", "gpu", "test")
+"""The keys of ``dro_rebel.demo.presets.PRESETS`` (which imports torch), for ``--preset``."""
 
 
 def add_demo_parser(subparsers) -> None:
     """``dro-rebel demo [--preset default|gpu|test] [--out DIR]``."""
-    from dro_rebel.demo.presets import PRESETS
-
     parser = subparsers.add_parser(
         "demo",
         help="does robust alignment buy a better worst case? robust vs plain REBEL/DPO over seeds (offline)",
@@ -23,7 +28,7 @@ def add_demo_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=PRESET_NAMES,
         default="default",
         help="default: 2 CPU cores, about 15 minutes; gpu: the real-LM study at a size that can resolve an "
         "effect, for a GPU",
@@ -40,7 +45,53 @@ def add_demo_parser(subparsers) -> None:
         help="instead of the demo: the REBEL arms at every point of the primary study's tuning grid, over this "
         "many seeds (the sensitivity of the REBEL comparison; writes sweep.json and sweep.png)",
     )
-    parser.set_defaults(func=_run_demo)
+    parser.add_argument(
+        "--only",
+        choices=("primary", "reward_model", "pipeline"),
+        action="append",
+        default=None,
+        help="run only this part (repeatable); e.g. --only primary runs the primary study alone",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        default=None,
+        help="the primary study's test seeds: N of them (at least 2), from --first-seed",
+    )
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        metavar="S",
+        default=None,
+        help="the first test seed (default: the preset's); tuning seeds are never test seeds",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="every majority type on as many test seeds as the headline setting (the default runs the two "
+        "other majorities on the preset's smaller set of seeds)",
+    )
+    parser.set_defaults(func=_run_demo, extras=("torch", "demo"))
+
+
+def _with_seeds(preset, args: argparse.Namespace):
+    """``preset`` with the test seeds the command line asks for."""
+    from dataclasses import replace
+
+    size = preset.primary
+    seeds = size.test_seeds
+    if args.seeds is not None or args.first_seed is not None:
+        count = len(seeds) if args.seeds is None else args.seeds
+        if count < 2:
+            raise SystemExit("--seeds needs at least 2 seeds (the intervals are over seeds)")
+        first = seeds[0] if args.first_seed is None else args.first_seed
+        seeds = tuple(range(first, first + count))
+    overlap = sorted(set(seeds) & set(size.tuning_seeds))
+    if overlap:
+        raise SystemExit(f"test seeds {overlap} are tuning seeds {list(size.tuning_seeds)}: choose others")
+    others = seeds if args.full else seeds[: min(len(seeds), len(size.other_majority_test_seeds))]
+    return replace(preset, primary=replace(size, test_seeds=seeds, other_majority_test_seeds=others))
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -52,7 +103,10 @@ def _run_demo(args: argparse.Namespace) -> int:
             raise SystemExit("--sweep needs at least 2 seeds (its intervals are over seeds)")
         run_sweep(PRESETS[args.preset], args.out, seeds=tuple(range(args.sweep)))
     else:
-        run_demo(PRESETS[args.preset], args.out, build_dir=args.build_dir)
+        from dro_rebel.demo.run import PARTS
+
+        run_demo(_with_seeds(PRESETS[args.preset], args), args.out, build_dir=args.build_dir,
+                 only=tuple(args.only) if args.only else PARTS)  # fmt: skip
     return 0
 
 
@@ -73,7 +127,7 @@ def add_study_parser(subparsers) -> None:
     radius.add_argument("--n-max", type=int, default=300_000)
     radius.add_argument("--points", type=int, default=7, help="n values, log-spaced")
     radius.add_argument("--seed", type=int, default=0)
-    radius.set_defaults(func=_run_radius_study)
+    radius.set_defaults(func=_run_radius_study, extras=("study",))
     shift = studies.add_parser(
         "shift",
         help="group shift, misspecified linear model: worst-group vs mixture risk per radius (chi2 group DRO)",
@@ -87,7 +141,7 @@ def add_study_parser(subparsers) -> None:
     shift.add_argument("--n-max", type=int, default=1600)
     shift.add_argument("--points", type=int, default=6, help="n values, log-spaced")
     shift.add_argument("--seed", type=int, default=0)
-    shift.set_defaults(func=_run_shift_study)
+    shift.set_defaults(func=_run_shift_study, extras=("study",))
 
 
 def _run_radius_study(args: argparse.Namespace) -> int:
@@ -104,9 +158,6 @@ def _run_shift_study(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     """``python -m dro_rebel.demo``: the two sub-commands without the rest of the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m dro_rebel.demo")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_demo_parser(subparsers)
-    add_study_parser(subparsers)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from dro_rebel.cli import build_parser, run
+
+    return run(build_parser([add_demo_parser, add_study_parser], prog="python -m dro_rebel.demo"), argv)

@@ -1,26 +1,28 @@
-"""The primary study: does robust training buy a better worst case, over many seeds?
+"""The primary study: does robust training buy a better worst case, judged the way group DRO is
+judged? The protocol is written down in docs/demo.md#protocol; this file carries it out.
 
 data       real prompts with K real candidate replies each      (candidates.py)
-mixture    types drawn 90/5/5 for the training prompts; the majority type by a rule
-           fixed before any evaluation: the one whose reward agrees least with the others'
-radii      from the geometry, fixed in advance: the divergence from the training mixture
-           to the uniform one (types), and "calibrated" (per sample)
-tuning     learning rate, eta, epochs and iterations (REBEL), learning rate, beta and
-           epochs (DPO): chosen by the *plain* arm's training-mixture reward on validation
-           prompts over tuning seeds, then used by every arm of its family
-seeds      for each seed: the training prompts, their types, the labels, the batch order,
-           the sampling; every arm trains from theta = 0 (the uniform policy)
-evaluation exact expected reward on held-out prompts under each type alone, the uniform
-           and the training mixture, and on shifted (chatterbot-corpus) prompts
-statistics per comparison (robust arm against its plain arm) the paired difference over
-           seeds, its 95% t-interval and a Holm-corrected p-value
+mixture    types drawn 90/5/5 for the training prompts; the headline majority by a rule fixed
+           before any evaluation (the type whose reward agrees least with the others'); the
+           other two majorities reported beside it
+radii      from the geometry, fixed in advance: the divergence from the training mixture to
+           the uniform one (types), and "calibrated" (per sample)
+tuning     every arm, plain ones included, chooses its own hyper-parameters by its validation
+           worst-type reward, mean over the tuning seeds, on one grid (REBEL: learning rate,
+           eta, kl_coef, G, iterations; DPO: learning rate, beta, epochs); a choice on the
+           grid's edge in learning rate or length extends the grid on that side
+test       fresh seeds, disjoint from the tuning seeds; every arm at its own choice
+second     today's practice: the plain arm's validation training-mixture reward chooses one
+reading    point for its whole family (the "average-tuned" reading), on the same test seeds
+statistics per comparison the paired difference over test seeds, its 95% t-interval and a
+           paired t-test, Holm-corrected across the endpoints of one setting
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,19 +30,42 @@ from tqdm.auto import tqdm
 
 from dro_rebel.demo.candidates import CandidateSet
 from dro_rebel.demo.comparisons import holm, paired_difference
-from dro_rebel.demo.loglinear import DpoSettings, RebelSettings, expected_rewards, train_dpo, train_rebel
+from dro_rebel.demo.loglinear import (
+    Config,
+    DpoShape,
+    RebelShape,
+    Weighting,
+    expected_rewards_many,
+    seed_data,
+    train_dpo_many,
+    train_rebel_many,
+)
 from dro_rebel.demo.preferences import PreferenceTypes
-from dro_rebel.torch import RobustLoss
 
-__all__ = ["StudySize", "Arm", "majority_type", "training_mixture", "radii", "run_primary", "minimax_ceiling"]
+__all__ = [
+    "StudySize",
+    "Arm",
+    "majority_type",
+    "training_mixture",
+    "radii",
+    "arms",
+    "run_primary",
+    "sweep_rebel",
+    "minimax_ceiling",
+    "COMPARISONS",
+    "PROTOCOL_COMMIT",
+]
 
 
 @dataclass(frozen=True)
 class StudySize:
-    """How much of the primary study to run (recorded in report.json)."""
+    """How much of the primary study to run and its grid (recorded in report.json)."""
 
-    seeds: Tuple[int, ...]
+    test_seeds: Tuple[int, ...]
+    """The headline setting's test seeds."""
     tuning_seeds: Tuple[int, ...]
+    other_majority_test_seeds: Tuple[int, ...]
+    """The test seeds of the two other majorities (a prefix of ``test_seeds`` when smaller)."""
     n_train: int
     """Training prompts drawn per seed from the training pool."""
     k: int
@@ -49,31 +74,36 @@ class StudySize:
     batch_size: int
     rebel_learning_rates: Tuple[float, ...]
     rebel_etas: Tuple[float, ...]
-    rebel_epochs: Tuple[int, ...]
+    rebel_kl_coefs: Tuple[float, ...]
+    rebel_generations: Tuple[int, ...]
+    rebel_epochs: int
+    """Regression passes over each rollout (REBEL's practice: several)."""
     rebel_iterations: Tuple[int, ...]
     """Checkpoints of one run, the candidates for the number of iterations."""
+    adversary_step_sizes: Tuple[float, ...]
+    """The online adversary's step sizes (its arm's grid only)."""
     dpo_learning_rates: Tuple[float, ...]
     dpo_betas: Tuple[float, ...]
     dpo_epochs: Tuple[int, ...]
     pairs_per_prompt: int
     bt_scale: float
+    learning_rate_ladder: Tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+    """Where an edge choice extends the learning rates: the next value on this ladder."""
+    max_extensions: int = 2
+    """Rounds of edge extension at most."""
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One row of the comparison: its family (``"rebel"`` or ``"dpo"``), its robust loss, and
-    how its data differ from the plain arm's."""
+    """One row of the study: its family (``"rebel"`` or ``"dpo"``), its weighting, its data."""
 
     name: str
     family: str
-    robust: Callable[[], RobustLoss]
-    by_group: bool = False
-    plain: Optional[str] = None
-    """The arm it is compared with (None: a plain arm or a reference)."""
-    reweighted: bool = False
-    """Fixed weights that turn the training mixture into the uniform one."""
-    uniform_data: bool = False
+    weighting: Weighting
+    uniform_types: bool = False
     """Types drawn from the uniform mixture (the oracle)."""
+    online: bool = False
+    """Its grid has the online adversary's step sizes."""
     description: str = ""
 
 
@@ -104,36 +134,57 @@ def radii(mixture: np.ndarray) -> Dict[str, float]:
     }
 
 
-def arms(radius: Dict[str, float]) -> List[Arm]:
+def _to_uniform(mixture: np.ndarray) -> Tuple[float, ...]:
+    """Per-type weights that turn the training mixture into the uniform one."""
+    return tuple(float(w) for w in (1.0 / mixture.size) / mixture)
+
+
+def arms(mixture: np.ndarray) -> List[Arm]:
+    radius = radii(mixture)
     chi2, kl = radius["chi2"], radius["kl"]
     return [
-        Arm("REBEL", "rebel", lambda: RobustLoss("chi2", radius=0.0), description="plain REBEL"),
+        Arm("REBEL", "rebel", Weighting("mean"), description="plain REBEL"),
         Arm(
-            "chi2-REBEL (types)", "rebel", lambda: RobustLoss("chi2", radius=chi2), by_group=True, plain="REBEL",
-            description=f"chi2 ball of radius {chi2:.3f} over mixtures of the types",
+            "chi2-REBEL (types)", "rebel", Weighting("exact", "chi2", chi2, by_group=True),
+            description=f"the batch's exact worst case in a chi2 ball of radius {chi2:.3f} over mixtures of the types",
         ),
         Arm(
-            "KL-REBEL (types)", "rebel", lambda: RobustLoss("kl", radius=kl), by_group=True, plain="REBEL",
-            description=f"KL ball of radius {kl:.3f} over mixtures of the types",
+            "KL-REBEL (types)", "rebel", Weighting("exact", "kl", kl, by_group=True),
+            description=f"the batch's exact worst case in a KL ball of radius {kl:.3f} over mixtures of the types",
         ),
         Arm(
-            "chi2-REBEL (samples)", "rebel", lambda: RobustLoss("chi2", radius="calibrated"), plain="REBEL",
-            description="chi2 ball over the batch's samples, radius calibrated (1.353 / batch size)",
+            "online-REBEL (types)", "rebel", Weighting("online"), online=True,
+            description="Sagawa et al.'s online group adversary over the types (weights persist across steps)",
         ),
         Arm(
-            "REBEL reweighted", "rebel", lambda: RobustLoss("chi2", radius=0.0), reweighted=True, plain="REBEL",
+            "chi2-REBEL (samples)", "rebel", Weighting("exact", "chi2", "calibrated"),
+            description="DRO-REBEL's chi2 ball over the batch's samples, radius calibrated (1.353 / batch size)",
+        ),
+        Arm(
+            "REBEL reweighted", "rebel", Weighting("reference", type_weights=_to_uniform(mixture)),
             description="fixed weights that make the training mixture uniform (knows the test mixture)",
         ),
         Arm(
-            "oracle (uniform data)", "rebel", lambda: RobustLoss("chi2", radius=0.0), uniform_data=True,
+            "oracle (uniform data)", "rebel", Weighting("mean"), uniform_types=True,
             description="REBEL on prompts whose types are drawn uniformly: the upper reference",
         ),
-        Arm("DPO", "dpo", lambda: RobustLoss("chi2", radius=0.0), description="plain DPO"),
+        Arm("DPO", "dpo", Weighting("mean"), description="plain DPO"),
         Arm(
-            "chi2-DPO (types)", "dpo", lambda: RobustLoss("chi2", radius=chi2), by_group=True, plain="DPO",
-            description=f"chi2 ball of radius {chi2:.3f} over mixtures of the types",
+            "chi2-DPO (types)", "dpo", Weighting("exact", "chi2", chi2, by_group=True),
+            description=f"the batch's exact worst case in a chi2 ball of radius {chi2:.3f} over mixtures of the types",
         ),
     ]  # fmt: skip
+
+
+ROBUST_REBEL = ("chi2-REBEL (types)", "KL-REBEL (types)", "online-REBEL (types)", "chi2-REBEL (samples)")
+COMPARED = ("worst_type_reward", "train_mixture_reward")
+COMPARISONS: Tuple[Tuple[str, str], ...] = (
+    *((robust, "REBEL") for robust in ROBUST_REBEL),
+    *((robust, "REBEL reweighted") for robust in ROBUST_REBEL),
+    ("REBEL reweighted", "REBEL"),
+    ("chi2-DPO (types)", "DPO"),
+)
+"""(robust, plain) pairs compared on both metrics of ``COMPARED``: every endpoint of a setting."""
 
 
 def minimax_ceiling(data: CandidateSet, grid: int = 100) -> Dict[str, Any]:
@@ -152,117 +203,291 @@ def minimax_ceiling(data: CandidateSet, grid: int = 100) -> Dict[str, Any]:
     return {"worst_type_reward": best_value, "mixture": best_mixture.tolist()}
 
 
-def _uniform_weights(mixture: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Nominal weights of a batch's samples that turn the training mixture into the uniform."""
-    per_type = (1.0 / mixture.size) / mixture
-
-    def reference(types: np.ndarray) -> np.ndarray:
-        weights = per_type[types]
-        return weights / weights.sum()
-
-    return reference
+# A grid point: REBEL (learning rate, eta, kl_coef, adversary step size, G, iterations);
+# DPO (learning rate, beta, epochs).
+Point = Tuple[Any, ...]
 
 
-def _train(
-    arm: Arm,
-    data: CandidateSet,
-    types_of: np.ndarray,
-    rebel: RebelSettings,
-    dpo: DpoSettings,
-    size: StudySize,
-    mixture: np.ndarray,
-    rng: np.random.Generator,
-    checkpoints: tuple = (),
-):
-    if arm.family == "rebel":
-        return train_rebel(
-            data, types_of, rebel, arm.robust(), rng, by_group=arm.by_group,
-            reference=_uniform_weights(mixture) if arm.reweighted else None,
-            checkpoints=checkpoints, group_count=mixture.size,
-        )  # fmt: skip
-    return train_dpo(
-        data, types_of, dpo, arm.robust(), rng, pairs_per_prompt=size.pairs_per_prompt, bt_scale=size.bt_scale,
-        by_group=arm.by_group, checkpoints=checkpoints, group_count=mixture.size,
-    )  # fmt: skip
+def _points_to_dict(family: str, point: Point) -> Dict[str, Any]:
+    if family == "rebel":
+        keys = ("learning_rate", "eta", "kl_coef", "adversary_step_size", "num_generations", "iterations")
+    else:
+        keys = ("learning_rate", "beta", "epochs")
+    return dict(zip(keys, point))
 
 
-def _draw(pool: CandidateSet, size: StudySize, mixture: np.ndarray, seed: int, uniform: bool):
-    """A seed's training prompts and their types, and the generator of everything after."""
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(pool), size=min(size.n_train, len(pool)), replace=False)
-    draw_from = np.full(mixture.size, 1.0 / mixture.size) if uniform else mixture
-    types_of = rng.choice(mixture.size, size=rows.size, p=draw_from)
-    return pool.subset(rows), types_of, rng
+class _Grid:
+    """Every (arm, grid point) trained on some seeds, scored on named prompt sets: what tuning
+    (validation prompts, tuning seeds) and the sweep (validation and test, sweep seeds) share."""
+
+    def __init__(self, pool, sets: Dict[str, CandidateSet], size: StudySize, mixture: np.ndarray, seeds, bar):
+        self.pool, self.sets, self.size, self.mixture, self.bar = pool, sets, size, mixture, bar
+        self.seeds = [seed_data(len(pool), size.n_train, mixture, s) for s in seeds]
+        # scores[(arm, point)][set name] = (seeds, T) rewards of each type
+        self.scores: Dict[Tuple[str, Point], Dict[str, np.ndarray]] = {}
+
+    def run_rebel(self, arm_list: Sequence[Arm], learning_rates: Dict[str, Sequence[float]], iterations: int) -> None:
+        size = self.size
+        checkpoints = tuple(sorted({i for i in size.rebel_iterations if i <= iterations} | {iterations}))
+        for generations in size.rebel_generations:
+            configs = []
+            for arm in arm_list:
+                steps = size.adversary_step_sizes if arm.online else (0.0,)
+                for lr, eta, kl, step in itertools.product(learning_rates[arm.name], size.rebel_etas,
+                                                           size.rebel_kl_coefs, steps):  # fmt: skip
+                    configs.append(Config(arm.name, arm.weighting, lr, eta, kl, step, arm.uniform_types))
+            if not configs:
+                continue
+            shape = RebelShape(size.rebel_epochs, generations, iterations, size.batch_size, False, checkpoints)
+            log = train_rebel_many(self.pool, self.seeds, configs, shape)
+            for count, thetas in log.checkpoints.items():
+                scored = {name: expected_rewards_many(thetas, data) for name, data in self.sets.items()}
+                for column, c in enumerate(configs):
+                    point = (c.learning_rate, c.scale, c.kl_coef, c.adversary_step_size, generations, count)
+                    self.scores[(c.arm, point)] = {name: values[:, column] for name, values in scored.items()}
+            self.bar.update(1)
+
+    def run_dpo(self, arm_list: Sequence[Arm], learning_rates: Dict[str, Sequence[float]], epochs: int) -> None:
+        size = self.size
+        checkpoints = tuple(sorted({e for e in size.dpo_epochs if e <= epochs} | {epochs}))
+        configs = [
+            Config(arm.name, arm.weighting, lr, beta)
+            for arm in arm_list
+            for lr, beta in itertools.product(learning_rates[arm.name], size.dpo_betas)
+        ]
+        if not configs:
+            return
+        shape = DpoShape(epochs, size.batch_size, size.pairs_per_prompt, size.bt_scale, checkpoints)
+        log = train_dpo_many(self.pool, self.seeds, configs, shape)
+        for count, thetas in log.checkpoints.items():
+            scored = {name: expected_rewards_many(thetas, data) for name, data in self.sets.items()}
+            for column, c in enumerate(configs):
+                self.scores[(c.arm, (c.learning_rate, c.scale, count))] = {
+                    name: values[:, column] for name, values in scored.items()
+                }
+        self.bar.update(1)
+
+    def criterion(self, arm: str, rule: str, set_name: str = "validation") -> Dict[Point, float]:
+        """Each of ``arm``'s points scored by ``rule``, mean over seeds: ``"worst_type"`` (the
+        minimum over types) or ``"train_mixture"``."""
+        out = {}
+        for (name, point), sets in self.scores.items():
+            if name != arm:
+                continue
+            rewards = sets[set_name]
+            value = rewards.min(axis=1) if rule == "worst_type" else rewards @ self.mixture
+            out[point] = float(np.mean(value))
+        return out
 
 
-def tune(
-    pool: CandidateSet, validation: CandidateSet, size: StudySize, mixture: np.ndarray, progress: bool = True
-) -> Tuple[RebelSettings, DpoSettings, Dict[str, Any]]:
-    """The hyper-parameters of each family, chosen by its plain arm's training-mixture reward
-    on the validation prompts, averaged over the tuning seeds. Test prompts are never seen."""
-    plain_rebel = Arm("REBEL", "rebel", lambda: RobustLoss("chi2", radius=0.0))
-    plain_dpo = Arm("DPO", "dpo", lambda: RobustLoss("chi2", radius=0.0))
-    scores: Dict[Any, List[float]] = {}
-    rebel_grid = list(itertools.product(size.rebel_learning_rates, size.rebel_etas, size.rebel_epochs))
-    dpo_grid = list(itertools.product(size.dpo_learning_rates, size.dpo_betas))
-    total = len(size.tuning_seeds) * (len(rebel_grid) + len(dpo_grid))
-    bar = tqdm(total=total, desc="tuning on validation prompts", disable=not progress)
-    last_iterations, last_epoch = max(size.rebel_iterations), max(size.dpo_epochs)
-    for seed in size.tuning_seeds:
-        for lr, eta, epochs in rebel_grid:
-            data, types_of, rng = _draw(pool, size, mixture, seed, uniform=False)
-            settings = RebelSettings(lr, eta, last_iterations, epochs, size.batch_size)
-            _, log = _train(plain_rebel, data, types_of, settings, None, size, mixture, rng, size.rebel_iterations)
-            for iterations, theta in log.checkpoints.items():
-                value = float(mixture @ expected_rewards(theta, validation))
-                scores.setdefault(("rebel", lr, eta, epochs, iterations), []).append(value)
-            bar.update(1)
-        for lr, beta in dpo_grid:
-            data, types_of, rng = _draw(pool, size, mixture, seed, uniform=False)
-            settings = DpoSettings(lr, beta, last_epoch, size.batch_size)
-            _, log = _train(plain_dpo, data, types_of, None, settings, size, mixture, rng, size.dpo_epochs)
-            for epochs, theta in log.checkpoints.items():
-                value = float(mixture @ expected_rewards(theta, validation))
-                scores.setdefault(("dpo", lr, beta, epochs), []).append(value)
-            bar.update(1)
+def _best(scores: Dict[Point, float]) -> Point:
+    """The best point; ties go to the first in sorted order (smallest values)."""
+    return max(sorted(scores), key=lambda point: scores[point])
+
+
+def _tune(pool, validation, size: StudySize, mixture: np.ndarray, study_arms: List[Arm], progress: bool):
+    """Every arm's choice by its own validation worst-type reward (with edge extension), and
+    each plain arm's choice by its validation training-mixture reward (the second reading)."""
+    bar = tqdm(desc="tuning on validation prompts", disable=not progress, unit="call")
+    grid = _Grid(pool, {"validation": validation}, size, mixture, size.tuning_seeds, bar)
+    rebel_arms = [a for a in study_arms if a.family == "rebel"]
+    dpo_arms = [a for a in study_arms if a.family == "dpo"]
+    lrs = {a.name: list(size.rebel_learning_rates) for a in rebel_arms}
+    lrs.update({a.name: list(size.dpo_learning_rates) for a in dpo_arms})
+    length = {a.name: max(size.rebel_iterations) for a in rebel_arms}
+    length.update({a.name: max(size.dpo_epochs) for a in dpo_arms})
+    grid.run_rebel(rebel_arms, lrs, max(size.rebel_iterations))
+    grid.run_dpo(dpo_arms, lrs, max(size.dpo_epochs))
+    extensions: List[Dict[str, Any]] = []
+    ladder = list(size.learning_rate_ladder)
+    by_name = {a.name: a for a in study_arms}
+    for round_ in range(size.max_extensions):
+        # (family, run length) -> {arm: the learning rates to run at that length}
+        work: Dict[Tuple[str, int], Dict[str, List[float]]] = {}
+        for arm in study_arms:
+            choice = _best(grid.criterion(arm.name, "worst_type"))
+            lr, run_length = choice[0], choice[-1]
+            extra = []
+            if lr == max(lrs[arm.name]) and lr in ladder and ladder.index(lr) + 1 < len(ladder):
+                extra.append(ladder[ladder.index(lr) + 1])
+            if lr == min(lrs[arm.name]) and lr in ladder and ladder.index(lr) > 0:
+                extra.append(ladder[ladder.index(lr) - 1])
+            longer = run_length == length[arm.name]
+            if not extra and not longer:
+                continue
+            extensions.append(
+                {"round": round_ + 1, "arm": arm.name, "choice": _points_to_dict(arm.family, choice),
+                 "new_learning_rates": extra, "longer": longer}
+            )  # fmt: skip
+            lrs[arm.name] = sorted(set(lrs[arm.name]) | set(extra))
+            if longer:
+                # A longer run for every learning rate: its scores replace the shorter run's.
+                length[arm.name] *= 2
+                work.setdefault((arm.family, length[arm.name]), {})[arm.name] = lrs[arm.name]
+            else:
+                work.setdefault((arm.family, length[arm.name]), {})[arm.name] = extra
+        if not work:
+            break
+        for (family, run_length), todo in work.items():
+            run = grid.run_rebel if family == "rebel" else grid.run_dpo
+            run([by_name[name] for name in todo], todo, run_length)
     bar.close()
-    means = {key: float(np.mean(values)) for key, values in scores.items()}
-    best_rebel = max((k for k in means if k[0] == "rebel"), key=means.get)
-    best_dpo = max((k for k in means if k[0] == "dpo"), key=means.get)
-    rebel = RebelSettings(best_rebel[1], best_rebel[2], best_rebel[4], best_rebel[3], size.batch_size)
-    dpo = DpoSettings(best_dpo[1], best_dpo[2], best_dpo[3], size.batch_size)
-    record = {
-        "criterion": "plain arm's training-mixture reward on the validation prompts, mean over tuning seeds",
-        "validation_prompts": len(validation),
-        "tuning_seeds": list(size.tuning_seeds),
-        "rebel": {"chosen": asdict(rebel), "validation_reward": means[best_rebel]},
-        "dpo": {"chosen": asdict(dpo), "validation_reward": means[best_dpo]},
-        "grid": [{"key": list(key), "validation_reward": value} for key, value in sorted(means.items(), key=str)],
+    chosen = {a.name: _best(grid.criterion(a.name, "worst_type")) for a in study_arms}
+    average = {
+        "rebel": _best(grid.criterion("REBEL", "train_mixture")),
+        "dpo": _best(grid.criterion("DPO", "train_mixture")),
     }
-    return rebel, dpo, record
+    average_points = {}
+    for arm in study_arms:
+        point = average[arm.family]
+        if arm.online:
+            # Its one dimension the plain arm lacks, the step size, by the same criterion.
+            scores = grid.criterion(arm.name, "train_mixture")
+            same = {p: v for p, v in scores.items() if p[:3] == point[:3] and p[4:] == point[4:]}
+            point = _best(same) if same else point[:3] + (size.adversary_step_sizes[0],) + point[4:]
+        average_points[arm.name] = point
+    record = {
+        "criterion": "each arm's own validation worst-type reward, mean over the tuning seeds",
+        "tuning_seeds": list(size.tuning_seeds),
+        "chosen": {a.name: _points_to_dict(a.family, chosen[a.name]) for a in study_arms},
+        "validation_worst_type_reward": {
+            a.name: grid.criterion(a.name, "worst_type")[chosen[a.name]] for a in study_arms
+        },
+        "extensions": extensions,
+        "learning_rates": lrs,
+        "lengths": length,
+        "average_tuned": {
+            "criterion": "the plain arm's validation training-mixture reward, mean over the tuning seeds; "
+            "its choice is used by every arm of its family",
+            "rebel": _points_to_dict("rebel", average["rebel"]),
+            "dpo": _points_to_dict("dpo", average["dpo"]),
+            "points": {name: list(point) for name, point in average_points.items()},
+        },
+        "grid": [
+            {"arm": arm, "point": list(point), "validation_type_rewards": sets["validation"].mean(axis=0).tolist()}
+            for (arm, point), sets in sorted(grid.scores.items(), key=str)
+        ],
+    }
+    return chosen, average_points, record
 
 
-def _evaluate(theta: np.ndarray, test: CandidateSet, shift: CandidateSet, mixture: np.ndarray) -> Dict[str, Any]:
-    test_rewards, shift_rewards = expected_rewards(theta, test), expected_rewards(theta, shift)
+def _evaluate_many(thetas: np.ndarray, test: CandidateSet, shift: CandidateSet, mixture: np.ndarray):
+    """(S, d) thetas of one configuration -> the per-seed metrics of report.json."""
+    test_rewards, shift_rewards = expected_rewards_many(thetas, test), expected_rewards_many(thetas, shift)
     return {
         "type_rewards": test_rewards.tolist(),
-        "worst_type_reward": float(test_rewards.min()),
-        "train_mixture_reward": float(mixture @ test_rewards),
-        "uniform_mixture_reward": float(test_rewards.mean()),
+        "worst_type_reward": test_rewards.min(axis=1).tolist(),
+        "train_mixture_reward": (test_rewards @ mixture).tolist(),
+        "uniform_mixture_reward": test_rewards.mean(axis=1).tolist(),
         "shifted_type_rewards": shift_rewards.tolist(),
-        "shifted_reward": float(shift_rewards.min()),
+        "shifted_reward": shift_rewards.min(axis=1).tolist(),
     }
 
 
-PER_SEED = (
-    "worst_type_reward",
-    "train_mixture_reward",
-    "shifted_reward",
-    "uniform_mixture_reward",
-    "type_rewards",
-    "shifted_type_rewards",
-)
-COMPARED = ("worst_type_reward", "train_mixture_reward")
+def _test(pool, test, shift, size, mixture, study_arms, assignments, seeds, progress):
+    """Train every (reading, arm) of ``assignments`` at its point on the test seeds, one call
+    per family (each configuration read off at its own length); returns, per reading, the
+    arms' per-seed metrics, mean type weights, their course and the share of identical pairs."""
+    by_name = {a.name: a for a in study_arms}
+    entries: Dict[str, List[Tuple[str, str, Config, int]]] = {"rebel": [], "dpo": []}
+    for reading, chosen in assignments.items():
+        for name, point in chosen.items():
+            arm = by_name[name]
+            if arm.family == "rebel":
+                lr, eta, kl, step, generations, iterations = point
+                config = Config(name, arm.weighting, lr, eta, kl, step, arm.uniform_types, generations)
+                entries["rebel"].append((reading, name, config, iterations))
+            else:
+                lr, beta, epochs = point
+                entries["dpo"].append((reading, name, Config(name, arm.weighting, lr, beta), epochs))
+    seed_list = [seed_data(len(pool), size.n_train, mixture, s) for s in seeds]
+    out: Dict[str, Dict[str, Any]] = {reading: {} for reading in assignments}
+    for family in tqdm(("rebel", "dpo"), desc="training on the test seeds", disable=not progress):
+        family_entries = entries[family]
+        if not family_entries:
+            continue
+        # One column per distinct configuration; readings that agree share it.
+        distinct = list(dict.fromkeys(config for _, _, config, _ in family_entries))
+        lengths = tuple(sorted({length for _, _, _, length in family_entries}))
+        if family == "rebel":
+            shape = RebelShape(size.rebel_epochs, 2, max(lengths), size.batch_size, False, lengths)
+            log = train_rebel_many(pool, seed_list, distinct, shape)
+        else:
+            shape = DpoShape(max(lengths), size.batch_size, size.pairs_per_prompt, size.bt_scale, lengths)
+            log = train_dpo_many(pool, seed_list, distinct, shape)
+        for reading, name, config, length in family_entries:
+            record = log.until(length, distinct.index(config))
+            identical = record["identical_pairs"]
+            out[reading][name] = {
+                "metrics": _evaluate_many(record["theta"], test, shift, mixture),
+                "type_weights": {
+                    "mean": record["type_weights"].tolist(),
+                    "course": [stretch.tolist() for stretch in record["course"]],
+                },
+                "identical_pairs": None if identical is None else identical.tolist(),
+            }
+    return out
+
+
+def compare(results: Dict[str, Dict[str, List[Any]]]) -> List[Dict[str, Any]]:
+    """Every endpoint of ``COMPARISONS`` on both metrics, paired over seeds, Holm across them."""
+    comparisons = []
+    for robust, plain in COMPARISONS:
+        if robust not in results or plain not in results:
+            continue
+        for metric in COMPARED:
+            stats = paired_difference(results[robust][metric], results[plain][metric])
+            comparisons.append({"robust": robust, "plain": plain, "metric": metric, **stats})
+    for comparison, adjusted in zip(comparisons, holm([c["p"] for c in comparisons])):
+        comparison["p_holm"] = adjusted
+    return comparisons
+
+
+def _setting(pool, validation, test, shift, types, size, majority, seeds, progress) -> Dict[str, Any]:
+    """The whole protocol with ``majority`` as the majority type, tested on ``seeds``."""
+    mixture = training_mixture(len(types.names), majority, size.majority_share)
+    study_arms = arms(mixture)
+    chosen, average_points, tuning = _tune(pool, validation, size, mixture, study_arms, progress)
+    trained = _test(
+        pool, test, shift, size, mixture, study_arms, {"primary": chosen, "average": average_points}, seeds, progress
+    )
+
+    def reading(name: str) -> Dict[str, Any]:
+        arms_out = {a.name: trained[name][a.name]["metrics"] for a in study_arms}
+        return {
+            "arms": arms_out,
+            "comparisons": compare(arms_out),
+            "type_weights": {a.name: trained[name][a.name]["type_weights"] for a in study_arms},
+            "identical_pairs": {
+                a.name: float(np.mean(trained[name][a.name]["identical_pairs"]))
+                for a in study_arms
+                if trained[name][a.name]["identical_pairs"] is not None
+            },
+        }
+
+    primary, average_tuned = reading("primary"), reading("average")
+    average_tuned["hyperparameters"] = tuning["average_tuned"]
+    radius = radii(mixture)
+    return {
+        "majority_type": types.names[majority],
+        "training_mixture": mixture.tolist(),
+        "radii": {
+            "chi2 (types)": radius["chi2"],
+            "KL (types)": radius["kl"],
+            "chi2 (samples)": f"calibrated: 1.353 / {size.batch_size}",
+            "rule": "the divergence from the training mixture to the uniform one; per sample, 'calibrated'",
+        },
+        "arm_descriptions": {a.name: a.description for a in study_arms},
+        "test_seeds": list(seeds),
+        "tuning": tuning,
+        **primary,
+        "average_tuned": average_tuned,
+    }
+
+
+PROTOCOL_COMMIT = "1bf38ea96e2c35dbdd54259b27888c3dfcea2f58"
+"""The commit that wrote the protocol of docs/demo.md#protocol, before the study ran under it
+(recorded in report.json; a test checks that the protocol has not changed since)."""
 
 
 def run_primary(
@@ -273,88 +498,64 @@ def run_primary(
     types: PreferenceTypes,
     size: StudySize,
     *,
+    other_majorities: bool = True,
     progress: bool = True,
 ) -> Dict[str, Any]:
-    """The whole study; returns the ``"primary"`` object of report.json."""
+    """The whole study; returns the ``"primary"`` object of report.json: the headline setting
+    (the rule's majority) at its top level, ``other_majorities`` per type name, and
+    ``protocol``."""
+    if set(size.tuning_seeds) & set(size.test_seeds) or set(size.tuning_seeds) & set(size.other_majority_test_seeds):
+        raise ValueError("the tuning seeds and the test seeds must be disjoint")
     torch_threads = torch.get_num_threads()
-    # Every tensor here is small: one thread is faster than several, and leaves the others free.
-    torch.set_num_threads(1)
     try:
-        return _run(pool, validation, test, shift, types, size, progress)
+        majority = majority_type(pool)
+        headline = _setting(pool, validation, test, shift, types, size, majority, size.test_seeds, progress)
+        others = {}
+        if other_majorities:
+            for other in range(len(types.names)):
+                if other != majority:
+                    others[types.names[other]] = _setting(
+                        pool, validation, test, shift, types, size, other, size.other_majority_test_seeds, progress
+                    )
     finally:
         torch.set_num_threads(torch_threads)
-
-
-def _run(pool, validation, test, shift, types, size, progress) -> Dict[str, Any]:
-    majority = majority_type(pool)
-    mixture = training_mixture(len(types.names), majority, size.majority_share)
-    radius = radii(mixture)
-    rebel, dpo, tuning = tune(pool, validation, size, mixture, progress)
-    study_arms = arms(radius)
-    results: Dict[str, Dict[str, List[Any]]] = {arm.name: {key: [] for key in PER_SEED} for arm in study_arms}
-    weights: Dict[str, List[np.ndarray]] = {}
-    identical: Dict[str, List[float]] = {}
-    bar = tqdm(total=len(size.seeds) * len(study_arms), desc="primary study", disable=not progress)
-    for seed in size.seeds:
-        for arm in study_arms:
-            data, types_of, rng = _draw(pool, size, mixture, seed, uniform=arm.uniform_data)
-            theta, log = _train(arm, data, types_of, rebel, dpo, size, mixture, rng)
-            for key, value in _evaluate(theta, test, shift, mixture).items():
-                results[arm.name][key].append(value)
-            weights.setdefault(arm.name, []).append(np.asarray(log.group_weights))
-            if log.identical_pairs:
-                identical.setdefault(arm.name, []).append(float(np.mean(log.identical_pairs)))
-            bar.update(1)
-    bar.close()
-
-    comparisons = []
-    for arm in study_arms:
-        if arm.plain is None:
-            continue
-        for metric in COMPARED:
-            stats = paired_difference(results[arm.name][metric], results[arm.plain][metric])
-            comparisons.append({"robust": arm.name, "plain": arm.plain, "metric": metric, **stats})
-    for comparison, adjusted in zip(comparisons, holm([c["p"] for c in comparisons])):
-        comparison["p_holm"] = adjusted
-
+    grid = {
+        "rebel": {
+            "learning_rate": list(size.rebel_learning_rates),
+            "eta": list(size.rebel_etas),
+            "kl_coef": list(size.rebel_kl_coefs),
+            "num_generations": list(size.rebel_generations),
+            "iterations": list(size.rebel_iterations),
+            "epochs": size.rebel_epochs,
+            "adversary_step_size": list(size.adversary_step_sizes),
+        },
+        "dpo": {"learning_rate": list(size.dpo_learning_rates), "beta": list(size.dpo_betas),
+                "epochs": list(size.dpo_epochs)},
+        "edge_rule": "a choice at the grid's largest or smallest learning rate adds the next value of "
+        f"{list(size.learning_rate_ladder)} on that side; a choice at the longest run doubles its length; "
+        f"at most {size.max_extensions} rounds; the choice is over the union",
+    }  # fmt: skip
     return {
         "types": list(types.names),
-        "majority_type": types.names[majority],
         "majority_rule": "the type whose reward is least correlated on average with the others' (training pool)",
-        "training_mixture": mixture.tolist(),
-        "radii": {
-            "chi2 (types)": radius["chi2"],
-            "KL (types)": radius["kl"],
-            "chi2 (samples)": f"calibrated: 1.353 / {size.batch_size}",
-            "rule": "the divergence from the training mixture to the uniform one; per sample, 'calibrated'",
+        **headline,
+        "protocol": {
+            "tuning": "validation_worst_type",
+            "tuning_seeds": list(size.tuning_seeds),
+            "test_seeds": list(size.test_seeds),
+            "other_majority_test_seeds": list(size.other_majority_test_seeds),
+            "protocol_commit": PROTOCOL_COMMIT,
+            "grid": grid,
+            "chosen": headline["tuning"]["chosen"],
+            "size": asdict(size),
         },
-        "hyperparameters": {"rebel": asdict(rebel), "dpo": asdict(dpo), "size": asdict(size)},
-        "tuning": tuning,
         "prompts": {"train_pool": len(pool), "validation": len(validation), "test": len(test), "shifted": len(shift)},
-        "arms": results,
-        "arm_descriptions": {arm.name: arm.description for arm in study_arms},
-        "comparisons": comparisons,
         "ceiling": {"test": minimax_ceiling(test), "shifted": minimax_ceiling(shift)},
-        "type_weights": _weights_over_training(weights),
-        "identical_pairs": {name: float(np.mean(values)) for name, values in identical.items()},
+        "other_majorities": others,
     }
 
 
-def _weights_over_training(weights: Dict[str, List[np.ndarray]], points: int = 20) -> Dict[str, Any]:
-    """Each arm's worst-case weight of each type: the mean over training, and its course (the
-    mean over seeds of ``points`` equal stretches of the run), as fractions of the batch."""
-    out: Dict[str, Any] = {}
-    for name, runs in weights.items():
-        stacked = np.stack([run[: min(len(r) for r in runs)] for run in runs])  # (seeds, updates, types)
-        stretches = np.array_split(np.arange(stacked.shape[1]), points)
-        out[name] = {
-            "mean": stacked.mean(axis=(0, 1)).tolist(),
-            "course": [stacked[:, rows].mean(axis=(0, 1)).tolist() for rows in stretches if rows.size],
-        }
-    return out
-
-
-SWEPT_ARMS = ("REBEL", "chi2-REBEL (types)", "KL-REBEL (types)", "REBEL reweighted")
+SWEPT_ARMS = ("REBEL", "chi2-REBEL (types)", "KL-REBEL (types)", "online-REBEL (types)", "REBEL reweighted")
 
 
 def sweep_rebel(
@@ -368,48 +569,33 @@ def sweep_rebel(
     progress: bool = True,
 ) -> Dict[str, Any]:
     """The sensitivity of the REBEL comparison to the hyper-parameters: every point of the
-    tuning grid (learning rate, eta, epochs, and each iteration checkpoint), each REBEL arm of
-    ``SWEPT_ARMS`` over ``seeds``, scored on the validation and the test prompts. Reports the
-    whole grid, not a choice from it."""
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        majority = majority_type(pool)
-        mixture = training_mixture(len(types.names), majority, size.majority_share)
-        by_name = {arm.name: arm for arm in arms(radii(mixture))}
-        grid = list(itertools.product(size.rebel_learning_rates, size.rebel_etas, size.rebel_epochs))
-        last = max(size.rebel_iterations)
-        rows: Dict[Tuple[float, float, int, int], Dict[str, Dict[str, List[float]]]] = {}
-        bar = tqdm(total=len(grid) * len(SWEPT_ARMS) * len(seeds), desc="REBEL sweep", disable=not progress)
-        for lr, eta, epochs in grid:
-            settings = RebelSettings(lr, eta, last, epochs, size.batch_size)
-            for name in SWEPT_ARMS:
-                for seed in seeds:
-                    data, types_of, rng = _draw(pool, size, mixture, seed, uniform=False)
-                    _, log = _train(by_name[name], data, types_of, settings, None, size, mixture, rng,
-                                    size.rebel_iterations)  # fmt: skip
-                    for iterations, theta in log.checkpoints.items():
-                        test_rewards, validation_rewards = (
-                            expected_rewards(theta, test),
-                            expected_rewards(theta, validation),
-                        )
-                        cell = rows.setdefault((lr, eta, epochs, iterations), {}).setdefault(name, {})
-                        for key, value in (
-                            ("worst_type_reward", float(test_rewards.min())),
-                            ("train_mixture_reward", float(mixture @ test_rewards)),
-                            ("validation_worst_type_reward", float(validation_rewards.min())),
-                            ("validation_train_mixture_reward", float(mixture @ validation_rewards)),
-                        ):
-                            cell.setdefault(key, []).append(value)
-                    bar.update(1)
-        bar.close()
-    finally:
-        torch.set_num_threads(torch_threads)
+    base grid, each arm of ``SWEPT_ARMS`` over ``seeds``, scored on the validation and the test
+    prompts (the headline majority). Reports the whole grid, not a choice from it."""
+    majority = majority_type(pool)
+    mixture = training_mixture(len(types.names), majority, size.majority_share)
+    by_name = {arm.name: arm for arm in arms(mixture)}
+    swept = [by_name[name] for name in SWEPT_ARMS]
+    bar = tqdm(desc="REBEL sweep", disable=not progress, unit="call")
+    grid = _Grid(pool, {"validation": validation, "test": test}, size, mixture, seeds, bar)
+    grid.run_rebel(swept, {a.name: size.rebel_learning_rates for a in swept}, max(size.rebel_iterations))
+    bar.close()
+    rows: Dict[Point, Dict[str, Dict[str, List[float]]]] = {}
+    for (name, point), sets in grid.scores.items():
+        # The online arm's step size is a grid dimension of its own: the sweep shows the first.
+        if by_name[name].online and point[3] != size.adversary_step_sizes[0]:
+            continue
+        key = (point[0], point[1], point[2], point[4], point[5])
+        rows.setdefault(key, {})[name] = {
+            "worst_type_reward": sets["test"].min(axis=1).tolist(),
+            "train_mixture_reward": (sets["test"] @ mixture).tolist(),
+            "validation_worst_type_reward": sets["validation"].min(axis=1).tolist(),
+            "validation_train_mixture_reward": (sets["validation"] @ mixture).tolist(),
+        }
     return {
         "seeds": list(seeds),
         "arms": list(SWEPT_ARMS),
         "grid": [
-            {"learning_rate": lr, "eta": eta, "epochs": epochs, "iterations": iterations, "arms": cells}
-            for (lr, eta, epochs, iterations), cells in rows.items()
+            {"learning_rate": lr, "eta": eta, "kl_coef": kl, "num_generations": g, "iterations": it, "arms": cells}
+            for (lr, eta, kl, g, it), cells in sorted(rows.items())
         ],
     }

@@ -12,6 +12,7 @@ from dro_rebel.demo.intervals import over_seeds
 __all__ = [
     "format_primary",
     "format_comparisons",
+    "format_chosen",
     "format_reward_track",
     "format_sweep",
     "print_primary",
@@ -42,7 +43,9 @@ def format_primary(primary: Dict[str, Any]) -> str:
         per_type = np.asarray(row["type_rewards"])
         cells = [_cell(row[key]) for key in COLUMNS] + [_cell(per_type[:, k]) for k in range(len(names))]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    ceiling = primary["ceiling"]
+    ceiling = primary.get("ceiling")
+    if not ceiling:
+        return "\n".join(lines)
     blank = [""] * (len(header) - 5)
     lines.append(
         f"| minimax policy (full information) | {ceiling['test']['worst_type_reward']:+.3f} | | | "
@@ -90,17 +93,48 @@ def format_reward_track(track: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_chosen(primary: Dict[str, Any]) -> str:
+    """Each arm's tuned point (the protocol's rule), its share of identical pairs at the test
+    seeds, and the average-tuned reading's points."""
+    chosen = primary["protocol"]["chosen"]
+    keys = sorted({key for point in chosen.values() for key in point}, key=list(_POINT_ORDER).index)
+    lines = ["| arm | " + " | ".join(keys) + " | identical pairs |", "|" + "---|" * (len(keys) + 2)]
+    for arm, point in chosen.items():
+        identical = primary.get("identical_pairs", {}).get(arm)
+        cells = [f"{point[k]:g}" if k in point else "" for k in keys]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {'' if identical is None else f'{identical:.2f}'} |")
+    return "\n".join(lines)
+
+
+_POINT_ORDER = (
+    "learning_rate", "eta", "beta", "kl_coef", "num_generations", "adversary_step_size", "iterations", "epochs"
+)  # fmt: skip
+
+
+def _print_setting(setting: Dict[str, Any], types: List[str], title: str) -> None:
+    seeds = len(next(iter(setting["arms"].values()))["worst_type_reward"])
+    mixture = ", ".join(f"{t} {p:.2f}" for t, p in zip(types, setting["training_mixture"]))
+    print(f"\n{title}: held-out reward, mean ± 95% t half-width over {seeds} seeds (training mixture {mixture})\n")
+    print(format_primary({**setting, "types": types, "ceiling": setting.get("ceiling")}))
+    print("\nEach robust arm against its comparison, paired over seeds (Holm across the table):\n")
+    print(format_comparisons(setting["comparisons"]))
+
+
 def print_primary(primary: Dict[str, Any]) -> None:
-    seeds = len(next(iter(primary["arms"].values()))["worst_type_reward"])
-    mixture = ", ".join(f"{t} {p:.2f}" for t, p in zip(primary["types"], primary["training_mixture"]))
-    print(
-        f"\nPrimary study: held-out reward, mean ± 95% t half-width over {seeds} seeds (training mixture {mixture})\n"
-    )
-    print(format_primary(primary))
-    print("\nRobust minus plain, paired over seeds (Holm across the table):\n")
-    print(format_comparisons(primary["comparisons"]))
+    types = primary["types"]
+    _print_setting(primary, types, f"Primary study, tuned for the worst type (majority {primary['majority_type']})")
+    print("\nEach arm's choice on the validation prompts (its own worst type):\n")
+    print(format_chosen(primary))
     print("\nMean worst-case weight of each type over training:\n")
     print(format_type_weights(primary))
+    average = primary["average_tuned"]
+    _print_setting(
+        {**average, "training_mixture": primary["training_mixture"], "ceiling": primary["ceiling"]},
+        types,
+        "Second reading, tuned for the training mixture (the plain arm's choice for its family)",
+    )
+    for name, setting in primary.get("other_majorities", {}).items():
+        _print_setting({**setting, "ceiling": None}, types, f"Majority {name}, tuned for the worst type")
 
 
 def print_reward_track(track: Dict[str, Any]) -> None:
@@ -171,17 +205,18 @@ def _sweep_differences(point: Dict[str, Any], robust: str, metric: str) -> List[
 
 
 def format_sweep(sweep: Dict[str, Any]) -> str:
-    """One row per grid point: plain REBEL's validation training-mixture reward (the tuning
+    """One row per grid point: plain REBEL's validation worst-type reward (the tuning
     criterion), then each robust arm minus REBEL on the test prompts' worst type and training
     mixture (mean ± 95% t half-width over the sweep's seeds)."""
     robust = [arm for arm in sweep["arms"] if arm != "REBEL"]
-    header = ["lr", "eta", "epochs", "iterations", "REBEL validation reward"]
+    header = ["lr", "eta", "kl_coef", "G", "iterations", "REBEL validation worst type"]
     for arm in robust:
         header += [f"{arm}: worst type", f"{arm}: training mixture"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for point in sweep["grid"]:
-        criterion = np.mean(point["arms"]["REBEL"]["validation_train_mixture_reward"])
-        cells = [f"{point['learning_rate']:g}", f"{point['eta']:g}", str(point["epochs"]), str(point["iterations"])]
+        criterion = np.mean(point["arms"]["REBEL"]["validation_worst_type_reward"])
+        cells = [f"{point['learning_rate']:g}", f"{point['eta']:g}", f"{point['kl_coef']:g}"]
+        cells += [str(point["num_generations"]), str(point["iterations"])]
         cells.append(f"{criterion:+.3f}")
         for arm in robust:
             cells += [_cell(_sweep_differences(point, arm, m)) for m in ("worst_type_reward", "train_mixture_reward")]
@@ -203,12 +238,12 @@ def write_sweep_plot(sweep: Dict[str, Any], path) -> None:
     for axis, arm in zip(np.atleast_1d(axes), robust):
         for rate, colour in zip(rates, plt.cm.viridis(np.linspace(0, 0.9, len(rates)))):
             points = [p for p in sweep["grid"] if p["learning_rate"] == rate]
-            x = [np.mean(p["arms"]["REBEL"]["validation_train_mixture_reward"]) for p in points]
+            x = [np.mean(p["arms"]["REBEL"]["validation_worst_type_reward"]) for p in points]
             y = [np.mean(_sweep_differences(p, arm, "worst_type_reward")) for p in points]
             axis.scatter(x, y, color=colour, label=f"lr {rate:g}", s=18)
         axis.axhline(0.0, color="black", linewidth=0.5)
         axis.set_title(f"{arm} minus REBEL")
-        axis.set_xlabel("plain REBEL's validation reward (tuning criterion)")
+        axis.set_xlabel("plain REBEL's validation worst-type reward")
     np.atleast_1d(axes)[0].set_ylabel("worst-type reward gain, test prompts")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.suptitle(f"Every point of the REBEL tuning grid, {len(sweep['seeds'])} seeds each")

@@ -23,6 +23,12 @@ column is kept through TRL's tokenisation and collation and reaches the loss ste
 ``group_column="prompt"`` is DRO over prompts when a prompt has several pairs
 (docs/method.md#prompt-dro).
 
+The online adversary (``adversary="online"``, with ``group_column``): Sagawa et al.'s group
+weights, updated by exponentiated gradient on each optimiser step's group losses (computed from
+the gathered batch, so the same on every process) instead of each batch's exact worst case
+(docs/method.md#online-group-adversary). Evaluation weighs with them without updating them;
+they are saved in each checkpoint folder as ``robust_adversary.json`` and restored on resume.
+
 Gradient accumulation (``robust_scope``): with ``"step"`` (the default) the worst case ranges
 over every pair of the optimiser step, across its ``gradient_accumulation_steps``
 micro-batches and every process. Before the step's micro-batches are backpropagated, one forward
@@ -41,15 +47,18 @@ log-probabilities and LoRA (``peft_config``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
-from dro_rebel.torch.config import ROBUST_SCOPES
+from dro_rebel.torch.config import ROBUST_SCOPES, check_adversary
 from dro_rebel.torch.data import group_labels
 from dro_rebel.torch.robust_loss import RobustLoss
 
@@ -63,6 +72,8 @@ _SUPPORTED_DPO_LOSSES = ("sigmoid", "hinge", "ipo")
 _STEP_KEYS = ("robust_weights", "robust_ref_chosen_logps", "robust_ref_rejected_logps")
 # Entries the robust trainers add to a batch, which the model never sees.
 _ROBUST_KEYS = ("groups", *_STEP_KEYS)
+# The online adversary's state in a checkpoint folder, beside TRL's files.
+ADVERSARY_STATE_NAME = "robust_adversary.json"
 
 
 @dataclass
@@ -91,6 +102,17 @@ class _RobustFields:
             "case ranges over mixtures of the groups (docs/method.md#groups). None: over the pairs."
         },
     )
+    adversary: str = field(
+        default="exact",
+        metadata={
+            "help": "'exact': each step's exact worst case over the set. 'online': Sagawa et al.'s online group "
+            "DRO (docs/method.md#online-group-adversary), group weights that persist across steps, saved beside "
+            "TRL's checkpoint files; needs group_column and no radius, penalty, alpha or confidence."
+        },
+    )
+    adversary_step_size: float = field(
+        default=0.01, metadata={"help": "eta_q of the online adversary's q_g <- q_g exp(eta_q L_g), >= 0."}
+    )
     robust_scope: str = field(
         default="step",
         metadata={
@@ -104,8 +126,11 @@ class _RobustFields:
         super().__post_init__()
         if self.robust_scope not in ROBUST_SCOPES:
             raise ValueError(f"robust_scope must be one of {ROBUST_SCOPES}, got {self.robust_scope!r}")
+        check_adversary(self)
 
     def robust_loss(self) -> RobustLoss:
+        if self.adversary == "online":
+            return RobustLoss(adversary="online", adversary_step_size=self.adversary_step_size)
         if self.ambiguity == "wasserstein":
             raise ValueError(
                 "the TRL trainers take the 'kl', 'chi2', 'cvar' and 'tv' sets; the Wasserstein set "
@@ -127,13 +152,13 @@ class _RobustFields:
 @dataclass
 class DRODPOConfig(_RobustFields, DPOConfig):
     """TRL's ``DPOConfig`` plus the ambiguity set (``ambiguity``, ``radius``, ``confidence``,
-    ``penalty``, ``alpha``), ``group_column`` and ``robust_scope``."""
+    ``penalty``, ``alpha``), ``group_column``, ``robust_scope`` and ``adversary``."""
 
 
 @dataclass
 class DRORewardConfig(_RobustFields, RewardConfig):
     """TRL's ``RewardConfig`` plus the ambiguity set (``ambiguity``, ``radius``, ``confidence``,
-    ``penalty``, ``alpha``), ``group_column`` and ``robust_scope``."""
+    ``penalty``, ``alpha``), ``group_column``, ``robust_scope`` and ``adversary``."""
 
 
 def _log_robust(metrics: Dict[str, list], robust: RobustLoss) -> None:
@@ -217,6 +242,8 @@ class _RobustTrainerMixin:
         (it divides by the number of micro-batches)."""
         weights = inputs.get("robust_weights")
         if weights is None:
+            # The online adversary updates its group weights on training batches only.
+            self.robust_loss.train(self.model.training)
             loss = self.robust_loss(losses, groups=inputs.get("groups"))
             _log_robust(metrics, self.robust_loss)
             return loss
@@ -247,10 +274,32 @@ class _RobustTrainerMixin:
             losses.append(part.detach())
             groups.append(inputs.get("groups"))
             self._keep_from_scoring(batch, scored)
+        self.robust_loss.train()
         weights = self.robust_loss.weights(torch.cat(losses), groups=None if groups[0] is None else torch.cat(groups))
         for batch, part in zip(batch_samples, weights.split([len(x) for x in losses])):
             batch["robust_weights"] = part
         _log_robust(self._metrics["train"], self.robust_loss)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """TRL's checkpoint, plus the online adversary's group weights beside its files (the
+        same on every process: the main one writes them), as TRL keeps its own extra state."""
+        super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        if self.robust_loss.adversary is not None and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            (folder / ADVERSARY_STATE_NAME).write_text(json.dumps(self.robust_loss.adversary.state_dict()))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: Optional[str]) -> None:
+        """On resume, TRL's optimiser and schedule, then the online adversary's group weights."""
+        super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
+        if checkpoint is None or self.robust_loss.adversary is None:
+            return
+        path = Path(checkpoint) / ADVERSARY_STATE_NAME
+        if not path.is_file():
+            raise ValueError(
+                f"{checkpoint} has no {ADVERSARY_STATE_NAME} (written with adversary='exact', or with "
+                "save_only_model=True): resume it with the adversary it was trained with"
+            )
+        self.robust_loss.adversary.load_state_dict(json.loads(path.read_text()))
 
     def _keep_from_scoring(self, batch: Dict[str, Any], scored: Dict[str, Any]) -> None:
         """Put into ``batch`` what the scoring pass computed that the backward pass can reuse

@@ -23,6 +23,7 @@ from dro_rebel.torch.dpo_trainer import RobustDPOTrainer
 from dro_rebel.torch.gradient_penalty import per_sample_grad_sq_norms
 from dro_rebel.torch.logprobs import completion_logprobs, sequence_logprobs
 from dro_rebel.torch.losses import bradley_terry_loss, dpo_loss, rebel_loss
+from dro_rebel.torch.online_adversary import OnlineGroupAdversary
 from dro_rebel.torch.rebel_trainer import DroRebelTrainer, RewardFn
 from dro_rebel.torch.reward_trainer import RobustRewardTrainer
 from dro_rebel.torch.robust_loss import NonFiniteLossError, RobustLoss, RobustStats
@@ -36,6 +37,7 @@ __all__ = [
     "per_sample_grad_sq_norms",
     "RobustLoss",
     "RobustStats",
+    "OnlineGroupAdversary",
     "NonFiniteLossError",
     "TrainingConfig",
     "DroRebelConfig",

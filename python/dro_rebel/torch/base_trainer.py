@@ -413,23 +413,23 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def save(self, step: int) -> Optional[Path]:
-        """Checkpoint the trainable parameters, the optimiser, every RNG of every rank and the
-        step. Every rank must call it; rank 0 writes the file and returns its path."""
+        """Checkpoint the trainable parameters, the optimiser, every RNG of every rank, the
+        online adversary's group weights (the same on every rank) and the step. Every rank must
+        call it; rank 0 writes the file and returns its path."""
         rng = gather_objects(rng_state())
         if self.rank != 0:
             return None
-        return save_checkpoint(
-            self.output_dir,
-            step,
-            {
-                "model": {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad},
-                "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng,
-                "config": self.config.to_dict(),
-            },
-        )
+        state = {
+            "model": {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad},
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "config": self.config.to_dict(),
+        }
+        if self.robust_loss.adversary is not None:
+            state["adversary"] = self.robust_loss.adversary.state_dict()
+        return save_checkpoint(self.output_dir, step, state)
 
     def load(self, path: Union[str, Path]) -> None:
         """Restore a checkpoint written by :meth:`save` (checksum verified first)."""
@@ -453,6 +453,13 @@ class Trainer:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.robust_loss.adversary is not None:
+            if "adversary" not in state:
+                raise ValueError(
+                    f"{path} has no online adversary state (written with adversary='exact'): "
+                    "resume it with the adversary it was trained with"
+                )
+            self.robust_loss.adversary.load_state_dict(state["adversary"])
         set_rng_state(state["rng"][self.rank])
         self.step = int(state["step"])
         if self.rank == 0:

@@ -1,7 +1,8 @@
 """Training checkpoints that a killed run resumes from, written atomically and checksummed.
 
 A checkpoint is one file ``checkpoint-<step>.pt`` in the run's output directory holding the
-model and optimiser state, every RNG state (Python, numpy, torch CPU and CUDA) and the step.
+model and optimiser state, every RNG state (Python, numpy, torch CPU and CUDA), the online
+adversary's group weights (``adversary="online"``) and the step.
 The file is ``MAGIC`` + the SHA-256 of the payload + the payload (a ``torch.save`` stream).
 It is written to a temporary file in the same directory, fsynced and moved into place with
 ``os.replace`` (atomic on POSIX), then the directory is fsynced: a run killed at any moment

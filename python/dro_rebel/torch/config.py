@@ -12,8 +12,9 @@ from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
 from dro_rebel._api import _check_radius
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS
+from dro_rebel.torch.online_adversary import ADVERSARIES
 
-__all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig"]
+__all__ = ["TrainingConfig", "DroRebelConfig", "RobustDPOConfig", "RobustRewardConfig", "check_adversary"]
 
 NONFINITE_POLICIES = ("skip", "stop")
 RADIUS_SCHEDULES = ("constant", "inverse_samples")
@@ -22,6 +23,29 @@ ROBUST_SCOPES = ("step", "micro_batch")
 _METRIC_SCHEDULES = ("reduce_lr_on_plateau", "greedy")
 
 Config = TypeVar("Config", bound="TrainingConfig")
+
+
+def check_adversary(config: Any) -> None:
+    """The errors of ``adversary`` and ``adversary_step_size`` in a config (this module's, or
+    the TRL subclasses'), raised when it is built rather than at the first step."""
+    if config.adversary not in ADVERSARIES:
+        raise ValueError(f"adversary must be one of {ADVERSARIES}, got {config.adversary!r}")
+    step = config.adversary_step_size
+    if not (isinstance(step, (int, float)) and math.isfinite(step) and step >= 0):
+        raise ValueError(f"adversary_step_size must be a finite number >= 0, got {step!r}")
+    if config.adversary != "online":
+        return
+    if config.group_column is None:
+        raise ValueError("adversary='online' weighs groups: set group_column")
+    given = ("radius", "penalty", "alpha", "confidence", "gradient_penalty")
+    set_names = [name for name in given if getattr(config, name, None) is not None]
+    if set_names:
+        raise ValueError(
+            f"adversary='online' replaces the per-step worst case over the ambiguity set: "
+            f"leave {', '.join(set_names)} unset"
+        )
+    if getattr(config, "radius_schedule", "constant") != "constant":
+        raise ValueError("adversary='online' has no radius to schedule: leave radius_schedule='constant'")
 
 
 @dataclass
@@ -113,6 +137,16 @@ class TrainingConfig:
     then ranges over mixtures of groups, and evaluation reports each group. Integers, or
     strings: ``group_column="prompt"`` is Mandal et al.'s DRO over prompts when a prompt has
     several pairs (docs/method.md#prompt-dro)."""
+    adversary: str = "exact"
+    """``"exact"``: each step's exact worst case over the ambiguity set. ``"online"``: Sagawa et
+    al.'s online group DRO (docs/method.md#online-group-adversary): group weights that persist
+    across steps, q_g <- q_g exp(adversary_step_size * L_g) on each step's group losses, saved
+    in checkpoints. It needs ``group_column`` and replaces the per-step solve: leave
+    ``radius``, ``penalty``, ``alpha``, ``confidence`` and ``gradient_penalty`` unset
+    (``ambiguity`` is not used). Suits groups with few samples per batch, whose per-batch
+    means are noisy."""
+    adversary_step_size: float = 0.01
+    """eta_q of the online adversary (``adversary="online"``), >= 0."""
     nonfinite: str = "skip"
     """A NaN/inf loss or gradient: ``"skip"`` the step (reported in the log) or ``"stop"`` the
     run with an error. Never folded into the weights."""
@@ -169,6 +203,7 @@ class TrainingConfig:
         if self.bf16 and self.fp16:
             raise ValueError("set bf16 or fp16, not both")
         self._check_schedule()
+        check_adversary(self)
 
     def _check_schedule(self) -> None:
         from transformers import SchedulerType
@@ -183,6 +218,8 @@ class TrainingConfig:
 
     def robust_kwargs(self) -> Dict[str, Any]:
         """The keyword arguments of :class:`dro_rebel.torch.RobustLoss` this config asks for."""
+        if self.adversary == "online":
+            return {"adversary": "online", "adversary_step_size": self.adversary_step_size}
         radius = self.radius
         if radius is None and self.penalty is None and self.alpha is None:
             radius = 0.0
@@ -196,7 +233,7 @@ class TrainingConfig:
 
     def radius_at(self, samples_seen: int) -> Union[float, str, None]:
         """The radius of the step at which ``samples_seen`` samples have been drawn in all."""
-        radius = self.robust_kwargs()["radius"]
+        radius = self.robust_kwargs().get("radius")
         if self.radius_schedule == "inverse_samples":
             return float(radius) / max(int(samples_seen), 1)
         return radius
@@ -234,7 +271,24 @@ class DroRebelConfig(TrainingConfig):
     max_new_tokens: int = 64
     """Tokens sampled per response."""
     temperature: float = 1.0
-    """Sampling temperature of the two responses per prompt."""
+    """Sampling temperature of the responses."""
+    num_generations: int = 2
+    """G >= 2 responses sampled per prompt (TRL's name), one pair kept per prompt
+    (docs/method.md#rebel-as-practised): with 2 the two as sampled; with more, the best and the
+    worst by the (penalised, whitened) reward, the first on ties, as REBEL's code pairs several
+    generations: the widest reward gap, and a pair of identical responses only when all G
+    score the same. The log's ``rebel/identical_pairs`` is the share of pairs whose two
+    responses are the same tokens, pairs the regression learns nothing from."""
+    kl_coef: float = 0.0
+    """The regression's reward is r(x, y) - kl_coef * (log pi_t(y|x) - log pi_ref(y|x)), pi_ref
+    the start policy (a frozen copy of the model, or the base model under LoRA): a KL penalty
+    that keeps the policy near where it started (docs/method.md#rebel-as-practised). REBEL's
+    reference code uses 0.05; 0 (the default) computes nothing extra. The log's ``rebel/kl`` is
+    the rollout's mean log-ratio to the start policy."""
+    whiten_rewards: bool = False
+    """Whiten the (penalised) rewards of the global batch's responses, (r - mean) / sqrt(var +
+    1e-8) with the unbiased variance (TRL's ``whiten``), before the pairs are formed: REBEL's
+    option, a scale-free reward gap for any reward model."""
     log_ratio_reference: str = "sampler"
     """Log-ratios against ``"sampler"``: the policy that sampled the batch (REBEL's pi_t, its
     log-probs kept from sampling time), or ``"initial"``: the frozen initial model."""
@@ -265,6 +319,10 @@ class DroRebelConfig(TrainingConfig):
             )
         if self.eta <= 0:
             raise ValueError(f"eta must be positive, got {self.eta}")
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be at least 2 (a pair per prompt), got {self.num_generations}")
+        if not (math.isfinite(self.kl_coef) and self.kl_coef >= 0):
+            raise ValueError(f"kl_coef must be a finite number >= 0, got {self.kl_coef}")
         if self.log_ratio_reference not in ("sampler", "initial"):
             raise ValueError(f"log_ratio_reference must be 'sampler' or 'initial', got {self.log_ratio_reference!r}")
 

@@ -8,6 +8,8 @@ non-robust objective. Inputs are summed sequence log-probabilities (see
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +23,7 @@ def rebel_loss(
     sampler_other_logps: torch.Tensor,
     rewards: torch.Tensor,
     other_rewards: torch.Tensor,
-    eta: float,
+    eta: Union[float, torch.Tensor],
 ) -> torch.Tensor:
     """REBEL's regression loss (docs/method.md#rebel), one value per prompt.
 
@@ -33,9 +35,10 @@ def rebel_loss(
         sampler_logps, sampler_other_logps: the same under the policy pi_t that sampled
             them (or a frozen reference); treated as constants.
         rewards, other_rewards: r(x, y) and r(x, y').
-        eta: the step size eta > 0 (a KL-regularisation strength).
+        eta: the step size eta > 0 (a KL-regularisation strength); a tensor broadcast against
+            the losses gives each row its own.
     """
-    if eta <= 0:
+    if bool(torch.any(torch.as_tensor(eta) <= 0)):
         raise ValueError(f"eta must be positive, got {eta}")
     log_ratio = (logps - sampler_logps.detach()) - (other_logps - sampler_other_logps.detach())
     return (log_ratio / eta - (rewards - other_rewards).to(log_ratio.dtype)) ** 2

@@ -12,9 +12,11 @@ Usage::
     trainer = DroRebelTrainer(model, tokenizer, config, prompts_dataset, reward_fn)
     trainer.train()
 
-Each iteration takes ``per_device_train_batch_size`` prompts (column ``prompt``), samples two
-responses per prompt from the current policy pi_t, scores them with ``reward_fn`` (any
-callable from the prompts and the completion texts to one number each) and regresses on them:
+Each iteration takes ``per_device_train_batch_size`` prompts (column ``prompt``), samples
+``num_generations`` responses per prompt from the current policy pi_t, scores them with
+``reward_fn`` (any callable from the prompts and the completion texts to one number each),
+keeps one pair per prompt (with ``kl_coef`` and ``whiten_rewards``, REBEL's reward shaping:
+docs/method.md#rebel-as-practised) and regresses on the pairs:
 ``rollout_epochs`` passes over the rollout in ``num_mini_batches`` shuffled mini-batches, one
 optimiser step on the robust REBEL regression loss each, the worst-case weights solved anew on
 every mini-batch's current losses (docs/method.md#rebel-epochs). ``radius=0`` (the default)
@@ -42,6 +44,7 @@ from dro_rebel.torch.data import group_labels, pair_rows, select_rows
 from dro_rebel.torch.eval_metrics import MAX_GROUPS_LOGGED
 from dro_rebel.torch.logprobs import completion_logprobs
 from dro_rebel.torch.losses import rebel_loss
+from dro_rebel.torch.rebel_pairs import identical_pairs, kl_penalised_rewards, pick_pairs, whitened_rewards
 
 __all__ = ["DroRebelTrainer", "RewardFn"]
 
@@ -64,7 +67,8 @@ class DroRebelTrainer(Trainer):
         eval_dataset: Any = None,
         ref_model: Optional[torch.nn.Module] = None,
     ):
-        self.needs_reference = config.log_ratio_reference == "initial"
+        # The start policy: the log-ratios' reference, or the KL penalty's.
+        self.needs_reference = config.log_ratio_reference == "initial" or config.kl_coef > 0
         self.reward_fn = reward_fn
         super().__init__(model, tokenizer, config, train_dataset, eval_dataset, ref_model)
 
@@ -158,21 +162,51 @@ class DroRebelTrainer(Trainer):
     def rollout(
         self, prompts: List[str], groups: Optional[Sequence[int]] = None, indices: Optional[List[int]] = None
     ) -> Dict[str, Any]:
-        """Sample two responses per prompt, score them, and record the log-probs the
-        log-ratios are taken against (pi_t's at sampling time, or the initial model's), in the
-        precision of the training forward (``bf16``/``fp16``), so that the log-ratios start at 0."""
+        """Sample ``num_generations`` responses per prompt, score them, shape the rewards and
+        keep one pair per prompt (docs/method.md#rebel-as-practised): the rewards penalised
+        by ``kl_coef`` times the log-ratio of pi_t to the start policy, whitened over the global
+        batch (``whiten_rewards``), then the pair: the two responses with G = 2, the best and
+        the worst with more. Records the log-probs the log-ratios are taken against (pi_t's at
+        sampling time, or the initial model's), in the precision of the training forward
+        (``bf16``/``fp16``), so that the log-ratios start at 0."""
+        config = self.config
+        n, generations = len(prompts), config.num_generations
         with self.autocast():
-            batch = self.sample(prompts, num_samples=2)
-            args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-            if self.config.log_ratio_reference == "sampler":
-                batch["base_logps"] = completion_logprobs(self.model, *args)
-            else:
+            sampled = self.sample(prompts, num_samples=generations)
+        sequences = {key: sampled[key] for key in ("input_ids", "attention_mask", "completion_mask")}
+        raw = self.reward_fn(list(prompts) * generations, sampled["completions"])
+        raw = torch.as_tensor(raw, dtype=torch.float32, device=self.device)
+        if len(raw) != generations * n:
+            raise ValueError(f"reward_fn returned {len(raw)} rewards for {generations * n} completions")
+        rewards = raw
+        if config.kl_coef > 0:
+            with self.autocast():
+                policy_logps = completion_logprobs(self.model, *sequences.values())
                 with self.reference() as reference:
-                    batch["base_logps"] = completion_logprobs(reference, *args)
-        rewards = self.reward_fn(list(prompts) * 2, batch["completions"])
-        batch["rewards"] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
-        if len(batch["rewards"]) != 2 * len(prompts):
-            raise ValueError(f"reward_fn returned {len(batch['rewards'])} rewards for {2 * len(prompts)} completions")
+                    reference_logps = completion_logprobs(reference, *sequences.values())
+            rewards = kl_penalised_rewards(raw, policy_logps, reference_logps, config.kl_coef)
+        if config.whiten_rewards:
+            rewards = whitened_rewards(rewards)
+        first, second = pick_pairs(rewards, generations)
+        prompt_index = torch.arange(n, device=first.device)
+        rows = torch.cat([first * n + prompt_index, second * n + prompt_index])
+        batch: Dict[str, Any] = {key: value[rows] for key, value in sequences.items()}
+        batch["completions"] = [sampled["completions"][row] for row in rows.tolist()]
+        if config.kl_coef > 0:
+            base_logps = policy_logps if config.log_ratio_reference == "sampler" else reference_logps
+            batch["base_logps"] = base_logps[rows]
+            batch["kl"] = (policy_logps - reference_logps).view(generations, n).mean(dim=0)
+        else:
+            with self.autocast():
+                args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+                if config.log_ratio_reference == "sampler":
+                    batch["base_logps"] = completion_logprobs(self.model, *args)
+                else:
+                    with self.reference() as reference:
+                        batch["base_logps"] = completion_logprobs(reference, *args)
+        batch["rewards"] = rewards[rows].to(torch.float32)
+        batch["sampled_rewards"] = raw.view(generations, n).mean(dim=0)
+        batch["identical"] = identical_pairs(batch["input_ids"], batch["completion_mask"])
         batch["prompts"] = list(prompts)
         batch["indices"] = indices
         if groups is not None:
@@ -188,7 +222,13 @@ class DroRebelTrainer(Trainer):
         base_first, base_second = batch["base_logps"].chunk(2)
         rewards, other_rewards = batch["rewards"].chunk(2)
         losses = rebel_loss(first, second, base_first, base_second, rewards, other_rewards, self.config.eta)
-        return losses, embeds, {"reward": batch["rewards"].mean()}
+        metrics = {
+            "reward": batch["sampled_rewards"].mean(),
+            "rebel/identical_pairs": batch["identical"].float().mean(),
+        }
+        if "kl" in batch:
+            metrics["rebel/kl"] = batch["kl"].mean()
+        return losses, embeds, metrics
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:

@@ -30,6 +30,7 @@ import dro_rebel
 from dro_rebel._api import _check_radius, _resolve_radius
 from dro_rebel.torch.distributed import gather_rows, world_size
 from dro_rebel.torch.gradient_penalty import GRADIENT_PENALTY_FORMS, per_sample_grad_sq_norms
+from dro_rebel.torch.online_adversary import ADVERSARIES, OnlineGroupAdversary
 
 __all__ = ["RobustLoss", "RobustStats", "NonFiniteLossError"]
 
@@ -87,6 +88,16 @@ class RobustLoss(nn.Module):
             first-order gradient-regulariser form (docs/method.md#gradient-penalty) with rho0 = ``radius``
             instead of the exact transport on the batch; ``forward`` then needs
             ``inputs_embeds``.
+        adversary: ``"exact"`` (the default): each batch's exact worst case over the set.
+            ``"online"``: Sagawa et al.'s online group DRO (:class:`OnlineGroupAdversary`,
+            docs/method.md#online-group-adversary): group weights that persist across calls,
+            updated by exponentiated gradient on each batch's group losses. It replaces the
+            per-batch solve, so it takes no ``radius``, ``penalty``, ``alpha``,
+            ``confidence`` or ``gradient_penalty`` (``ambiguity`` is not used), and it needs
+            ``groups=``. Each call of :meth:`weights` in training mode is one update;
+            in eval mode (``.eval()``) it weighs with the current group weights and leaves
+            them as they are. ``self.adversary`` holds its state (``state_dict()``).
+        adversary_step_size: eta_q of the online adversary's q_g <- q_g exp(eta_q L_g).
 
     ``forward(losses, groups=None, reference=None, features=None, cost=None,
     inputs_embeds=None)`` returns the robust loss; ``self.last`` holds its
@@ -107,8 +118,24 @@ class RobustLoss(nn.Module):
         tol: Optional[float] = None,
         gradient_penalty: Optional[str] = None,
         confidence: Optional[float] = None,
+        adversary: str = "exact",
+        adversary_step_size: float = 0.01,
     ):
         super().__init__()
+        if adversary not in ADVERSARIES:
+            raise ValueError(f"adversary must be one of {ADVERSARIES}, got {adversary!r}")
+        self.adversary: Optional[OnlineGroupAdversary] = None
+        if adversary == "online":
+            given = dict(
+                radius=radius, penalty=penalty, alpha=alpha, confidence=confidence, gradient_penalty=gradient_penalty
+            )
+            set_names = [name for name, value in given.items() if value is not None]
+            if set_names:
+                raise ValueError(
+                    f"adversary='online' replaces the per-batch worst case over the ambiguity set: "
+                    f"leave {', '.join(set_names)} unset"
+                )
+            self.adversary = OnlineGroupAdversary(adversary_step_size)
         # A bad calibrated radius fails here, not at the first batch.
         _check_radius(radius, confidence, ambiguity, penalty)
         if gradient_penalty is not None:
@@ -127,6 +154,8 @@ class RobustLoss(nn.Module):
         self.last: Optional[RobustStats] = None
 
     def extra_repr(self) -> str:
+        if self.adversary is not None:
+            return f"adversary='online', adversary_step_size={self.adversary.step_size}"
         fields = ("radius", "penalty", "alpha", "gradient_penalty", "confidence")
         set_fields = [f"{name}={getattr(self, name)}" for name in fields if getattr(self, name) is not None]
         return ", ".join([repr(self.ambiguity)] + set_fields)
@@ -170,7 +199,8 @@ class RobustLoss(nn.Module):
     ) -> torch.Tensor:
         """This rank's slice of the worst-case weights q* of the global batch (detached, on the
         losses' device, in the losses' dtype promoted to at least float32: half precision
-        cannot hold weights that sum to 1 or that are small), without the reduction; ``self.last`` holds its stats.
+        cannot hold weights that sum to 1 or that are small), without the reduction;
+        ``self.last`` holds its stats.
 
         With :meth:`reduce` it splits ``forward`` in two, so that the weights of one problem can
         come from one pass over the losses and the gradient from another: a trainer solves once
@@ -180,6 +210,8 @@ class RobustLoss(nn.Module):
             raise ValueError("gradient_penalty has no worst-case weights: it penalises gradients instead")
         host, offset = _checked_host(losses, with_offset=True)
         group_labels = _gathered_host(groups, losses.device)
+        if self.adversary is not None:
+            return self._online_weights(losses, host, offset, group_labels, reference)
         radius = _resolve_radius(self.radius, self.confidence, self.ambiguity, self.penalty, host, group_labels)
         weights = dro_rebel.robust_weights(
             host,
@@ -202,9 +234,25 @@ class RobustLoss(nn.Module):
             n=host.size,
             radius=None if radius is None else float(radius),
         )
-        dtype = torch.promote_types(losses.dtype, torch.float32)
-        local = torch.from_numpy(weights[offset : offset + losses.shape[0]]).to(dtype)
-        return local.to(losses.device, non_blocking=True)
+        return _local_weights(weights, offset, losses)
+
+    def _online_weights(
+        self, losses: torch.Tensor, host: np.ndarray, offset: int, group_labels: Any, reference: Any
+    ) -> torch.Tensor:
+        """The online adversary's weights of the global batch (an update in training mode)."""
+        assert self.adversary is not None
+        if group_labels is None:
+            raise ValueError("adversary='online' weighs groups: pass groups= (a trainer: set group_column)")
+        reference_host = _host(reference)
+        weights = self.adversary.weights(host, group_labels, reference_host, update=self.training)
+        self.last = RobustStats(
+            value=float(weights @ host),
+            mean=float(host.mean() if reference is None else _normalised(reference_host) @ host),
+            ess=float(1.0 / (weights @ weights)),
+            max_weight=float(weights.max()),
+            n=host.size,
+        )
+        return _local_weights(weights, offset, losses)
 
     @staticmethod
     def reduce(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -245,6 +293,14 @@ class RobustLoss(nn.Module):
             value = float(host.mean() + rho0 * root)
         self.last = RobustStats(value=value, mean=float(host.mean()), ess=float(total), max_weight=1.0 / total, n=total)
         return local
+
+
+def _local_weights(weights: np.ndarray, offset: int, losses: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of the global weights, on the losses' device (one host-to-device copy)
+    in their dtype promoted to at least float32."""
+    dtype = torch.promote_types(losses.dtype, torch.float32)
+    local = torch.from_numpy(weights[offset : offset + losses.shape[0]]).to(dtype)
+    return local.to(losses.device, non_blocking=True)
 
 
 def _checked_host(losses: torch.Tensor, with_offset: bool = False) -> Any:
