@@ -17,7 +17,7 @@ BUILD_TOOLS := $(BUILD_VENV)/.tools-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup develop test test-rust test-python lint bench demo wheel wheel-check sdist sdist-check fuzz stubtest clean
+.PHONY: setup develop test test-rust test-python gpu-check lint bench demo wheel wheel-check sdist sdist-check fuzz stubtest clean
 
 setup: $(DEPS_STAMP) $(EXTENSION_STAMP)
 
@@ -49,6 +49,15 @@ test-rust:
 
 test-python: setup
 	$(PY) -m pytest -q
+
+# Every test marked `gpu` (tests/torch/test_gpu.py and a few beside it): each trainer and the TRL
+# subclasses in bf16 and fp16 on CUDA, the weights of CUDA tensors against the CPU's, the table of
+# one timed step per trainer with and without the robust reduction, and an NCCL torchrun where
+# there are two GPUs; a few minutes on one GPU. Without CUDA it says so and skips.
+gpu-check: setup
+	@if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
+		$(PY) -m pytest -q -m gpu tests; \
+	else echo "gpu-check: skipped: no CUDA device here (torch.cuda.is_available() is False)"; fi
 
 # Rust core vs the numpy baseline, with the floors, in one run; then the table of ratios, the
 # speed-ups at n = 64 timed in pairs (benches/paired.py), and criterion.

@@ -81,6 +81,7 @@ def _read_toml(path: Path) -> Dict[str, Any]:
 
 def _build_trainer(spec: Dict[str, Any], base: Path) -> Any:
     """The trainer a parsed TOML config describes."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from dro_rebel.torch import (
@@ -107,11 +108,14 @@ def _build_trainer(spec: Dict[str, Any], base: Path) -> Any:
     fields = dict(spec.get("config", {}))
     if "output_dir" in fields:
         fields["output_dir"] = _resolve(fields["output_dir"], base)
+    # Master weights in float32 whatever dtype the checkpoint was saved in: bf16/fp16 in the
+    # config run the forward under autocast, and a gradient scaler cannot unscale fp16 gradients.
+    dtype = torch.float32
     if kind == "reward":
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, torch_dtype=dtype)
         model.config.pad_token_id = tokenizer.pad_token_id
         return RobustRewardTrainer(model, tokenizer, RobustRewardConfig.from_dict(fields), train, evaluation)
-    model = AutoModelForCausalLM.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=dtype)
     if kind == "dpo":
         return RobustDPOTrainer(model, tokenizer, RobustDPOConfig.from_dict(fields), train, evaluation)
     if "reward_fn" not in spec:

@@ -17,7 +17,7 @@ from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer  # noqa: E402
 import dro_rebel  # noqa: E402
 from dro_rebel import worst_case  # noqa: E402
 from dro_rebel.integrations.trl import DRODPOConfig, DRODPOTrainer, DRORewardConfig, DRORewardTrainer  # noqa: E402
-from dro_rebel.torch import sequence_logprobs  # noqa: E402
+from dro_rebel.torch import RobustLoss, sequence_logprobs  # noqa: E402
 from dro_rebel.torch.data import group_labels  # noqa: E402
 
 COMMON = dict(
@@ -373,3 +373,42 @@ def test_trl_configs_name_the_misuse_of_the_online_adversary(tmp_path):
         DRODPOConfig(output_dir=str(tmp_path), adversary="online", **COMMON)
     with pytest.raises(ValueError, match="leave radius unset"):
         DRORewardConfig(output_dir=str(tmp_path), adversary="online", group_column="group", radius=0.1, **COMMON)
+
+
+def _deepspeed_cast(data):
+    """transformers' ``_prepare_input`` under DeepSpeed in bf16: every floating tensor of the
+    batch is cast to the model's dtype."""
+    if isinstance(data, dict):
+        return type(data)({key: _deepspeed_cast(value) for key, value in data.items()})
+    if isinstance(data, (tuple, list)):
+        return type(data)(_deepspeed_cast(value) for value in data)
+    if isinstance(data, torch.Tensor) and torch.is_floating_point(data):
+        return data.to(torch.bfloat16)
+    return data
+
+
+@pytest.mark.parametrize("kind", ["dpo", "reward"])
+def test_the_step_scope_keeps_its_weights_and_reference_logps_out_of_deepspeeds_input_cast(
+    tokenizer, grouped, tmp_path, monkeypatch, kind
+):
+    seen = []
+    reduce = RobustLoss.reduce
+
+    def recording(losses, weights):
+        seen.append(weights.dtype)
+        return reduce(losses, weights)
+
+    monkeypatch.setattr(RobustLoss, "reduce", staticmethod(recording))
+    step = _sgd_step if kind == "dpo" else _reward_sgd_step
+    plain = step(tokenizer, grouped, tmp_path / "plain", 4, 2, "step")
+    plain = plain[0] if kind == "dpo" else plain
+    monkeypatch.setattr(
+        DRODPOTrainer if kind == "dpo" else DRORewardTrainer, "_prepare_input", staticmethod(_deepspeed_cast)
+    )
+    cast = step(tokenizer, grouped, tmp_path / "cast", 4, 2, "step")
+    cast = cast[0] if kind == "dpo" else cast
+    assert seen == [torch.float32] * 4
+    # The model's inputs are integers: with the step's weights and reference log-probs kept in
+    # float32, the cast changes nothing.
+    for name, parameter in plain.items():
+        torch.testing.assert_close(cast[name], parameter, rtol=0, atol=0)

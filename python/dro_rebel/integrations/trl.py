@@ -67,8 +67,13 @@ from dro_rebel.torch.robust_loss import RobustLoss
 __all__ = ["DRODPOConfig", "DRODPOTrainer", "DRORewardConfig", "DRORewardTrainer"]
 
 _SUPPORTED_DPO_LOSSES = ("sigmoid", "hinge", "ipo")
+# What the step scope stores in each micro-batch for its backward pass: the weights and, for DPO,
+# the reference log-probs of the scoring pass, as computed (float32). Kept out of transformers' input casting
+# (under DeepSpeed it casts every floating input to the model's dtype: in bf16 a log-prob near
+# -200 would be rounded to a step of 1).
+_STEP_KEYS = ("robust_weights", "robust_ref_chosen_logps", "robust_ref_rejected_logps")
 # Entries the robust trainers add to a batch, which the model never sees.
-_ROBUST_KEYS = ("groups", "robust_weights")
+_ROBUST_KEYS = ("groups", *_STEP_KEYS)
 # The online adversary's state in a checkpoint folder, beside TRL's files.
 ADVERSARY_STATE_NAME = "robust_adversary.json"
 
@@ -236,6 +241,16 @@ class _RobustTrainerMixin:
     def _pair_losses(self, model: Any, inputs: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, Any]]:
         raise NotImplementedError
 
+    def _prepare_inputs(self, inputs: Dict[str, Any]) -> Dict[str, Any]:
+        """transformers' preparation of a batch, except for what the step scope stored in it
+        (``_STEP_KEYS``), which moves to the device in its own dtype."""
+        kept = {key: inputs[key] for key in _STEP_KEYS if key in inputs}
+        if not kept:
+            return super()._prepare_inputs(inputs)  # type: ignore[misc]
+        prepared = super()._prepare_inputs({k: v for k, v in inputs.items() if k not in kept})  # type: ignore[misc]
+        prepared.update({key: value.to(self.args.device) for key, value in kept.items()})
+        return prepared
+
     def _robust_reduce(self, losses: torch.Tensor, inputs: Dict[str, Any], metrics: Dict[str, list]) -> torch.Tensor:
         """The robust loss of a micro-batch, in the scale TRL's ``training_step`` expects
         (it divides by the number of micro-batches)."""
@@ -346,7 +361,9 @@ class DRODPOTrainer(_RobustTrainerMixin, DPOTrainer):
         # Prompt-learning PEFT prepends virtual tokens to the outputs: keep the real positions.
         seq_len = completion_mask.size(1) - 1
         chosen_logps, rejected_logps = outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2)
-        if "ref_chosen_logps" in inputs:
+        if "robust_ref_chosen_logps" in inputs:
+            ref_logps = (inputs["robust_ref_chosen_logps"], inputs["robust_ref_rejected_logps"])
+        elif "ref_chosen_logps" in inputs:
             ref_logps = (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])
         else:
             reference = self.ref_model if self.ref_model is not None else self.model
@@ -364,7 +381,7 @@ class DRODPOTrainer(_RobustTrainerMixin, DPOTrainer):
     def _keep_from_scoring(self, batch, scored):
         # The reference is frozen: the backward pass reuses the scoring pass's log-probs.
         if "ref_chosen_logps" not in batch:
-            batch["ref_chosen_logps"], batch["ref_rejected_logps"] = scored["ref_logps"]
+            batch["robust_ref_chosen_logps"], batch["robust_ref_rejected_logps"] = scored["ref_logps"]
 
     def _compute_loss(self, model, inputs, return_outputs):
         """Per-pair losses, then the robust reduction in place of TRL's ``.mean()``."""

@@ -14,9 +14,11 @@ uses its slice of them (docs/method.md#accumulation). Forward passes run under
 ``torch.autocast`` with ``bf16``/``fp16``; the learning rate follows ``lr_scheduler_type`` with
 ``warmup_steps`` (transformers' schedules).
 
-Many processes (``torchrun``, one per GPU): when a ``torch.distributed`` process group is
-initialised, every rank takes its ``per_device_train_batch_size * gradient_accumulation_steps``
-slice of each global batch, the robust reduction solves the problem of the global batch
+Many processes (``torchrun`` or ``accelerate launch``, one per GPU, each on ``cuda:LOCAL_RANK``):
+the trainer starts the process group when the launcher asked for several processes and none is
+initialised, and destroys it at the end of :meth:`Trainer.train`. With a process group, every
+rank takes its ``per_device_train_batch_size * gradient_accumulation_steps`` slice of each
+global batch, the robust reduction solves the problem of the global batch
 (:class:`~dro_rebel.torch.RobustLoss`), gradients are averaged over the ranks before the
 update, and rank 0 alone writes the log, the checkpoints (with every rank's RNG state) and the
 model. Evaluation runs on every rank; rank 0 logs it.
@@ -46,7 +48,14 @@ from dro_rebel.torch.checkpoint import (
 )
 from dro_rebel.torch.config import TrainingConfig
 from dro_rebel.torch.data import batch_indices, check_columns, group_labels, pair_rows, select_rows
-from dro_rebel.torch.distributed import average_gradients, broadcast_parameters, gather_objects, rank, world_size
+from dro_rebel.torch.distributed import (
+    average_gradients,
+    broadcast_parameters,
+    gather_objects,
+    rank,
+    start_process_group,
+    world_size,
+)
 from dro_rebel.torch.jsonl import JsonlLogger
 from dro_rebel.torch.model_setup import (
     adapters_disabled,
@@ -60,9 +69,14 @@ from dro_rebel.torch.robust_loss import NonFiniteLossError, RobustLoss
 
 __all__ = ["Trainer", "LossOutput"]
 
-LossOutput = Tuple[torch.Tensor, Optional[List[torch.Tensor]], Dict[str, float]]
+Metric = Union[float, torch.Tensor]
+LossOutput = Tuple[torch.Tensor, Optional[List[torch.Tensor]], Dict[str, Metric]]
 """What ``compute_losses`` returns: per-sample losses (n,), the input embeddings they were
-computed from (for the gradient penalty; else None), and metrics to log."""
+computed from (for the gradient penalty; else None), and metrics to log (numbers, or detached
+0-d tensors left on the device: a step reads them all at once)."""
+
+# Batch entries that stay on the host: group labels go to the host solve, indices are a list.
+_HOST_KEYS = ("groups", "indices")
 
 
 class Trainer:
@@ -95,12 +109,15 @@ class Trainer:
         self.report_backends = config.report_backends()
         check_installed(self.report_backends)
         self.device = resolve_device(config.device)
+        # Under torchrun / accelerate launch: this trainer's process group, ended with its run.
+        self.owns_process_group = start_process_group(self.device)
         _seed_everything(config.seed)
         self.model = apply_lora(model, config, self.task_type).to(self.device)
         if self.needs_reference and ref_model is None and not is_peft_model(self.model):
             ref_model = frozen_copy(self.model)
         self.ref_model = None if ref_model is None else ref_model.to(self.device).eval()
         self.trainable_parameters = [p for p in self.model.parameters() if p.requires_grad]
+        _check_master_weights(self.trainable_parameters, config)
         self.rank, self.world_size = rank(), world_size()
         # The steps of the run: max_steps, or num_train_epochs in steps.
         self.max_steps = config.total_steps(len(train_dataset), self.world_size)
@@ -235,7 +252,15 @@ class Trainer:
         self.reporters = []
         if self.rank == 0:
             self.save_model(self.output_dir / "model")
+        self.close()
         return metrics
+
+    def close(self) -> None:
+        """Destroy the process group this trainer started (under a launcher), if any; called
+        at the end of :meth:`train`."""
+        if self.owns_process_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        self.owns_process_group = False
 
     def optimise(self, batch: Dict[str, Any]) -> Dict[str, float]:
         """Everything one step of the run does with its batch: one :meth:`train_step` here;
@@ -258,7 +283,8 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         self.robust_loss.radius = self.config.radius_at(self.samples_seen())
-        parts = self.micro_batches(batch)
+        # Each micro-batch is copied to the device once, however many passes the step makes over it.
+        parts = [self.to_device(part) for part in self.micro_batches(batch)]
         step_weights: Optional[Sequence[torch.Tensor]] = None
         if self.config.robust_scope == "step" and len(parts) > 1:
             try:
@@ -285,8 +311,10 @@ class Trainer:
             stats.append(self._last_stats())
         average_gradients(self.trainable_parameters)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.config.max_grad_norm)
-        if not torch.isfinite(grad_norm):
+        grad_norm_tensor = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.config.max_grad_norm)
+        # One device-to-host read for the step: the gradient norm with every micro-batch's metrics.
+        grad_norm, part_metrics = _read_on_host(grad_norm_tensor, part_metrics)
+        if not np.isfinite(grad_norm):
             if self.scaler.is_enabled():
                 # fp16 overflow: the scaler skips the update and lowers its scale.
                 self.scaler.step(self.optimizer)
@@ -301,7 +329,7 @@ class Trainer:
         robust = _mean(stats)
         return {
             "loss": robust["robust/value"],
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "learning_rate": learning_rate,
             "skipped": 0.0,
             **robust,
@@ -315,6 +343,16 @@ class Trainer:
             return [batch]
         rows = np.array_split(np.arange(self.num_samples(batch)), parts)
         return [self.select_samples(batch, part.tolist()) for part in rows if len(part)]
+
+    def to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """``batch`` with its tensors on the training device (group labels stay on the host,
+        where the solve reads them)."""
+        return {
+            key: value.to(self.device, non_blocking=True)
+            if isinstance(value, torch.Tensor) and key not in _HOST_KEYS
+            else value
+            for key, value in batch.items()
+        }
 
     @torch.no_grad()
     def step_weights(self, parts: Sequence[Dict[str, Any]]) -> Sequence[torch.Tensor]:
@@ -468,6 +506,39 @@ def _autocast_dtype(config: TrainingConfig, device: torch.device) -> Optional[to
     if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError(f"bf16=True: {torch.cuda.get_device_name(device)} has no bfloat16; use fp16=True")
     return dtype
+
+
+def _check_master_weights(parameters: Sequence[torch.Tensor], config: TrainingConfig) -> None:
+    """``bf16``/``fp16`` train float32 master weights under autocast: half-precision trainable
+    parameters would be updated in half precision (most bf16 updates round away; a gradient
+    scaler cannot unscale fp16 gradients)."""
+    if not (config.bf16 or config.fp16):
+        return
+    half = sorted({str(p.dtype) for p in parameters if p.dtype in (torch.float16, torch.bfloat16)})
+    if half:
+        name = "bf16" if config.bf16 else "fp16"
+        raise ValueError(
+            f"{name}=True trains float32 weights under autocast, but the model's trainable parameters are "
+            f"{', '.join(half)}: load it in float32 (from_pretrained(..., torch_dtype=torch.float32), or "
+            f"model.float()); autocast runs the forward in half precision"
+        )
+
+
+def _read_on_host(
+    grad_norm: torch.Tensor, records: Sequence[Dict[str, Metric]]
+) -> Tuple[float, List[Dict[str, float]]]:
+    """The gradient norm and the records' tensor values as numbers, read in one copy."""
+    tensors = [value for record in records for value in record.values() if isinstance(value, torch.Tensor)]
+    stacked = torch.stack(
+        [grad_norm.detach().float(), *(value.detach().float().to(grad_norm.device) for value in tensors)]
+    )
+    values = iter(stacked.tolist())
+    norm = next(values)
+    read = [
+        {key: next(values) if isinstance(value, torch.Tensor) else float(value) for key, value in record.items()}
+        for record in records
+    ]
+    return norm, read
 
 
 def _mean(records: Sequence[Dict[str, float]]) -> Dict[str, float]:

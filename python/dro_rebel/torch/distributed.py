@@ -8,16 +8,31 @@ largest for the collective.
 
 The trainers use the rest for plain data parallelism: the same initial parameters on every
 rank, gradients averaged after each backward, one RNG state per rank in the checkpoints.
+Launched by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1 in the environment), a
+trainer starts the process group itself (:func:`start_process_group`) and destroys it at the
+end of its run.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Tuple
+import os
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "rank", "gather_rows", "gather_objects", "average_gradients", "broadcast_parameters"]
+BUCKET_BYTES = 25 * 2**20
+"""The size of the buckets gradients are averaged in (DDP's default ``bucket_cap_mb``)."""
+
+__all__ = [
+    "world_size",
+    "rank",
+    "start_process_group",
+    "gather_rows",
+    "gather_objects",
+    "average_gradients",
+    "broadcast_parameters",
+]
 
 
 def world_size() -> int:
@@ -30,6 +45,20 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank in the default process group, 0 when none is initialised."""
     return dist.get_rank() if world_size() > 1 else 0
+
+
+def start_process_group(device: torch.device) -> bool:
+    """Start the default process group when a launcher asked for several processes
+    (``WORLD_SIZE`` > 1, with ``RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``, as ``torchrun`` and
+    ``accelerate launch`` set them) and none is initialised: NCCL for a CUDA ``device``, gloo
+    otherwise. Returns whether it started one (the caller then destroys it)."""
+    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if device.type == "cuda":
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return True
 
 
 def gather_rows(tensor: torch.Tensor) -> Tuple[torch.Tensor, int]:
@@ -67,17 +96,45 @@ def gather_objects(value: Any) -> List[Any]:
     return values
 
 
-def average_gradients(parameters: Iterable[torch.Tensor]) -> None:
-    """Replace each gradient by its mean over the ranks (what DDP does, without overlap)."""
+def average_gradients(parameters: Iterable[torch.Tensor], bucket_bytes: Optional[int] = None) -> None:
+    """Replace each gradient by its mean over the ranks (what DDP does, without overlap).
+
+    The gradients are all-reduced in buckets of at most ``bucket_bytes`` (:data:`BUCKET_BYTES`
+    by default), as DDP does: a gradient that fills a bucket alone is reduced in place, smaller
+    ones are flattened together, so the memory this takes is one bucket, not a second copy of
+    every gradient."""
     ranks = world_size()
     if ranks == 1:
         return
     grads = [p.grad for p in parameters if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= ranks
-    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
-        grad.copy_(chunk.view_as(grad))
+    for bucket in _buckets(grads, BUCKET_BYTES if bucket_bytes is None else bucket_bytes):
+        if len(bucket) == 1 and bucket[0].is_contiguous():
+            dist.all_reduce(bucket[0])
+            bucket[0].div_(ranks)
+            continue
+        flat = torch.cat([grad.reshape(-1) for grad in bucket])
+        dist.all_reduce(flat)
+        flat.div_(ranks)
+        for grad, chunk in zip(bucket, flat.split([grad.numel() for grad in bucket])):
+            grad.copy_(chunk.view_as(grad))
+
+
+def _buckets(grads: List[torch.Tensor], bucket_bytes: int) -> Iterator[List[torch.Tensor]]:
+    """Consecutive gradients of one dtype and device, in groups of at most ``bucket_bytes``
+    (a larger gradient is a bucket of its own)."""
+    bucket: List[torch.Tensor] = []
+    size = 0
+    for grad in grads:
+        nbytes = grad.numel() * grad.element_size()
+        if bucket and (
+            size + nbytes > bucket_bytes or grad.dtype != bucket[0].dtype or grad.device != bucket[0].device
+        ):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(grad)
+        size += nbytes
+    if bucket:
+        yield bucket
 
 
 def broadcast_parameters(parameters: Iterable[torch.Tensor]) -> None:

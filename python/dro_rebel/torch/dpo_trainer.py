@@ -62,10 +62,7 @@ class RobustDPOTrainer(Trainer):
             chosen, rejected, ref_chosen, ref_rejected = self._pair_logps(batch)
         losses = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.config.beta)
         margins = self.config.beta * ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
-        metrics = {
-            "rewards/margins": float(margins.mean()),
-            "rewards/accuracies": float((margins > 0).float().mean()),
-        }
+        metrics = {"rewards/margins": margins.mean(), "rewards/accuracies": (margins > 0).float().mean()}
         return losses, embeds, metrics
 
     @torch.no_grad()

@@ -21,6 +21,8 @@ def pair_metrics(
 ) -> Dict[str, float]:
     """Mean loss, accuracy (margin > 0) and mean margin; with ``groups`` each group's loss
     and accuracy and the worst group's (highest loss, lowest accuracy)."""
+    # One copy each to the host, rather than a device synchronisation per number.
+    losses, margins = losses.detach().float().cpu(), margins.detach().float().cpu()
     correct = (margins > 0).float()
     metrics = {
         f"{prefix}loss": float(losses.mean()),
@@ -32,7 +34,7 @@ def pair_metrics(
     group_losses, group_accuracies = [], []
     labels = torch.unique(groups).tolist()
     for group in labels:
-        members = (groups == group).to(losses.device)
+        members = groups.cpu() == group
         group_losses.append(float(losses[members].mean()))
         group_accuracies.append(float(correct[members].mean()))
         if len(labels) <= MAX_GROUPS_LOGGED:

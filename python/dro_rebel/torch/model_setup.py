@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from typing import Iterator, Optional
 
 import torch
@@ -15,10 +16,27 @@ __all__ = ["resolve_device", "apply_lora", "frozen_copy", "adapters_disabled", "
 
 
 def resolve_device(name: Optional[str]) -> torch.device:
-    """``name``, or CUDA when available, else the CPU."""
-    if name is not None:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``name``, or CUDA when available, else the CPU.
+
+    Under a launcher that starts one process per GPU (``torchrun``, ``accelerate launch``: they
+    set ``LOCAL_RANK``), CUDA without an index is this process's own GPU, ``cuda:LOCAL_RANK``.
+    A CUDA device with an index is made the current device, so that what runs on the current
+    device (NCCL collectives, ``all_gather_object``) runs on it too."""
+    device = torch.device(name if name is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda":
+        return device
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device.index is None and local_rank is not None:
+        count = torch.cuda.device_count()
+        if not 0 <= int(local_rank) < count:
+            raise ValueError(
+                f"LOCAL_RANK={local_rank} but this process sees {count} GPU(s): start at most one process per "
+                "visible GPU (torchrun --nproc_per_node, accelerate launch --num_processes)"
+            )
+        device = torch.device("cuda", int(local_rank))
+    if device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 def apply_lora(model: nn.Module, config: TrainingConfig, task_type: str) -> nn.Module:

@@ -224,11 +224,11 @@ class DroRebelTrainer(Trainer):
         rewards, other_rewards = batch["rewards"].chunk(2)
         losses = rebel_loss(first, second, base_first, base_second, rewards, other_rewards, self.config.eta)
         metrics = {
-            "reward": float(batch["sampled_rewards"].mean()),
-            "rebel/identical_pairs": float(batch["identical"].float().mean()),
+            "reward": batch["sampled_rewards"].mean(),
+            "rebel/identical_pairs": batch["identical"].float().mean(),
         }
         if "kl" in batch:
-            metrics["rebel/kl"] = float(batch["kl"].mean())
+            metrics["rebel/kl"] = batch["kl"].mean()
         return losses, embeds, metrics
 
     @torch.no_grad()

@@ -69,9 +69,11 @@ class RobustRewardTrainer(Trainer):
 
     def compute_losses(self, batch: Dict[str, Any]) -> LossOutput:
         with self.embeddings_captured() as embeds:
-            chosen, rejected = self.rewards(batch).chunk(2)
+            # float32 scores: the losses are reduced outside autocast, and in float16 their
+            # backward overflows the gradient scaler's first scales.
+            chosen, rejected = self.rewards(batch).float().chunk(2)
         margins = (chosen - rejected).detach()
-        metrics = {"accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean())}
+        metrics = {"accuracy": (margins > 0).float().mean(), "margin": margins.mean()}
         return bradley_terry_loss(chosen, rejected), embeds, metrics
 
     @torch.no_grad()

@@ -6,8 +6,10 @@ module solves for q* on the *detached* losses (``dro_rebel.robust_weights``) and
 ``(q* * l).sum()``. Gradients never flow through the weights (docs/method.md#danskin-detached-weights:
 through softmax or threshold weights they would push low-loss samples' losses up).
 
-Data flow: losses (any device) -> host float64 array -> native solve ->
-weights -> back to the losses' device and dtype. Only the loss vector visits the host.
+Data flow: losses (any device, any floating dtype) -> host float64 array -> native solve ->
+weights -> back to the losses' device, in float32 or wider (a half-precision loss times its
+weight is computed in float32). Only the loss vector visits the host: one device-to-host copy
+and one host-to-device copy per solve.
 
 Under ``torch.distributed`` the losses of all ranks are gathered, every rank solves the same
 global problem and keeps its slice of q*; each rank returns ``world_size * (q*_local *
@@ -199,7 +201,9 @@ class RobustLoss(nn.Module):
         cost: Any = None,
     ) -> torch.Tensor:
         """This rank's slice of the worst-case weights q* of the global batch (detached, on the
-        losses' device and dtype), without the reduction; ``self.last`` holds its stats.
+        losses' device, in the losses' dtype promoted to at least float32: half precision
+        cannot hold weights that sum to 1 or that are small), without the reduction;
+        ``self.last`` holds its stats.
 
         With :meth:`reduce` it splits ``forward`` in two, so that the weights of one problem can
         come from one pass over the losses and the gradient from another: a trainer solves once
@@ -233,7 +237,7 @@ class RobustLoss(nn.Module):
             n=host.size,
             radius=None if radius is None else float(radius),
         )
-        return torch.from_numpy(weights[offset : offset + losses.shape[0]]).to(device=losses.device, dtype=losses.dtype)
+        return _local_weights(weights, offset, losses)
 
     def _online_weights(
         self, losses: torch.Tensor, host: np.ndarray, offset: int, group_labels: Any, reference: Any
@@ -251,14 +255,16 @@ class RobustLoss(nn.Module):
             max_weight=float(weights.max()),
             n=host.size,
         )
-        return torch.from_numpy(weights[offset : offset + losses.shape[0]]).to(device=losses.device, dtype=losses.dtype)
+        return _local_weights(weights, offset, losses)
 
     @staticmethod
     def reduce(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """This rank's share of sum_i q_i l_i, for ``weights`` from :meth:`weights`: the sum
         times the number of ranks, so that the mean over ranks (what DDP does to gradients) is
-        the global robust loss and its gradient."""
-        robust = (weights.detach() * losses).sum()
+        the global robust loss and its gradient. Computed in float32 or wider whatever the
+        dtypes of ``losses`` and ``weights``."""
+        dtype = torch.promote_types(torch.promote_types(losses.dtype, weights.dtype), torch.float32)
+        robust = (weights.detach().to(dtype) * losses.to(dtype)).sum()
         ranks = world_size()
         return robust if ranks == 1 else ranks * robust
 
@@ -292,6 +298,14 @@ class RobustLoss(nn.Module):
         return local
 
 
+def _local_weights(weights: np.ndarray, offset: int, losses: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of the global weights, on the losses' device (one host-to-device copy)
+    in their dtype promoted to at least float32."""
+    dtype = torch.promote_types(losses.dtype, torch.float32)
+    local = torch.from_numpy(weights[offset : offset + losses.shape[0]]).to(dtype)
+    return local.to(losses.device, non_blocking=True)
+
+
 def _checked_host(losses: torch.Tensor, with_offset: bool = False) -> Any:
     """The (detached) losses of every rank as one float64 host array, checked finite; with
     ``with_offset``, also the offset of this rank's losses in it."""
@@ -311,9 +325,17 @@ def _check_finite(host: np.ndarray) -> None:
 
 
 def _host(values: Any) -> Any:
+    """A tensor as a host array (floating point as float64: numpy has no bfloat16 and the
+    solve works in float64); anything else as it is."""
     if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
+        return _to_numpy(values.detach())
     return values
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.is_floating_point():
+        tensor = tensor.to(torch.float64)
+    return tensor.cpu().numpy()
 
 
 def _gathered_host(values: Any, device: torch.device) -> Any:
@@ -324,7 +346,7 @@ def _gathered_host(values: Any, device: torch.device) -> Any:
     if world_size() > 1:
         # The collective runs on the losses' device (NCCL needs CUDA tensors).
         tensor = gather_rows(tensor.to(device))[0]
-    return tensor.cpu().numpy()
+    return _to_numpy(tensor)
 
 
 def _normalised(reference: Any) -> np.ndarray:
