@@ -23,6 +23,7 @@ NEEDS = {
     "dro_rebel_trainer.py": ["torch", "transformers", "tokenizers"],
     "robust_dpo_trainer.py": ["torch", "transformers", "tokenizers"],
     "trl_dpo.py": ["torch", "transformers", "tokenizers", "trl", "datasets"],
+    "trl_online_dro.py": ["torch", "transformers", "tokenizers", "trl", "datasets"],
 }
 
 
@@ -76,3 +77,8 @@ def test_robust_dpo_trainer_example(tmp_path):
 def test_trl_dpo_example(tmp_path):
     out = run_example("trl_dpo.py", "--output-dir", str(tmp_path))
     assert re.search(r"^step 4: loss [\d.]+, robust/value [\d.]+, robust/ess [\d.]+", out, re.MULTILINE), out
+
+
+def test_trl_online_dro_example(tmp_path):
+    out = run_example("trl_online_dro.py", "--output-dir", str(tmp_path))
+    assert "robust/ess" in out, out
