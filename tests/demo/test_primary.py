@@ -124,15 +124,14 @@ def test_the_command_line_picks_the_test_seeds_and_refuses_tuning_seeds():
     preset = PRESETS["default"]
 
     def seeds(**flags):
-        values = {"seeds": None, "first_seed": None, "full": False, **flags}
+        values = {"seeds": None, "first_seed": None, "full": False, "other_majorities": None, **flags}
         return _with_seeds(preset, argparse.Namespace(**values)).primary
 
     assert seeds().test_seeds == preset.primary.test_seeds
     assert seeds().other_majority_test_seeds == preset.primary.other_majority_test_seeds
     chosen = seeds(seeds=30, first_seed=5000)
-    assert chosen.test_seeds == tuple(range(5000, 5030)) and chosen.other_majority_test_seeds == tuple(
-        range(5000, 5010)
-    )
+    assert chosen.test_seeds == tuple(range(5000, 5030)) and chosen.other_majority_test_seeds == ()
+    assert seeds(other_majorities=10).other_majority_test_seeds == tuple(range(3000, 3010))
     assert seeds(full=True).other_majority_test_seeds == preset.primary.test_seeds
     assert not set(preset.primary.tuning_seeds) & set(preset.primary.test_seeds)
     with pytest.raises(SystemExit, match="tuning seeds"):

@@ -67,10 +67,16 @@ def add_demo_parser(subparsers) -> None:
         help="the first test seed (default: the preset's); tuning seeds are never test seeds",
     )
     parser.add_argument(
+        "--other-majorities",
+        type=int,
+        metavar="N",
+        default=None,
+        help="also run the protocol with each other type as the majority, on the first N test seeds",
+    )
+    parser.add_argument(
         "--full",
         action="store_true",
-        help="every majority type on as many test seeds as the headline setting (the default runs the two "
-        "other majorities on the preset's smaller set of seeds)",
+        help="every majority type on as many test seeds as the headline setting",
     )
     parser.set_defaults(func=_run_demo, extras=("torch", "demo"))
 
@@ -90,7 +96,8 @@ def _with_seeds(preset, args: argparse.Namespace):
     overlap = sorted(set(seeds) & set(size.tuning_seeds))
     if overlap:
         raise SystemExit(f"test seeds {overlap} are tuning seeds {list(size.tuning_seeds)}: choose others")
-    others = seeds if args.full else seeds[: min(len(seeds), len(size.other_majority_test_seeds))]
+    count = len(size.other_majority_test_seeds) if args.other_majorities is None else args.other_majorities
+    others = seeds if args.full else seeds[: min(len(seeds), count)]
     return replace(preset, primary=replace(size, test_seeds=seeds, other_majority_test_seeds=others))
 
 

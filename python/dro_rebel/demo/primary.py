@@ -498,12 +498,11 @@ def run_primary(
     types: PreferenceTypes,
     size: StudySize,
     *,
-    other_majorities: bool = True,
     progress: bool = True,
 ) -> Dict[str, Any]:
     """The whole study; returns the ``"primary"`` object of report.json: the headline setting
-    (the rule's majority) at its top level, ``other_majorities`` per type name, and
-    ``protocol``."""
+    (the rule's majority) at its top level, ``other_majorities`` per type name (run when
+    ``size.other_majority_test_seeds`` is not empty), and ``protocol``."""
     if set(size.tuning_seeds) & set(size.test_seeds) or set(size.tuning_seeds) & set(size.other_majority_test_seeds):
         raise ValueError("the tuning seeds and the test seeds must be disjoint")
     torch_threads = torch.get_num_threads()
@@ -511,7 +510,7 @@ def run_primary(
         majority = majority_type(pool)
         headline = _setting(pool, validation, test, shift, types, size, majority, size.test_seeds, progress)
         others = {}
-        if other_majorities:
+        if size.other_majority_test_seeds:
             for other in range(len(types.names)):
                 if other != majority:
                     others[types.names[other]] = _setting(
