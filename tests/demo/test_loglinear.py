@@ -11,8 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from synthetic_candidates import synthetic  # noqa: E402
+
 import dro_rebel  # noqa: E402
-from dro_rebel.demo.candidates import CandidateSet  # noqa: E402
 from dro_rebel.demo.loglinear import (  # noqa: E402
     MAX_GENERATIONS,
     Config,
@@ -30,15 +31,6 @@ from dro_rebel.demo.loglinear import (  # noqa: E402
     whiten,
 )
 from dro_rebel.torch import dpo_loss, rebel_loss  # noqa: E402
-
-
-def synthetic(prompts=40, k=5, dim=6, seed=0) -> CandidateSet:
-    rng = np.random.default_rng(seed)
-    features = rng.normal(size=(prompts, k, dim)).astype(np.float32)
-    directions = np.array([[1.0, 0, 0, 0, 0, 0], [-0.5, 1.0, 0, 0, 0, 0], [-0.5, 0, 1.0, 0, 0, 0]])
-    rewards = features.astype(np.float64) @ directions.T
-    return CandidateSet([f"p{i}" for i in range(prompts)], [[""] * k] * prompts, features, rewards)
-
 
 MIXTURE = np.array([0.8, 0.1, 0.1])
 CHI2_TYPES = Weighting("exact", "chi2", 0.5, by_group=True)

@@ -8,8 +8,9 @@ import pytest
 
 pytest.importorskip("torch")
 
+from synthetic_candidates import synthetic  # noqa: E402
+
 from dro_rebel import worst_case  # noqa: E402
-from dro_rebel.demo.candidates import CandidateSet  # noqa: E402
 from dro_rebel.demo.loglinear import expected_rewards  # noqa: E402
 from dro_rebel.demo.preferences import DEFAULT_TYPES  # noqa: E402
 from dro_rebel.demo.primary import (  # noqa: E402
@@ -23,15 +24,6 @@ from dro_rebel.demo.primary import (  # noqa: E402
     run_primary,
     training_mixture,
 )
-
-
-def synthetic(prompts=40, k=5, dim=6, seed=0) -> CandidateSet:
-    rng = np.random.default_rng(seed)
-    features = rng.normal(size=(prompts, k, dim)).astype(np.float32)
-    # Three types whose rewards are linear in the features, the first opposed to the others.
-    directions = np.array([[1.0, 0, 0, 0, 0, 0], [-0.5, 1.0, 0, 0, 0, 0], [-0.5, 0, 1.0, 0, 0, 0]])
-    rewards = features.astype(np.float64) @ directions.T
-    return CandidateSet([f"p{i}" for i in range(prompts)], [[""] * k] * prompts, features, rewards)
 
 
 def test_the_majority_is_the_type_least_correlated_with_the_others():
