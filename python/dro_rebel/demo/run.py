@@ -126,39 +126,34 @@ def _run(preset: Preset, out: Path, build_dir: Path, only: Tuple[str, ...]) -> D
         corpus, encoder, Objectives(encoder, length_scale=_REPLY_LENGTH_SCALE), DEFAULT_TYPES, preset
     )
     timings["primary: candidates"] = time.perf_counter() - tick
-    # The primary study is single-threaded (its results then do not depend on the machine's
-    # thread count); the other parts run beside it on the second core, in this process.
-    tick = time.perf_counter()
-    beside = [part for part in only if part != "primary"]
-    primary_future = None
-    if beside:
-        executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        primary_future = executor.submit(_primary, pool, validation, test, shift, preset.primary)
-    else:
-        primary = _primary(pool, validation, test, shift, preset.primary)
-        timings["primary: tuning and training"] = time.perf_counter() - tick
-
     # The other tracks use the primary study's training mixture and radii (fixed by the rule,
     # before any training).
     mixture = training_mixture(len(DEFAULT_TYPES.names), majority_type(pool), preset.primary.majority_share)
     types = replace(DEFAULT_TYPES, train_mixture=mixture)
     radius = radii(mixture)
     objectives = Objectives(encoder, length_scale=_WORDS_PER_TOKEN * preset.max_new_tokens)
-    report: Dict[str, Any] = {"preset": preset.to_dict()}
-    with _torch_threads(1) if beside else contextlib.nullcontext():
-        if "reward_model" in only:
-            started_part = time.perf_counter()
-            report["reward_model"] = run_reward_track(corpus, encoder, objectives, types, radius, preset)
-            timings["reward-model track"] = time.perf_counter() - started_part
-        if "pipeline" in only:
+    report: Dict[str, Any] = {"preset": preset.to_dict(), "primary": None}
+    if "reward_model" in only:
+        # Its sentence encoder wants both cores: it runs before the primary study starts.
+        tick = time.perf_counter()
+        report["reward_model"] = run_reward_track(corpus, encoder, objectives, types, radius, preset)
+        timings["reward-model track"] = time.perf_counter() - tick
+    # The primary study is single-threaded (its results then do not depend on the machine's
+    # thread count); the real-LM check runs beside it on the other core, in this process.
+    tick = time.perf_counter()
+    if "pipeline" in only:
+        executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        primary_future = executor.submit(_primary, pool, validation, test, shift, preset.primary)
+        with _torch_threads(1):
             started_part = time.perf_counter()
             report["pipeline"] = _pipeline(preset, corpus, objectives, types, radius, build_dir)
             timings["real-LM pipeline check"] = time.perf_counter() - started_part
-    if primary_future is not None:
-        primary = primary_future.result()
+        report["primary"] = primary_future.result()
         executor.shutdown()
-        timings["primary: tuning and training"] = time.perf_counter() - tick
-    report = {"preset": report["preset"], "primary": primary, **{k: v for k, v in report.items() if k != "preset"}}
+    else:
+        report["primary"] = _primary(pool, validation, test, shift, preset.primary)
+    timings["primary: tuning and training"] = time.perf_counter() - tick
+    primary = report["primary"]
     timings["total"] = time.perf_counter() - started
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     timings["total_cpu"] = time.process_time() - cpu_started + children.ru_utime + children.ru_stime
