@@ -165,7 +165,13 @@ def test_grpo_refuses_what_it_cannot_reduce_per_prompt(tmp_path):
     with pytest.raises(ValueError, match="loss_type in .*'grpo'.*got 'ppo'"):
         DROGRPOConfig(output_dir=str(tmp_path), loss_type="ppo", use_cpu=True, num_generations=2)
     with pytest.raises(ValueError, match="radius_schedule"):
-        DROGRPOConfig(output_dir=str(tmp_path), radius="calibrated", radius_schedule="inverse_samples", use_cpu=True)
+        DROGRPOConfig(
+            output_dir=str(tmp_path),
+            ambiguity="chi2",
+            radius="calibrated",
+            radius_schedule="inverse_samples",
+            use_cpu=True,
+        )
     with pytest.raises(ValueError, match="multiple of num_generations"):
         DRORebelConfig(
             output_dir=str(tmp_path),
@@ -182,7 +188,7 @@ def test_grpo_refuses_what_it_cannot_reduce_per_prompt(tmp_path):
 def test_the_radius_schedule_counts_prompts(tokenizer, model_dir, dataset, tmp_path):
     trainer = _trainer(
         DROGRPOTrainer, DROGRPOConfig, tokenizer, model_dir, dataset, tmp_path,
-        num_generations=4, gradient_accumulation_steps=2, num_iterations=2, radius=3.0,
+        num_generations=4, gradient_accumulation_steps=2, num_iterations=2, ambiguity="chi2", radius=3.0,
         radius_schedule="inverse_samples",
     )  # fmt: skip
     trainer.model.train()
@@ -284,6 +290,7 @@ def test_a_checkpoint_written_mid_run_resumes_to_identical_parameters(
         gradient_accumulation_steps=2,
         num_generations=2,
         max_steps=2,
+        ambiguity="chi2",
         radius=0.5,
         group_column="prompt",
         save_strategy="steps",
@@ -360,7 +367,9 @@ def test_bf16_steps_on_cuda_and_the_robust_share_of_a_step(tokenizer, model_dir,
         return result
 
     fields = {**COMMON, "use_cpu": False, "bf16": True, "max_steps": 4, "gradient_accumulation_steps": 2}
-    args = config_cls(output_dir=str(tmp_path), num_generations=4, radius=0.5, group_column="prompt", **fields)
+    args = config_cls(
+        output_dir=str(tmp_path), num_generations=4, ambiguity="chi2", radius=0.5, group_column="prompt", **fields
+    )
     trainer = cls(
         model=model_dir, reward_funcs=[reward_length], args=args, train_dataset=dataset, processing_class=tokenizer
     )
