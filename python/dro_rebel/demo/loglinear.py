@@ -151,29 +151,25 @@ class ManyLog:
     weight of each type over its updates (S, H, T), and REBEL's share of identical pairs (S, H)."""
 
     checkpoints: Dict[int, np.ndarray] = field(default_factory=dict)
-    type_weight_sum: Optional[np.ndarray] = None
     type_weight_course: List[np.ndarray] = field(default_factory=list)
-    """Per update, each configuration's weight of each type, mean over seeds (H, T)."""
-    updates: int = 0
-    identical_pairs_sum: Optional[np.ndarray] = None
-    iterations: int = 0
+    """Per update, each configuration's weight of each type (S, H, T)."""
     identical_pairs_course: List[np.ndarray] = field(default_factory=list)
     """Per iteration, each configuration's share of identical pairs (S, H)."""
     updates_at: Dict[int, int] = field(default_factory=dict)
     """The number of updates made by each checkpoint."""
 
     def type_weights(self) -> np.ndarray:
-        return self.type_weight_sum / max(self.updates, 1)
+        return np.mean(self.type_weight_course, axis=0)
 
     def identical_pairs(self) -> np.ndarray:
-        return self.identical_pairs_sum / max(self.iterations, 1)
+        return np.mean(self.identical_pairs_course, axis=0)
 
     def until(self, checkpoint: int, column: int) -> Dict[str, Any]:
         """Configuration ``column``'s record as if its run had stopped at ``checkpoint`` (a run
         is causal: its first steps do not depend on how many follow): theta (S, d), its mean
         weight of each type, their course in 20 stretches, its share of identical pairs (S,)."""
         updates = self.updates_at[checkpoint]
-        course = np.stack(self.type_weight_course[:updates])[:, column]  # (updates, T)
+        course = np.stack(self.type_weight_course[:updates])[:, :, column].mean(axis=1)  # (updates, T)
         stretches = np.array_split(np.arange(updates), 20)
         identical = None
         if self.identical_pairs_course:
@@ -249,7 +245,7 @@ class _Trainer:
         self.by_weighting = [(w, torch.tensor(cols)) for w, cols in by_arm.items()]
         self.adversary_log_q = torch.zeros(S, H, type_count, dtype=torch.float64)
         self.adversary_step = torch.tensor([c.adversary_step_size for c in configs], dtype=torch.float64)
-        self.log = ManyLog(type_weight_sum=np.zeros((S, H, type_count)), identical_pairs_sum=np.zeros((S, H)))
+        self.log = ManyLog()
         # Per seed, the types of its training prompts as each configuration sees them.
         types = np.stack([np.stack([s.uniform_types if c.uniform_types else s.types for c in configs]) for s in seeds])
         self.types = torch.from_numpy(types.astype(np.int64))  # (S, H, n_train)
@@ -270,10 +266,7 @@ class _Trainer:
             block_weights = self._weigh(weighting, block, block_groups, columns)
             weights[:, columns] = block_weights.to(weights.dtype).reshape(S, -1, B)
         one_hot = torch.nn.functional.one_hot(groups, self.type_count).to(torch.float64)
-        per_type = torch.einsum("shb,shbt->sht", weights.double(), one_hot).numpy()
-        self.log.type_weight_sum += per_type
-        self.log.type_weight_course.append(per_type.mean(axis=0))
-        self.log.updates += 1
+        self.log.type_weight_course.append(torch.einsum("shb,shbt->sht", weights.double(), one_hot).numpy())
         return weights
 
     def _weigh(self, weighting: Weighting, losses: torch.Tensor, groups: torch.Tensor, columns) -> torch.Tensor:
@@ -405,10 +398,7 @@ def train_rebel_many(
             y1, y2 = draws.gather(-1, first), draws.gather(-1, second)
             base1, base2 = draw_logps.gather(-1, first)[..., 0], draw_logps.gather(-1, second)[..., 0]
             r1, r2 = paired.gather(-1, first)[..., 0], paired.gather(-1, second)[..., 0]
-            identical = (y1 == y2).double().mean(dim=(2, 3)).numpy()
-            log.identical_pairs_sum += identical
-            log.identical_pairs_course.append(identical)
-            log.iterations += 1
+            log.identical_pairs_course.append((y1 == y2).double().mean(dim=(2, 3)).numpy())
         for epoch in range(shape.epochs):
             if epoch > 0:
                 logps = torch.log_softmax(trainer.logits(features), dim=-1)
@@ -418,7 +408,7 @@ def train_rebel_many(
             trainer.step(losses, types)
         if iteration in shape.checkpoints:
             log.checkpoints[iteration] = trainer.snapshot()
-            log.updates_at[iteration] = log.updates
+            log.updates_at[iteration] = len(log.type_weight_course)
     return log
 
 
@@ -487,5 +477,5 @@ def train_dpo_many(
             trainer.step(losses, types_t.gather(1, batch)[:, None, :].expand(S, H, B))
         if epoch in shape.checkpoints:
             trainer.log.checkpoints[epoch] = trainer.snapshot()
-            trainer.log.updates_at[epoch] = trainer.log.updates
+            trainer.log.updates_at[epoch] = len(trainer.log.type_weight_course)
     return trainer.log
