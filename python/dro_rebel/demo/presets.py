@@ -93,8 +93,12 @@ class Preset:
     eval_batch_size: int = 32
     threads: int = 0
     """torch CPU threads; 0 leaves torch's default."""
+    rm_pool_pairs: int = 1536
+    """The reward-model track's pool of training pairs, encoded once."""
     rm_train_pairs: int = 512
-    rm_eval_pairs: int = 256
+    """Training pairs each seed draws from the pool."""
+    rm_eval_pairs: int = 512
+    """Held-out pairs, and as many shifted ones (fixed for every seed)."""
     rm_rated_chats: int = 400
     rm_steps: int = 300
     rm_batch_size: int = 64
@@ -135,6 +139,7 @@ PRESETS: Dict[str, Preset] = {
         trainable_blocks=30,
         eval_batch_size=128,
         threads=0,
+        rm_pool_pairs=8192,
         rm_train_pairs=4096,
         rm_eval_pairs=1024,
         rm_rated_chats=2000,
@@ -157,6 +162,7 @@ PRESETS: Dict[str, Preset] = {
         eval_batch_size=4,
         # A tiny model gains nothing from threads, and on a busy machine loses a lot to them.
         threads=1,
+        rm_pool_pairs=48,
         rm_train_pairs=32,
         rm_eval_pairs=16,
         rm_rated_chats=30,

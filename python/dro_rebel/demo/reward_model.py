@@ -4,7 +4,9 @@ mixture, and judged by pairwise accuracy where that mixture no longer holds.
 
 Pairs are human text: for a question asked in a chat, the reply it actually got against a
 reply from another chat; on the shifted side, a chatterbot-corpus answer against an answer from
-another dialogue. Labels are Bradley-Terry draws under the preference type assigned to the
+another dialogue. The pairs are fixed, like the primary study's prompts: a pool of training
+pairs, from which each seed draws its own, and the held-out and shifted pairs every head is
+judged on. Labels are Bradley-Terry draws under the preference type a seed assigns to the
 prompt (types drawn from the training mixture). The head is linear on
 [e(y), e(x) * e(y)] (MiniLM embeddings of prompt x and response y), so it can represent
 relevance (the cosine is the sum of the product features) and approximate the rest.
@@ -38,7 +40,17 @@ from dro_rebel.demo.preferences import PreferenceTypes, bradley_terry_labels
 from dro_rebel.demo.rewards import Objectives
 from dro_rebel.torch import RobustLoss, bradley_terry_loss
 
-__all__ = ["PairSet", "chat_pairs", "shift_pairs", "train_head", "evaluate_head", "run_track", "run_reward_track"]
+__all__ = [
+    "PairSet",
+    "RewardPools",
+    "chat_pairs",
+    "shift_pairs",
+    "build_pools",
+    "train_head",
+    "evaluate_head",
+    "run_track",
+    "run_reward_track",
+]
 
 # The opening exchange of a rated chat, as one response: enough to judge its tone.
 _EXCERPT_TURNS, _EXCERPT_WORDS = 4, 64
@@ -57,6 +69,19 @@ class PairSet:
     features_a: np.ndarray
     """(n, 768) reward-head features of (prompt, a)."""
     features_b: np.ndarray
+
+    def subset(self, indices: Sequence[int]) -> "PairSet":
+        """The pairs at ``indices``, in that order."""
+        take = np.asarray(indices, dtype=int)
+        return PairSet(
+            [self.prompts[i] for i in take],
+            [self.a[i] for i in take],
+            [self.b[i] for i in take],
+            self.rewards_a[take],
+            self.rewards_b[take],
+            self.features_a[take],
+            self.features_b[take],
+        )
 
 
 def features(encoder: Encoder, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
@@ -193,7 +218,22 @@ def excerpt(chat: Chat) -> str:
     return " ".join(words[:_EXCERPT_WORDS])
 
 
-def run_track(
+@dataclass
+class RewardPools:
+    """The track's fixed data, built and encoded once: a pool of training pairs (each seed
+    draws its own from it), the held-out and shifted pairs every head is judged on, and the
+    rated chats with their features and the oracle's scores."""
+
+    train: PairSet
+    held_out: PairSet
+    shifted: PairSet
+    rated: List[Chat]
+    rated_features: np.ndarray
+    oracle_scores: np.ndarray
+    """The training mixture's true reward of each rated chat's opening exchange."""
+
+
+def build_pools(
     train_chats: Sequence[Chat],
     test_chats: Sequence[Chat],
     dialogues: Sequence[Tuple[str, str, str]],
@@ -201,9 +241,36 @@ def run_track(
     encoder: Encoder,
     objectives: Objectives,
     types: PreferenceTypes,
-    n_train: int,
+    n_pool: int,
     n_eval: int,
     n_rated: int,
+) -> RewardPools:
+    """The track's pools (the split is fixed, seed 0, like the primary study's prompts).
+
+    Encoding is the track's cost: pairs drawn anew for every seed would encode every seed's
+    texts again, where a pool is encoded once and seeds differ in what training sees."""
+    rng = np.random.default_rng(0)
+    train = chat_pairs(train_chats, n_pool, rng, encoder, objectives, types)
+    held_out = chat_pairs(test_chats, n_eval, rng, encoder, objectives, types)
+    shifted = shift_pairs(dialogues, n_eval, rng, encoder, objectives, types)
+    rated = [chat for chat in test_chats if chat.rating is not None]
+    rated = [rated[k] for k in rng.choice(len(rated), size=min(n_rated, len(rated)), replace=False)]
+    rated_prompts, rated_texts = [c.opening for c in rated], [excerpt(c) for c in rated]
+    return RewardPools(
+        train,
+        held_out,
+        shifted,
+        rated,
+        features(encoder, rated_prompts, rated_texts),
+        types.rewards(objectives(rated_prompts, rated_texts)) @ types.train_mixture,
+    )
+
+
+def run_track(
+    pools: RewardPools,
+    *,
+    types: PreferenceTypes,
+    n_train: int,
     bt_scale: float,
     methods: Dict[str, RobustLoss],
     steps: int,
@@ -211,21 +278,15 @@ def run_track(
     learning_rate: float,
     seed: int,
 ) -> Dict[str, Dict[str, float]]:
-    """Build the pairs, train one head per entry of ``methods`` and evaluate each; an oracle
-    row (the training mixture's true reward) shows what the pairs allow."""
+    """One seed: draw ``n_train`` training pairs from the pool, their types and labels; train
+    one head per entry of ``methods`` and evaluate each on the fixed sets. An oracle row (the
+    training mixture's true reward) shows what the ratings allow."""
     rng = np.random.default_rng(seed)
-    train = chat_pairs(train_chats, n_train, rng, encoder, objectives, types)
-    held_out = chat_pairs(test_chats, n_eval, rng, encoder, objectives, types)
-    shifted = shift_pairs(dialogues, n_eval, rng, encoder, objectives, types)
+    chosen = rng.choice(len(pools.train.prompts), size=min(n_train, len(pools.train.prompts)), replace=False)
+    train = pools.train.subset(chosen)
     groups = types.assign(len(train.prompts), rng)
     rows = np.arange(len(groups))
     prefer_a = bradley_terry_labels(train.rewards_a[rows, groups], train.rewards_b[rows, groups], bt_scale, rng)
-
-    rated = [chat for chat in test_chats if chat.rating is not None]
-    rated = [rated[k] for k in rng.choice(len(rated), size=min(n_rated, len(rated)), replace=False)]
-    rated_prompts, rated_texts = [c.opening for c in rated], [excerpt(c) for c in rated]
-    rated_features = features(encoder, rated_prompts, rated_texts)
-    oracle_scores = types.rewards(objectives(rated_prompts, rated_texts)) @ types.train_mixture
 
     results: Dict[str, Dict[str, float]] = {}
     for name, robust in methods.items():
@@ -234,14 +295,14 @@ def run_track(
         )
         results[name] = {
             "train_label_accuracy": float(np.mean(((train.features_a - train.features_b) @ weight > 0) == prefer_a)),
-            **{f"held_out/{k}": v for k, v in evaluate_head(weight, held_out, types).items()},
-            **{f"shifted/{k}": v for k, v in evaluate_head(weight, shifted, types).items()},
+            **{f"held_out/{k}": v for k, v in evaluate_head(weight, pools.held_out, types).items()},
+            **{f"shifted/{k}": v for k, v in evaluate_head(weight, pools.shifted, types).items()},
             "human_ratings_agreement": human_agreement(
-                rated_features @ weight, rated, 2000, np.random.default_rng(seed)
+                pools.rated_features @ weight, pools.rated, 2000, np.random.default_rng(seed)
             ),
         }
     results["oracle (true training-mixture reward)"] = {
-        "human_ratings_agreement": human_agreement(oracle_scores, rated, 2000, np.random.default_rng(seed)),
+        "human_ratings_agreement": human_agreement(pools.oracle_scores, pools.rated, 2000, np.random.default_rng(seed)),
     }
     return results
 
@@ -252,21 +313,25 @@ TRACK_COMPARED = ("held_out/worst type", "shifted/worst type", "held_out/trainin
 
 
 def run_reward_track(corpus, encoder, objectives, types, radius, preset) -> Dict[str, Any]:
-    """The track over ``preset.rm_seeds``: per seed, new pairs, types, labels and batch order;
-    a plain and a robust head (chi-square ball over type mixtures, the primary study's radius).
-    Returns the per-seed metrics of each head and the paired comparisons, Holm-corrected
-    across this track's family."""
+    """The track over ``preset.rm_seeds``: the pools built once, then per seed its training
+    pairs drawn from the pool, their types, labels and batch order; a plain and a robust head
+    (chi-square ball over type mixtures, the primary study's radius). Returns the per-seed
+    metrics of each head and the paired comparisons, Holm-corrected across this track's
+    family."""
     methods = {
         PLAIN_HEAD: lambda: RobustLoss("chi2", radius=0.0),
         ROBUST_HEAD: lambda: RobustLoss("chi2", radius=radius["chi2"]),
     }
+    pools = build_pools(
+        corpus.train_chats, corpus.test_chats, corpus.shift_dialogues,
+        encoder=encoder, objectives=objectives, types=types,
+        n_pool=preset.rm_pool_pairs, n_eval=preset.rm_eval_pairs, n_rated=preset.rm_rated_chats,
+    )  # fmt: skip
     per_seed: Dict[str, Dict[str, List[float]]] = {name: {} for name in methods}
     for seed in tqdm(preset.rm_seeds, desc="reward-model track"):
         results = run_track(
-            corpus.train_chats, corpus.test_chats, corpus.shift_dialogues,
-            encoder=encoder, objectives=objectives, types=types,
-            n_train=preset.rm_train_pairs, n_eval=preset.rm_eval_pairs, n_rated=preset.rm_rated_chats,
-            bt_scale=preset.bt_scale, methods={name: make() for name, make in methods.items()},
+            pools, types=types, n_train=preset.rm_train_pairs, bt_scale=preset.bt_scale,
+            methods={name: make() for name, make in methods.items()},
             steps=preset.rm_steps, batch_size=preset.rm_batch_size, learning_rate=preset.rm_learning_rate,
             seed=seed,
         )  # fmt: skip
@@ -281,6 +346,12 @@ def run_reward_track(corpus, encoder, objectives, types, radius, preset) -> Dict
         comparison["p_holm"] = adjusted
     return {
         "seeds": list(preset.rm_seeds),
+        "pairs": {
+            "train_pool": len(pools.train.prompts),
+            "held_out": len(pools.held_out.prompts),
+            "shifted": len(pools.shifted.prompts),
+            "rated_chats": len(pools.rated),
+        },
         "radius": {"chi2 (types)": radius["chi2"]},
         "heads": per_seed,
         "comparisons": comparisons,
