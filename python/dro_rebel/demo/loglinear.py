@@ -250,11 +250,14 @@ class _Trainer:
         types = np.stack([np.stack([s.uniform_types if c.uniform_types else s.types for c in configs]) for s in seeds])
         self.types = torch.from_numpy(types.astype(np.int64))  # (S, H, n_train)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(S, B, K, d) features -> (S, H, B, K) logits of every configuration."""
+    def log_probs(self, features: torch.Tensor) -> torch.Tensor:
+        """(S, B, K, d) features -> (S, H, B, K) log-probabilities of every configuration (a
+        strided view). The softmax runs over K with the configurations innermost, as the
+        product leaves them: torch's softmax over a short innermost dimension is several
+        times slower, and this loop is mostly softmaxes and products."""
         S, B, K, d = features.shape
         flat = torch.bmm(features.reshape(S, B * K, d), self.theta.transpose(1, 2))  # (S, B*K, H)
-        return flat.transpose(1, 2).reshape(S, -1, B, K)
+        return torch.log_softmax(flat.reshape(S, B, K, -1), dim=2).permute(0, 3, 1, 2)
 
     def weights(self, losses: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """(S, H, B) detached losses and types -> (S, H, B) weights, each arm by its weighting."""
@@ -386,7 +389,7 @@ def train_rebel_many(
         )  # (S, H, B, K)
         # The first epoch's forward pass is also the sampler's: pi_t is the policy before the
         # rollout's first update.
-        logps = torch.log_softmax(trainer.logits(features), dim=-1)
+        logps = trainer.log_probs(features)
         with torch.no_grad():
             sampler = logps.detach()
             cdf = sampler.exp().cumsum(dim=-1)
@@ -401,7 +404,7 @@ def train_rebel_many(
             log.identical_pairs_course.append((y1 == y2).double().mean(dim=(2, 3)).numpy())
         for epoch in range(shape.epochs):
             if epoch > 0:
-                logps = torch.log_softmax(trainer.logits(features), dim=-1)
+                logps = trainer.log_probs(features)
             losses = rebel_loss(
                 logps.gather(-1, y1)[..., 0], logps.gather(-1, y2)[..., 0], base1, base2, r1, r2, trainer.scale
             )
@@ -470,7 +473,7 @@ def train_dpo_many(
         for start in range(0, pairs - B + 1, B):
             batch = orders[:, start : start + B]  # (S, B)
             features = features_all[prompts_t.gather(1, batch)]
-            logps = torch.log_softmax(trainer.logits(features), dim=-1)  # (S, H, B, K)
+            logps = trainer.log_probs(features)  # (S, H, B, K)
             c = chosen_t.gather(1, batch)[:, None, :, None].expand(S, H, B, 1)
             r = rejected_t.gather(1, batch)[:, None, :, None].expand(S, H, B, 1)
             losses = dpo_loss(logps.gather(-1, c)[..., 0], logps.gather(-1, r)[..., 0], zero, zero, trainer.scale)
