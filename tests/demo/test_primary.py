@@ -11,11 +11,13 @@ pytest.importorskip("torch")
 from synthetic_candidates import synthetic  # noqa: E402
 
 from dro_rebel import worst_case  # noqa: E402
-from dro_rebel.demo.loglinear import expected_rewards  # noqa: E402
+from dro_rebel.demo.loglinear import Config, expected_rewards  # noqa: E402
 from dro_rebel.demo.preferences import DEFAULT_TYPES  # noqa: E402
 from dro_rebel.demo.primary import (  # noqa: E402
     COMPARISONS,
     StudySize,
+    _by_length,
+    _test,
     _tune,
     arms,
     majority_type,
@@ -101,6 +103,51 @@ def test_every_arm_takes_its_best_validation_worst_type_point_and_edges_extend_t
     assert len(COMPARISONS) * 2 == 20
 
 
+def test_settings_side_by_side_in_processes_equal_one_after_the_other():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool, validation = synthetic(prompts=40, k=5), synthetic(prompts=20, k=5, seed=1)
+    test, shift = synthetic(prompts=20, k=5, seed=2), synthetic(prompts=20, k=5, seed=3)
+    size = _size(max_extensions=0)
+    one_by_one = run_primary(pool, validation, test, shift, DEFAULT_TYPES, size, progress=False)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as executor:
+        side_by_side = run_primary(
+            pool, validation, test, shift, DEFAULT_TYPES, size, progress=False, map_settings=executor.map
+        )
+    assert set(side_by_side["other_majorities"]) == set(DEFAULT_TYPES.names) - {one_by_one["majority_type"]}
+    for ours, theirs in [(side_by_side, one_by_one)] + [
+        (side_by_side["other_majorities"][name], one_by_one["other_majorities"][name])
+        for name in one_by_one["other_majorities"]
+    ]:
+        assert ours["arms"] == theirs["arms"] and ours["tuning"]["chosen"] == theirs["tuning"]["chosen"]
+
+
+def test_a_run_per_length_reads_each_choice_as_one_long_run_does():
+    pool, test = synthetic(prompts=40, k=5), synthetic(prompts=20, k=5, seed=2)
+    mixture = training_mixture(3, 0, 0.8)
+    study_arms = arms(mixture)
+    rebel = {a.name: a for a in study_arms if a.family == "rebel"}
+    points = {name: (0.1, 1.0, 0.0, 0.1 if arm.online else 0.0, 2, 4) for name, arm in rebel.items()}
+    # Two readings: one agrees with the first at another length, one runs longer.
+    short = {name: point[:-1] + (2,) for name, point in points.items()}
+    longer = dict(points, REBEL=(0.3, 1.0, 0.0, 0.0, 2, 8))
+    size = _size()
+    grouped = _test(pool, test, test, size, mixture, study_arms, {"a": points, "b": short, "c": longer},
+                    (3000, 3001), progress=False)  # fmt: skip
+    assert [(length, len(configs)) for length, configs, _ in _by_length(
+        [(r, n, Config(n, rebel[n].weighting, *p[:4], rebel[n].uniform_types, p[4]), p[5])
+         for r, chosen in {"a": points, "b": short, "c": longer}.items() for n, p in chosen.items()]
+    )] == [(4, len(rebel)), (8, 1)]  # fmt: skip
+    for reading, chosen in {"a": points, "b": short, "c": longer}.items():
+        alone = _test(pool, test, test, size, mixture, study_arms, {reading: chosen}, (3000, 3001), progress=False)
+        for name in chosen:
+            np.testing.assert_allclose(
+                grouped[reading][name]["metrics"]["type_rewards"], alone[reading][name]["metrics"]["type_rewards"],
+                rtol=1e-4, atol=1e-6,
+            )  # fmt: skip
+
+
 def test_tuning_and_test_seeds_must_be_disjoint():
     data = synthetic(prompts=40, k=5)
     with pytest.raises(ValueError, match="disjoint"):
@@ -122,8 +169,11 @@ def test_the_command_line_picks_the_test_seeds_and_refuses_tuning_seeds():
     assert seeds().test_seeds == preset.primary.test_seeds
     assert seeds().other_majority_test_seeds == preset.primary.other_majority_test_seeds
     chosen = seeds(seeds=30, first_seed=5000)
-    assert chosen.test_seeds == tuple(range(5000, 5030)) and chosen.other_majority_test_seeds == ()
+    # The protocol's other majorities: the first 10 test seeds, wherever those start.
+    assert chosen.test_seeds == tuple(range(5000, 5030))
+    assert chosen.other_majority_test_seeds == tuple(range(5000, 5010))
     assert seeds(other_majorities=10).other_majority_test_seeds == tuple(range(3000, 3010))
+    assert seeds(other_majorities=0).other_majority_test_seeds == ()
     assert seeds(full=True).other_majority_test_seeds == preset.primary.test_seeds
     assert not set(preset.primary.tuning_seeds) & set(preset.primary.test_seeds)
     with pytest.raises(SystemExit, match="tuning seeds"):

@@ -20,9 +20,10 @@ statistics per comparison the paired difference over test seeds, its 95% t-inter
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +50,8 @@ __all__ = [
     "training_mixture",
     "radii",
     "arms",
+    "settings",
+    "run_setting",
     "run_primary",
     "sweep_rebel",
     "minimax_ceiling",
@@ -285,10 +288,12 @@ def _best(scores: Dict[Point, float]) -> Point:
     return max(sorted(scores), key=lambda point: scores[point])
 
 
-def _tune(pool, validation, size: StudySize, mixture: np.ndarray, study_arms: List[Arm], progress: bool):
+def _tune(
+    pool, validation, size: StudySize, mixture: np.ndarray, study_arms: List[Arm], progress: bool, label: str = ""
+):
     """Every arm's choice by its own validation worst-type reward (with edge extension), and
     each plain arm's choice by its validation training-mixture reward (the second reading)."""
-    bar = tqdm(desc="tuning on validation prompts", disable=not progress, unit="call")
+    bar = tqdm(desc=f"{label}tuning on validation prompts", disable=not progress, unit="call")
     grid = _Grid(pool, {"validation": validation}, size, mixture, size.tuning_seeds, bar)
     rebel_arms = [a for a in study_arms if a.family == "rebel"]
     dpo_arms = [a for a in study_arms if a.family == "dpo"]
@@ -384,10 +389,10 @@ def _evaluate_many(thetas: np.ndarray, test: CandidateSet, shift: CandidateSet, 
     }
 
 
-def _test(pool, test, shift, size, mixture, study_arms, assignments, seeds, progress):
-    """Train every (reading, arm) of ``assignments`` at its point on the test seeds, one call
-    per family (each configuration read off at its own length); returns, per reading, the
-    arms' per-seed metrics, mean type weights, their course and the share of identical pairs."""
+def _test(pool, test, shift, size, mixture, study_arms, assignments, seeds, progress, label=""):
+    """Train every (reading, arm) of ``assignments`` at its point on the test seeds; returns,
+    per reading, the arms' per-seed metrics, mean type weights, their course and the share of
+    identical pairs."""
     by_name = {a.name: a for a in study_arms}
     entries: Dict[str, List[Tuple[str, str, Config, int]]] = {"rebel": [], "dpo": []}
     for reading, chosen in assignments.items():
@@ -402,21 +407,20 @@ def _test(pool, test, shift, size, mixture, study_arms, assignments, seeds, prog
                 entries["dpo"].append((reading, name, Config(name, arm.weighting, lr, beta), epochs))
     seed_list = [seed_data(len(pool), size.n_train, mixture, s) for s in seeds]
     out: Dict[str, Dict[str, Any]] = {reading: {} for reading in assignments}
-    for family in tqdm(("rebel", "dpo"), desc="training on the test seeds", disable=not progress):
-        family_entries = entries[family]
-        if not family_entries:
-            continue
-        # One column per distinct configuration; readings that agree share it.
-        distinct = list(dict.fromkeys(config for _, _, config, _ in family_entries))
-        lengths = tuple(sorted({length for _, _, _, length in family_entries}))
+    calls = [(family, group) for family in ("rebel", "dpo") for group in _by_length(entries[family])]
+    for family, (length, configs, checkpoints) in tqdm(
+        calls, desc=f"{label}training on the test seeds", disable=not progress
+    ):
         if family == "rebel":
-            shape = RebelShape(size.rebel_epochs, 2, max(lengths), size.batch_size, False, lengths)
-            log = train_rebel_many(pool, seed_list, distinct, shape)
+            shape = RebelShape(size.rebel_epochs, 2, length, size.batch_size, False, checkpoints)
+            log = train_rebel_many(pool, seed_list, configs, shape)
         else:
-            shape = DpoShape(max(lengths), size.batch_size, size.pairs_per_prompt, size.bt_scale, lengths)
-            log = train_dpo_many(pool, seed_list, distinct, shape)
-        for reading, name, config, length in family_entries:
-            record = log.until(length, distinct.index(config))
+            shape = DpoShape(length, size.batch_size, size.pairs_per_prompt, size.bt_scale, checkpoints)
+            log = train_dpo_many(pool, seed_list, configs, shape)
+        for reading, name, config, at in entries[family]:
+            if config not in configs:
+                continue
+            record = log.until(at, configs.index(config))
             identical = record["identical_pairs"]
             out[reading][name] = {
                 "metrics": _evaluate_many(record["theta"], test, shift, mixture),
@@ -427,6 +431,24 @@ def _test(pool, test, shift, size, mixture, study_arms, assignments, seeds, prog
                 "identical_pairs": None if identical is None else identical.tolist(),
             }
     return out
+
+
+def _by_length(entries: Sequence[Tuple[str, str, Config, int]]) -> List[Tuple[int, List[Config], Tuple[int, ...]]]:
+    """One training call per run length: (length, its configurations, their checkpoints).
+
+    A configuration (readings that agree share one) runs as long as its longest reading asks
+    and is read off at each. Grouping by length keeps a 25-iteration choice from running as
+    long as the longest choice of its family: a configuration's run does not depend on the
+    others in its call (tests/demo/test_loglinear.py)."""
+    wanted: Dict[Config, set] = {}
+    for _, _, config, length in entries:
+        wanted.setdefault(config, set()).add(length)
+    groups: Dict[int, Tuple[List[Config], set]] = {}
+    for config, lengths in wanted.items():
+        configs, checkpoints = groups.setdefault(max(lengths), ([], set()))
+        configs.append(config)
+        checkpoints.update(lengths)
+    return [(length, configs, tuple(sorted(points))) for length, (configs, points) in sorted(groups.items())]
 
 
 def compare(results: Dict[str, Dict[str, List[Any]]]) -> List[Dict[str, Any]]:
@@ -447,10 +469,11 @@ def _setting(pool, validation, test, shift, types, size, majority, seeds, progre
     """The whole protocol with ``majority`` as the majority type, tested on ``seeds``."""
     mixture = training_mixture(len(types.names), majority, size.majority_share)
     study_arms = arms(mixture)
-    chosen, average_points, tuning = _tune(pool, validation, size, mixture, study_arms, progress)
-    trained = _test(
-        pool, test, shift, size, mixture, study_arms, {"primary": chosen, "average": average_points}, seeds, progress
-    )
+    # Settings may run side by side: their progress bars say whose they are.
+    label = f"{types.names[majority]} majority: "
+    chosen, average_points, tuning = _tune(pool, validation, size, mixture, study_arms, progress, label)
+    assignments = {"primary": chosen, "average": average_points}
+    trained = _test(pool, test, shift, size, mixture, study_arms, assignments, seeds, progress, label)
 
     def reading(name: str) -> Dict[str, Any]:
         arms_out = {a.name: trained[name][a.name]["metrics"] for a in study_arms}
@@ -490,6 +513,40 @@ PROTOCOL_COMMIT = "1bf38ea96e2c35dbdd54259b27888c3dfcea2f58"
 (recorded in report.json; a test checks that the protocol has not changed since)."""
 
 
+def settings(pool: CandidateSet, types: PreferenceTypes, size: StudySize) -> List[Tuple[int, Tuple[int, ...]]]:
+    """The protocol's settings, (majority type, test seeds) each: the rule's majority on
+    ``size.test_seeds`` first, then each other type on ``size.other_majority_test_seeds``
+    (none when that is empty)."""
+    majority = majority_type(pool)
+    out = [(majority, tuple(size.test_seeds))]
+    if size.other_majority_test_seeds:
+        others = tuple(size.other_majority_test_seeds)
+        out += [(other, others) for other in range(len(types.names)) if other != majority]
+    return out
+
+
+def run_setting(
+    setting: Tuple[int, Tuple[int, ...]],
+    *,
+    pool: CandidateSet,
+    validation: CandidateSet,
+    test: CandidateSet,
+    shift: CandidateSet,
+    types: PreferenceTypes,
+    size: StudySize,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """One setting of the protocol, on one thread: its results then do not depend on the
+    machine's thread count, and settings can run side by side in processes of their own."""
+    majority, seeds = setting
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _setting(pool, validation, test, shift, types, size, majority, seeds, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_primary(
     pool: CandidateSet,
     validation: CandidateSet,
@@ -499,25 +556,23 @@ def run_primary(
     size: StudySize,
     *,
     progress: bool = True,
+    map_settings: Callable[..., Iterable[Dict[str, Any]]] = map,
 ) -> Dict[str, Any]:
     """The whole study; returns the ``"primary"`` object of report.json: the headline setting
     (the rule's majority) at its top level, ``other_majorities`` per type name (run when
-    ``size.other_majority_test_seeds`` is not empty), and ``protocol``."""
+    ``size.other_majority_test_seeds`` is not empty), and ``protocol``.
+
+    The settings are independent: ``map_settings(function, settings)`` runs them, one after
+    the other by default; a process pool's ``map`` runs them side by side."""
     if set(size.tuning_seeds) & set(size.test_seeds) or set(size.tuning_seeds) & set(size.other_majority_test_seeds):
         raise ValueError("the tuning seeds and the test seeds must be disjoint")
-    torch_threads = torch.get_num_threads()
-    try:
-        majority = majority_type(pool)
-        headline = _setting(pool, validation, test, shift, types, size, majority, size.test_seeds, progress)
-        others = {}
-        if size.other_majority_test_seeds:
-            for other in range(len(types.names)):
-                if other != majority:
-                    others[types.names[other]] = _setting(
-                        pool, validation, test, shift, types, size, other, size.other_majority_test_seeds, progress
-                    )
-    finally:
-        torch.set_num_threads(torch_threads)
+    jobs = settings(pool, types, size)
+    run = functools.partial(
+        run_setting, pool=pool, validation=validation, test=test, shift=shift, types=types, size=size,
+        progress=progress,
+    )  # fmt: skip
+    headline, *rest = list(map_settings(run, jobs))
+    others = {types.names[majority]: result for (majority, _), result in zip(jobs[1:], rest)}
     grid = {
         "rebel": {
             "learning_rate": list(size.rebel_learning_rates),
