@@ -71,7 +71,8 @@ def add_demo_parser(subparsers) -> None:
         type=int,
         metavar="N",
         default=None,
-        help="also run the protocol with each other type as the majority, on the first N test seeds",
+        help="the protocol with each other type as the majority runs on the first N test seeds "
+        "(default: the preset's, 10 of the default's 20; 0 leaves them out)",
     )
     parser.add_argument(
         "--full",

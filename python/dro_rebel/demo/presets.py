@@ -44,9 +44,9 @@ class Preset:
     primary: StudySize = StudySize(
         test_seeds=tuple(range(3000, 3020)),
         tuning_seeds=(2000, 2001, 2002),
-        # The other two majorities triple the study's time: `dro-rebel demo --full` (or
-        # --other-majorities N) runs them; docs/demo.md reports them.
-        other_majority_test_seeds=(),
+        # As the protocol says (docs/demo.md#protocol, point 4): the other two majorities on
+        # the first 10 test seeds; `dro-rebel demo --full` runs them on all 20.
+        other_majority_test_seeds=tuple(range(3000, 3010)),
         n_train=500,
         k=8,
         majority_share=0.9,
@@ -112,7 +112,8 @@ _DEFAULT = Preset(
     name="default",
     model="smollm2",
     seeds=(0,),
-    n_train=48,
+    # Four steps of eight prompts: each trainer sees every training prompt once.
+    n_train=32,
     n_test=24,
     n_shift=24,
     max_new_tokens=16,

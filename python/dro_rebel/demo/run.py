@@ -37,7 +37,7 @@ from dro_rebel.demo.methods import GROUP_COLUMN, Method, methods
 from dro_rebel.demo.policy import format_prompts, load_smollm2, sample, tiny_policy, train_top_blocks
 from dro_rebel.demo.preferences import DEFAULT_TYPES, PreferenceTypes, bradley_terry_labels
 from dro_rebel.demo.presets import Preset
-from dro_rebel.demo.primary import majority_type, radii, run_primary, sweep_rebel, training_mixture
+from dro_rebel.demo.primary import majority_type, radii, run_primary, settings, sweep_rebel, training_mixture
 from dro_rebel.demo.primary_report import (
     format_sweep,
     print_primary,
@@ -76,7 +76,8 @@ def run_demo(
     preset: Preset, out: Path, *, build_dir: Path = Path("build"), only: Sequence[str] = PARTS
 ) -> Dict[str, Any]:
     """Run ``preset`` end to end (or the parts named in ``only``); write ``report.json`` and
-    ``reward_by_mixture.png`` under ``out`` and return the report."""
+    the plots (``reward_by_mixture.png`` of the primary study, ``pipeline_reward_by_mixture.png``
+    of the real-LM check) under ``out`` and return the report."""
     unknown = set(only) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown demo parts {sorted(unknown)}; the parts are {list(PARTS)}")
@@ -133,26 +134,22 @@ def _run(preset: Preset, out: Path, build_dir: Path, only: Tuple[str, ...]) -> D
     radius = radii(mixture)
     objectives = Objectives(encoder, length_scale=_WORDS_PER_TOKEN * preset.max_new_tokens)
     report: Dict[str, Any] = {"preset": preset.to_dict(), "primary": None}
+    # The parts run one after the other, each using both cores its own way: the encoder of the
+    # reward-model track and SmolLM2 use torch's threads, the primary study (single-threaded,
+    # so that its results do not depend on the machine) runs its settings side by side in
+    # processes of their own. Beside one another they would compete for the same cores.
     if "reward_model" in only:
-        # Its sentence encoder wants both cores: it runs before the primary study starts.
         tick = time.perf_counter()
         report["reward_model"] = run_reward_track(corpus, encoder, objectives, types, radius, preset)
         timings["reward-model track"] = time.perf_counter() - tick
-    # The primary study is single-threaded (its results then do not depend on the machine's
-    # thread count); the real-LM check runs beside it on the other core, in this process.
-    tick = time.perf_counter()
+    if "primary" in only:
+        tick = time.perf_counter()
+        report["primary"] = _primary(pool, validation, test, shift, preset)
+        timings["primary: tuning and training"] = time.perf_counter() - tick
     if "pipeline" in only:
-        executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        primary_future = executor.submit(_primary, pool, validation, test, shift, preset.primary)
-        with _torch_threads(1):
-            started_part = time.perf_counter()
-            report["pipeline"] = _pipeline(preset, corpus, objectives, types, radius, build_dir)
-            timings["real-LM pipeline check"] = time.perf_counter() - started_part
-        report["primary"] = primary_future.result()
-        executor.shutdown()
-    else:
-        report["primary"] = _primary(pool, validation, test, shift, preset.primary)
-    timings["primary: tuning and training"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        report["pipeline"] = _pipeline(preset, corpus, objectives, types, radius, build_dir)
+        timings["real-LM pipeline check"] = time.perf_counter() - tick
     primary = report["primary"]
     timings["total"] = time.perf_counter() - started
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -160,11 +157,16 @@ def _run(preset: Preset, out: Path, build_dir: Path, only: Tuple[str, ...]) -> D
 
     report["timings_s"] = timings
     pipeline = report.get("pipeline", {})
-    write_primary_plot(primary, out / "reward_by_mixture.png")
+    written = [out / "report.json"]
+    if primary is not None:
+        written.append(out / "reward_by_mixture.png")
+        write_primary_plot(primary, written[-1])
     if "methods" in pipeline:
-        write_plot(pipeline, out / "pipeline_reward_by_mixture.png")
+        written.append(out / "pipeline_reward_by_mixture.png")
+        write_plot(pipeline, written[-1])
     (out / "report.json").write_text(_json(report))
-    print_primary(primary)
+    if primary is not None:
+        print_primary(primary)
     if "reward_model" in report:
         print_reward_track(report["reward_model"])
     if "methods" in pipeline:
@@ -172,14 +174,18 @@ def _run(preset: Preset, out: Path, build_dir: Path, only: Tuple[str, ...]) -> D
     elif "skipped" in pipeline:
         print(f"\nReal-LM pipeline check: skipped ({pipeline['skipped']})")
     print(f"\ntotal time {timings['total']:.0f} s wall, {timings['total_cpu']:.0f} s CPU (all threads)")
-    print(f"\nwrote {out / 'report.json'} and {out / 'reward_by_mixture.png'}")
+    print(f"\nwrote {', '.join(str(path) for path in written)}")
     return report
 
 
-def _primary(pool, validation, test, shift, size) -> Dict[str, Any]:
-    """The primary study on one thread (in a child process when other parts run beside it)."""
-    with _torch_threads(1):
-        return run_primary(pool, validation, test, shift, DEFAULT_TYPES, size)
+def _primary(pool, validation, test, shift, preset: Preset) -> Dict[str, Any]:
+    """The primary study, its settings (majorities) in as many processes as the preset has
+    threads; each setting runs on one thread, so the result is the same either way."""
+    workers = min(preset.threads or torch.get_num_threads(), len(settings(pool, DEFAULT_TYPES, preset.primary)))
+    if workers < 2:
+        return run_primary(pool, validation, test, shift, DEFAULT_TYPES, preset.primary)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as executor:
+        return run_primary(pool, validation, test, shift, DEFAULT_TYPES, preset.primary, map_settings=executor.map)
 
 
 @contextlib.contextmanager
