@@ -90,6 +90,8 @@ def test_demo_end_to_end_on_a_tiny_model(demo_run):
     assert primary["radii"]["chi2 (types)"] > 0 and primary["radii"]["KL (types)"] > 0
     assert len(written["reward_model"]["heads"]["Bradley-Terry"]["held_out/worst type"]) == 3
     assert set(written["pipeline"]["methods"]) == {"start", "REBEL", "DPO", "chi2-REBEL", "chi2-DPO"}
+    pairs = {(c["robust"], c["plain"]) for c in written["pipeline"]["worst_case_comparisons"]}
+    assert pairs == {("chi2-REBEL", "REBEL"), ("chi2-DPO", "DPO")}
     assert (tmp_path / "reward_by_mixture.png").stat().st_size > 0
     assert "Primary study" in out and "Reward-model track" in out and "Real-LM pipeline check" in out
     assert report["primary"]["training_mixture"] == primary["training_mixture"]

@@ -133,8 +133,10 @@ def build_report(
     for name, row in rows.items():
         if not row["robust"]:
             continue
+        # Each robust method against the plain method of its own trainer ("chi2-DPO" against
+        # "DPO"): across trainers the difference says nothing about robustness.
         for plain in PLAIN:
-            if plain not in evaluations:
+            if plain not in evaluations or not name.endswith(plain):
                 continue
             difference = _difference(stats["worst_case_reward"], evaluations[name], evaluations[plain])
             comparisons.append(
