@@ -1,10 +1,10 @@
-"""The demo as one readable recipe: the primary study, the reward-model track, the real-LM
+"""The demo as one readable recipe: the reward-model track, the primary study, the real-LM
 pipeline check, then the report.
 
 prompts, objectives, preference types                  (data.py, rewards.py, preferences.py)
+reward-model track: Bradley-Terry heads on frozen features, many seeds     (reward_model.py)
 primary study: log-linear policies over real candidates, many seeds   (candidates.py,
     loglinear.py, primary.py; tables and plot in primary_report.py)
-reward-model track: Bradley-Terry heads on frozen features, many seeds     (reward_model.py)
 real-LM pipeline check: SmolLM2 (or a tiny model), the library's trainers  (policy.py,
     methods.py, evaluate.py; its tables in report.py)
 report.json, reward_by_mixture.png
@@ -68,7 +68,7 @@ _WORDS_PER_TOKEN = 0.75
 _REPLY_LENGTH_SCALE = 30.0
 
 
-PARTS = ("primary", "reward_model", "pipeline")
+PARTS = ("reward_model", "primary", "pipeline")
 """The demo's parts, in the order they run (``only=`` picks some)."""
 
 
