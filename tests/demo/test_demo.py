@@ -157,3 +157,22 @@ def test_the_protocol_was_committed_before_the_study_and_not_edited_since():
         return text[text.index("## Protocol") : text.index("## Results")]
 
     assert protocol((root / "docs" / "demo.md").read_text()) == protocol(then.stdout)
+
+
+def test_the_sweep_summary_counts_points_by_where_the_interval_lies():
+    from dro_rebel.demo.primary_report import format_sweep_summary
+
+    def point(rebel, robust, reweighted):
+        return {"arms": {"REBEL": {"worst_type_reward": rebel}, "chi2-REBEL (types)": {"worst_type_reward": robust},
+                         "REBEL reweighted": {"worst_type_reward": reweighted}}}  # fmt: skip
+
+    base = [0.0, 0.1, -0.1, 0.05]
+    above = [b + 1.0 + 0.01 * k for k, b in enumerate(base)]  # clearly above REBEL, equal-ish to reweighted
+    grid = [point(base, above, above), point(base, base[::-1], above), point(above, base, base)]
+    sweep = {"arms": ["REBEL", "chi2-REBEL (types)", "REBEL reweighted"], "grid": grid}
+    rows = [line.split(" | ") for line in format_sweep_summary(sweep).splitlines()[2:]]
+    against_rebel, against_reweighted = rows
+    # Against REBEL: one point above, one containing zero, one below.
+    assert against_rebel[2:6] == ["3", "1", "1", "1"]
+    # Against reweighting: the same numbers (zero difference) at the first point, below at the second.
+    assert against_reweighted[2:6] == ["3", "0", "2", "1"]

@@ -7,6 +7,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from dro_rebel.demo.comparisons import paired_difference
 from dro_rebel.demo.intervals import over_seeds
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "format_chosen",
     "format_reward_track",
     "format_sweep",
+    "format_sweep_summary",
     "print_primary",
     "print_reward_track",
     "write_primary_plot",
@@ -199,9 +201,34 @@ def write_primary_plot(primary: Dict[str, Any], path) -> None:
     plt.close(fig)
 
 
-def _sweep_differences(point: Dict[str, Any], robust: str, metric: str) -> List[float]:
+def _sweep_differences(point: Dict[str, Any], robust: str, metric: str, plain: str = "REBEL") -> List[float]:
     arms = point["arms"]
-    return (np.asarray(arms[robust][metric]) - np.asarray(arms["REBEL"][metric])).tolist()
+    return (np.asarray(arms[robust][metric]) - np.asarray(arms[plain][metric])).tolist()
+
+
+def format_sweep_summary(sweep: Dict[str, Any]) -> str:
+    """The sweep in one table: for each robust arm against plain REBEL and against REBEL
+    reweighted, at the same grid point, on the test prompts' worst type: at how many points
+    the 95% t-interval over the sweep's seeds lies above zero, contains it, or lies below,
+    and the median difference. Descriptive: no correction for the many points."""
+    lines = [
+        "| robust | against | points | interval above 0 | contains 0 | below 0 | median difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for robust in (arm for arm in sweep["arms"] if arm not in ("REBEL", "REBEL reweighted")):
+        for plain in ("REBEL", "REBEL reweighted"):
+            counts, means = [0, 0, 0], []
+            for point in sweep["grid"]:
+                differences = np.asarray(_sweep_differences(point, robust, "worst_type_reward", plain))
+                stats = paired_difference(differences, np.zeros_like(differences))
+                low, high = stats["ci95"]
+                counts[0 if low > 0 else 2 if high < 0 else 1] += 1
+                means.append(stats["mean_difference"])
+            lines.append(
+                f"| {robust} | {plain} | {len(means)} | {counts[0]} | {counts[1]} | {counts[2]} | "
+                f"{np.median(means):+.3f} |"
+            )
+    return "\n".join(lines)
 
 
 def format_sweep(sweep: Dict[str, Any]) -> str:

@@ -40,6 +40,7 @@ from dro_rebel.demo.presets import Preset
 from dro_rebel.demo.primary import majority_type, radii, run_primary, settings, sweep_rebel, training_mixture
 from dro_rebel.demo.primary_report import (
     format_sweep,
+    format_sweep_summary,
     print_primary,
     print_reward_track,
     write_primary_plot,
@@ -108,6 +109,8 @@ def run_sweep(preset: Preset, out: Path, *, seeds: Tuple[int, ...]) -> Dict[str,
     (out / "sweep.json").write_text(_json(sweep))
     write_sweep_plot(sweep, out / "sweep.png")
     print(format_sweep(sweep))
+    print(f"\nEach robust arm at the same grid point, worst type on the test prompts, {len(seeds)} seeds:\n")
+    print(format_sweep_summary(sweep))
     print(f"\nwrote {out / 'sweep.json'} and {out / 'sweep.png'} ({sweep['seconds']:.0f} s)")
     return sweep
 
