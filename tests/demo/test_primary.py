@@ -163,7 +163,8 @@ def test_the_command_line_picks_the_test_seeds_and_refuses_tuning_seeds():
     preset = PRESETS["default"]
 
     def seeds(**flags):
-        values = {"seeds": None, "first_seed": None, "full": False, "other_majorities": None, **flags}
+        values = {"seeds": None, "first_seed": None, "full": False, "other_majorities": None,
+                  "tuning_seeds": None, "max_learning_rate": None, **flags}  # fmt: skip
         return _with_seeds(preset, argparse.Namespace(**values)).primary
 
     assert seeds().test_seeds == preset.primary.test_seeds
@@ -176,6 +177,13 @@ def test_the_command_line_picks_the_test_seeds_and_refuses_tuning_seeds():
     assert seeds(other_majorities=0).other_majority_test_seeds == ()
     assert seeds(full=True).other_majority_test_seeds == preset.primary.test_seeds
     assert not set(preset.primary.tuning_seeds) & set(preset.primary.test_seeds)
+    sturdier = seeds(tuning_seeds=10, max_learning_rate=1.0, first_seed=4000)
+    assert sturdier.tuning_seeds == tuple(range(2000, 2010)) and sturdier.test_seeds[0] == 4000
+    assert max(sturdier.learning_rate_ladder) == 1.0 and sturdier.rebel_learning_rates == (0.03, 0.1, 0.3)
+    with pytest.raises(SystemExit, match="below every learning rate"):
+        seeds(max_learning_rate=0.01)
+    with pytest.raises(SystemExit, match="are tuning seeds"):
+        seeds(tuning_seeds=1001)
     with pytest.raises(SystemExit, match="tuning seeds"):
         seeds(first_seed=preset.primary.tuning_seeds[0])
     with pytest.raises(SystemExit, match="at least 2"):

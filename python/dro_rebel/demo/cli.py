@@ -75,6 +75,20 @@ def add_demo_parser(subparsers) -> None:
         "(default: the preset's, 10 of the default's 20; 0 leaves them out)",
     )
     parser.add_argument(
+        "--tuning-seeds",
+        type=int,
+        metavar="N",
+        default=None,
+        help="tune on N seeds from 2000 (default: the preset's 3); they must not be test seeds",
+    )
+    parser.add_argument(
+        "--max-learning-rate",
+        type=float,
+        metavar="LR",
+        default=None,
+        help="cap every learning rate of the tuning grid and of its edge extension at LR",
+    )
+    parser.add_argument(
         "--full",
         action="store_true",
         help="every majority type on as many test seeds as the headline setting",
@@ -83,10 +97,30 @@ def add_demo_parser(subparsers) -> None:
 
 
 def _with_seeds(preset, args: argparse.Namespace):
-    """``preset`` with the test seeds the command line asks for."""
+    """``preset`` with the test seeds, tuning seeds and learning-rate cap the command line
+    asks for."""
     from dataclasses import replace
 
     size = preset.primary
+    if args.tuning_seeds is not None:
+        if args.tuning_seeds < 1:
+            raise SystemExit("--tuning-seeds needs at least 1 seed")
+        size = replace(size, tuning_seeds=tuple(range(2000, 2000 + args.tuning_seeds)))
+    if args.max_learning_rate is not None:
+        cap = args.max_learning_rate
+
+        def capped(rates):
+            kept = tuple(rate for rate in rates if rate <= cap)
+            if not kept:
+                raise SystemExit(f"--max-learning-rate {cap:g} is below every learning rate of the grid {list(rates)}")
+            return kept
+
+        size = replace(
+            size,
+            rebel_learning_rates=capped(size.rebel_learning_rates),
+            dpo_learning_rates=capped(size.dpo_learning_rates),
+            learning_rate_ladder=capped(size.learning_rate_ladder),
+        )
     seeds = size.test_seeds
     if args.seeds is not None or args.first_seed is not None:
         count = len(seeds) if args.seeds is None else args.seeds
